@@ -1,0 +1,51 @@
+# The two set-up commands of the README: `make demo` and `make test`. Both build .venv themselves.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+
+.PHONY: demo test lint typecheck unit clean redis-server
+
+$(BIN)/python:
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' || \
+	  { echo "dcs-notifier needs Python >= 3.11; '$(PYTHON)' is $$($(PYTHON) --version 2>&1). Use PYTHON=python3.11 make ..."; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.demo-deps: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[demo]'
+	@touch $@
+
+$(VENV)/.dev-deps: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $@
+
+# The tests start their own redis-server processes on free ports: the binary must be installed.
+redis-server:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "redis-server not found: installing it with apt-get"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
+	  else \
+	    echo "redis-server is required by the tests and is not installed."; \
+	    echo "Install it, e.g. 'sudo apt-get install redis-server' (Debian/Ubuntu) or 'brew install redis' (macOS)."; \
+	    exit 1; \
+	  fi; }
+	@command -v redis-server >/dev/null 2>&1 || { echo "redis-server still not found after installing"; exit 1; }
+
+demo: $(VENV)/.demo-deps
+	$(BIN)/dcs-notifier demo
+
+lint: $(VENV)/.dev-deps
+	$(BIN)/ruff check notifier tests
+	$(BIN)/ruff format --check notifier tests
+
+typecheck: $(VENV)/.dev-deps
+	$(BIN)/mypy --strict notifier
+
+unit: $(VENV)/.dev-deps redis-server
+	$(BIN)/pytest
+
+test: lint typecheck unit
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

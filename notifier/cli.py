@@ -1,0 +1,190 @@
+"""The ``dcs-notifier`` command line: run, once, check-config, send-test, demo.
+
+Exit codes: 0 success; 1 a poll or delivery failed (``once``, ``send-test``); 2 the configuration is
+invalid; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import yaml
+
+from notifier.channels import build_channel, masked_config
+from notifier.config import Config, load_config, secret_values
+from notifier.daemon import Daemon
+from notifier.dcs.models import Task, format_api_time
+from notifier.delivery import send_with_retries
+from notifier.errors import ConfigError
+from notifier.events import Event, EventType, InstanceRef, Notification, event_id
+from notifier.logsetup import configure_logging
+
+log = logging.getLogger("notifier")
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config", "-c", metavar="PATH", help="config file (default: $DCS_NOTIFIER_CONFIG or ./config.yaml)"
+    )
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dcs-notifier",
+        description="Watch Huawei Cloud DCS background tasks and notify Slack and signed webhooks.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p = sub.add_parser("run", help="run the daemon until SIGTERM/SIGINT")
+    _add_common(p)
+    p = sub.add_parser("once", help="poll every instance once, deliver, exit non-zero if anything failed")
+    _add_common(p)
+    p = sub.add_parser("check-config", help="validate the config and print it with secrets masked")
+    _add_common(p)
+    p = sub.add_parser("send-test", help="send a test notification to one channel")
+    _add_common(p)
+    p.add_argument("channel", metavar="CHANNEL", help="a channel name from the config")
+    p = sub.add_parser("demo", help="run against the built-in simulator and local Slack/webhook stand-ins")
+    p.add_argument("--redis-url", help="use this Redis instead of the embedded in-process store")
+    p.add_argument("--duration", type=float, default=30.0, help="seconds to run (default 30)")
+    p.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return parser
+
+
+def _load(args: argparse.Namespace) -> Config:
+    config = load_config(args.config)
+    configure_logging(args.log_level, secret_values(config))
+    return config
+
+
+def masked(config: Config) -> dict[str, Any]:
+    """The resolved config as plain data, every secret replaced by ``****``."""
+    data: dict[str, Any] = config.model_dump(mode="json", exclude={"channels"})
+    for key in ("ak", "sk"):
+        data["cloud"][key] = "****" if getattr(config.cloud, key) is not None else None
+    data["cloud"]["endpoint"] = config.cloud.endpoint_url
+    url = config.redis.url.get_secret_value()
+    if "@" in url:
+        scheme, rest = url.split("://", 1)
+        url = f"{scheme}://****@{rest.rsplit('@', 1)[1]}"
+    data["redis"]["url"] = url
+    data["channels"] = {name: masked_config(cfg) for name, cfg in config.channels.items()}
+    return data
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    config = _load(args)
+    print(yaml.safe_dump(masked(config), sort_keys=False, allow_unicode=True), end="")
+    missing = [k for k in ("ak", "sk") if getattr(config.cloud, k) is None]
+    if missing:
+        print(
+            f"warning: cloud.{'/'.join(missing)} not set (and no CLOUD_SDK_AK/CLOUD_SDK_SK)", file=sys.stderr
+        )
+        return 2
+    print("config OK", file=sys.stderr)
+    return 0
+
+
+def _install_stop_handlers(daemon: Daemon) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, daemon.request_stop)
+
+
+async def _run(config: Config) -> int:
+    async with Daemon(config) as daemon:
+        _install_stop_handlers(daemon)
+        await daemon.run()
+    return 0
+
+
+async def _once(config: Config) -> int:
+    async with Daemon(config) as daemon:
+        report = await daemon.once()
+    events = sum(len(p.events) for p in report.polls)
+    delivered = sum(r.delivered for r in report.deliveries.values())
+    print(f"polled {len(report.polls)} instance(s): {events} event(s), {delivered} notification(s) delivered")
+    for problem in report.problems:
+        print(f"FAILED {problem}", file=sys.stderr)
+    return 1 if report.problems else 0
+
+
+def test_notification(config: Config, channel: str, now: datetime) -> Notification:
+    """A realistic, clearly marked test event: a switchover that just succeeded."""
+    inst = config.instances[0]
+    task = Task.model_validate(
+        {
+            "id": f"dcs-notifier-test-{int(now.timestamp())}",
+            "name": "masterStandbySwapJob",
+            "status": "SUCCESS",
+            "user_name": "dcs-notifier send-test",
+            "created_at": format_api_time(now - timedelta(seconds=4)),
+            "updated_at": format_api_time(now),
+        }
+    )
+    event = Event(
+        id=event_id(inst.id, task.id, EventType.SUCCEEDED, task.status),
+        type=EventType.SUCCEEDED,
+        project_id=config.cloud.project_id,
+        region=config.cloud.region,
+        instance=InstanceRef(id=inst.id, name=inst.name, labels=inst.labels),
+        task=task,
+        previous_status="RUNNING",
+        detected_at=now,
+    )
+    return Notification(event=event, channel=channel, rule="send-test")
+
+
+async def _send_test(config: Config, channel_name: str) -> int:
+    if channel_name not in config.channels:
+        known = ", ".join(sorted(config.channels))
+        print(f"unknown channel {channel_name!r} (known: {known})", file=sys.stderr)
+        return 2
+    channel = build_channel(channel_name, config.channels[channel_name])
+    notification = test_notification(config, channel_name, datetime.now(UTC))
+    try:
+        # The same retry loop as real deliveries, without the outbox.
+        error = await send_with_retries(channel, notification, config.delivery, asyncio.Event())
+    finally:
+        await channel.aclose()
+    if error is not None:
+        print(f"FAILED {error}", file=sys.stderr)
+        return 1
+    print(f"test notification {notification.event.id} delivered to {channel_name}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "demo":
+            from notifier.demo import run_demo
+
+            configure_logging(args.log_level)
+            return asyncio.run(run_demo(redis_url=args.redis_url, duration=args.duration))
+        if args.command == "check-config":
+            return cmd_check_config(args)
+        config = _load(args)
+        if args.command == "run":
+            return asyncio.run(_run(config))
+        if args.command == "once":
+            return asyncio.run(_once(config))
+        if args.command == "send-test":
+            return asyncio.run(_send_test(config, args.channel))
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    raise AssertionError(f"unhandled command {args.command}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

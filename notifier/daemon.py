@@ -1,0 +1,136 @@
+"""Wires the pieces together: config → DCS client, Redis store, channels, poller, deliverer.
+
+``Daemon.run()`` is the long-running service; ``Daemon.once()`` polls every instance once, delivers
+what is queued and reports what failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import redis.asyncio as aioredis
+
+from notifier.channels import build_channel
+from notifier.channels.base import Channel
+from notifier.config import Config, require_credentials
+from notifier.constants import Keys
+from notifier.dcs.client import DcsClient
+from notifier.delivery import Deliverer, DeliveryHook, PassResult
+from notifier.errors import StateStoreError
+from notifier.events import Notification
+from notifier.poller import Poller, PollOutcome, utcnow
+from notifier.state import StateStore
+
+log = logging.getLogger(__name__)
+
+
+def connect_redis(url: str) -> aioredis.Redis:
+    return aioredis.from_url(url, decode_responses=True, socket_timeout=5, socket_connect_timeout=5)
+
+
+@dataclass
+class OnceReport:
+    polls: list[PollOutcome] = field(default_factory=list)
+    deliveries: dict[str, PassResult] = field(default_factory=dict)
+
+    @property
+    def problems(self) -> list[str]:
+        out = [f"poll {p.instance.name} ({p.instance.id}): {p.error}" for p in self.polls if p.error]
+        for ch, r in self.deliveries.items():
+            out.extend(f"delivery to {ch}: {msg}" for msg in r.failed)
+            if r.dead_lettered:
+                out.append(
+                    f"delivery to {ch}: {r.dead_lettered} notification(s) refused, moved to dead letters"
+                )
+        return out
+
+
+class Daemon:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        redis_client: aioredis.Redis | None = None,
+        channels: dict[str, Channel] | None = None,
+        clock: Callable[[], datetime] = utcnow,
+        on_delivered: DeliveryHook | None = None,
+    ) -> None:
+        ak, sk = require_credentials(config)
+        self.config = config
+        self._own_redis = redis_client is None
+        self.redis = redis_client or connect_redis(config.redis.url.get_secret_value())
+        self.store = StateStore(self.redis, Keys(config.redis.key_prefix), config.cloud.project_id)
+        self.client = DcsClient(
+            endpoint=config.cloud.endpoint_url,
+            project_id=config.cloud.project_id,
+            ak=ak,
+            sk=sk,
+            timeout=config.cloud.timeout,
+            page_size=config.cloud.page_size,
+            max_concurrency=config.cloud.max_concurrency,
+        )
+        self.channels = channels or {name: build_channel(name, cfg) for name, cfg in config.channels.items()}
+        self.stop = asyncio.Event()
+        self.deliverer = Deliverer(
+            self.store, self.channels, config.delivery, stop=self.stop, on_delivered=on_delivered
+        )
+        self.poller = Poller(config, self.client, self.store, clock=clock, on_commit=self._committed)
+
+    def _committed(self, notifications: Sequence[Notification]) -> None:
+        for ch in {n.channel for n in notifications}:
+            self.deliverer.wake(ch)
+
+    def request_stop(self) -> None:
+        self.deliverer.request_stop()
+
+    async def once(self) -> OnceReport:
+        report = OnceReport()
+        report.polls = await self.poller.poll_all()
+        try:
+            report.deliveries = await self.deliverer.drain_all()
+        except StateStoreError as exc:
+            report.deliveries = {"*": PassResult(failed=[str(exc)])}
+        return report
+
+    async def _heartbeat(self) -> None:
+        interval = self.config.poll.interval
+        while not self.stop.is_set():
+            with contextlib.suppress(StateStoreError):
+                await self.store.heartbeat(int(interval * 3) + 1)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), timeout=interval)
+
+    async def run(self) -> None:
+        """Poll and deliver until ``request_stop()``; sends in flight finish first."""
+        log.info(
+            "dcs-notifier running: %d instance(s), %d channel(s), poll every %g s",
+            len(self.config.instances),
+            len(self.channels),
+            self.config.poll.interval,
+        )
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self.poller.run(self.stop), name="poller")
+            tg.create_task(self._heartbeat(), name="heartbeat")
+            for name in self.channels:
+                tg.create_task(
+                    self.deliverer.run_channel(name, self.config.poll.interval), name=f"deliver:{name}"
+                )
+        log.info("dcs-notifier stopped")
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+        for ch in self.channels.values():
+            await ch.aclose()
+        if self._own_redis:
+            await self.redis.aclose()
+
+    async def __aenter__(self) -> Daemon:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()

@@ -1,0 +1,236 @@
+"""Async client of the DCS List Background Tasks API: signing, paging, windows, typed errors.
+
+Each call signs with AK/SK (``notifier.dcs.signer``), reads every page of the window, and turns
+anything but a good answer into a :class:`~notifier.errors.DcsApiError` that names the instance, the
+HTTP status, the Huawei error code and message, and the ``X-Request-Id``. The client does not retry:
+the poller decides when to ask again, from the error's reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import aiohttp
+from pydantic import ValidationError
+from yarl import URL
+
+from notifier.dcs.models import ApiErrorBody, Task, TaskList, format_query_time
+from notifier.dcs.signer import canonical_query, sign
+from notifier.errors import DcsApiError, Reason
+
+log = logging.getLogger(__name__)
+
+USER_AGENT = "dcs-notifier/0.1"
+MAX_PAGES = 1000
+_MAX_ERROR_TEXT = 300
+
+
+#: Huawei error codes that mean "busy / throttled, ask again later" whatever the HTTP status.
+RETRY_LATER_CODES = frozenset({"DCS.4026", "DCS.4049", "APIG.0308", "APIGW.0308"})
+
+
+def _reason_for_status(status: int, code: str | None = None) -> Reason:
+    if status == 429 or code in RETRY_LATER_CODES:
+        return Reason.RATE_LIMITED
+    if status in (401, 403):
+        return Reason.AUTH
+    if status == 404:
+        return Reason.NOT_FOUND
+    if status >= 500:
+        return Reason.SERVER_ERROR
+    return Reason.CLIENT_ERROR
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+class DcsClient:
+    """One project's DCS endpoint. Share one instance across all polls; close it with ``aclose()``."""
+
+    def __init__(
+        self,
+        *,
+        endpoint: str,
+        project_id: str,
+        ak: str,
+        sk: str,
+        timeout: float = 10.0,
+        page_size: int = 100,
+        max_concurrency: int = 16,
+        session: aiohttp.ClientSession | None = None,
+    ) -> None:
+        self._endpoint = endpoint.rstrip("/")
+        split = urlsplit(self._endpoint)
+        if split.scheme not in ("http", "https") or not split.hostname:
+            raise ValueError(f"DCS endpoint must be an http(s) URL, got {self._endpoint!r}")
+        self._host = split.netloc
+        self._project_id = project_id
+        self._ak = ak
+        self._sk = sk
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._page_size = page_size
+        self._limit = asyncio.Semaphore(max_concurrency)
+        self._session = session
+        self._own_session = session is None
+
+    def __repr__(self) -> str:
+        return f"<DcsClient {self._endpoint} project={self._project_id}>"
+
+    async def aclose(self) -> None:
+        if self._own_session and self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def __aenter__(self) -> DcsClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(headers={"User-Agent": USER_AGENT})
+        return self._session
+
+    async def list_tasks(self, instance_id: str, start: datetime, end: datetime) -> list[Task]:
+        """Every task created in [start, end] (UTC), all pages read, duplicates across pages dropped."""
+        path = f"/v2/{quote(self._project_id, safe='')}/instances/{quote(instance_id, safe='')}/tasks"
+        window = [("start_time", format_query_time(start)), ("end_time", format_query_time(end))]
+        seen: dict[str, Task] = {}
+        offset = 0
+        for _ in range(MAX_PAGES):
+            params = [("offset", str(offset)), ("limit", str(self._page_size)), *window]
+            page = parse_tasks_page(await self._get_json(instance_id, path, params), instance_id)
+            for task in page.tasks:
+                seen.setdefault(task.id, task)
+            offset += len(page.tasks)
+            if not page.tasks or offset >= page.task_count:
+                return list(seen.values())
+        raise DcsApiError(
+            instance_id,
+            Reason.INVALID_RESPONSE,
+            f"more than {MAX_PAGES} pages of tasks; the answer never ends",
+        )
+
+    async def list_instances(self, limit: int = 1000) -> list[dict[str, Any]]:
+        """``GET /v2/{project_id}/instances``: every instance of the project (raw dicts)."""
+        path = f"/v2/{quote(self._project_id, safe='')}/instances"
+        out: list[dict[str, Any]] = []
+        offset = 0
+        for _ in range(MAX_PAGES):
+            body = await self._get_json("-", path, [("offset", str(offset)), ("limit", str(limit))])
+            items = body.get("instances") or []
+            if not isinstance(items, list):
+                raise DcsApiError("-", Reason.INVALID_RESPONSE, "'instances' is not a list")
+            out.extend(i for i in items if isinstance(i, dict))
+            offset += len(items)
+            total = body.get("instance_num")
+            if not items or not isinstance(total, int | str) or offset >= int(total):
+                break
+        return out
+
+    async def _get_json(
+        self, instance_id: str, path: str, params: Sequence[tuple[str, str]]
+    ) -> dict[str, Any]:
+        query = canonical_query(params)
+        url = f"{self._endpoint}{path}?{query}" if query else f"{self._endpoint}{path}"
+        headers = sign(
+            "GET",
+            url,
+            {
+                "Content-Type": "application/json",
+                "Host": self._host,
+                "User-Agent": USER_AGENT,
+                "X-Project-Id": self._project_id,
+            },
+            b"",
+            ak=self._ak,
+            sk=self._sk,
+            now=datetime.now(UTC),
+        )
+        session = self._get_session()
+        try:
+            async with (
+                self._limit,
+                session.get(URL(url, encoded=True), headers=headers, timeout=self._timeout) as resp,
+            ):
+                raw = await resp.read()
+                request_id = resp.headers.get("X-Request-Id")
+                if resp.status != 200:
+                    raise self._http_error(instance_id, resp.status, raw, request_id, resp.headers)
+        except TimeoutError:
+            raise DcsApiError(
+                instance_id, Reason.TIMEOUT, f"no answer within {self._timeout.total:g} s"
+            ) from None
+        except aiohttp.ClientError as exc:
+            # The exception text may carry the URL; name only the endpoint host.
+            raise DcsApiError(
+                instance_id, Reason.CONNECTION, f"cannot reach {self._host}: {type(exc).__name__}"
+            ) from None
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            snippet = raw[:80].decode("utf-8", "replace")
+            raise DcsApiError(
+                instance_id,
+                Reason.INVALID_RESPONSE,
+                f"HTTP 200 with a body that is not JSON: {snippet!r}",
+                http_status=200,
+                request_id=request_id,
+            ) from None
+        if not isinstance(body, dict):
+            raise DcsApiError(
+                instance_id,
+                Reason.INVALID_RESPONSE,
+                f"expected a JSON object, got {type(body).__name__}",
+                http_status=200,
+                request_id=request_id,
+            )
+        return body
+
+    def _http_error(
+        self, instance_id: str, status: int, raw: bytes, request_id: str | None, headers: Any
+    ) -> DcsApiError:
+        code: str | None = None
+        msg: str | None = None
+        try:
+            body = ApiErrorBody.model_validate_json(raw)
+            code, msg = body.error_code, body.error_msg
+        except ValidationError:
+            pass
+        if not msg:
+            text = raw[:_MAX_ERROR_TEXT].decode("utf-8", "replace").strip()
+            msg = text or "(empty body)"
+        return DcsApiError(
+            instance_id,
+            _reason_for_status(status, code),
+            msg,
+            http_status=status,
+            error_code=code,
+            request_id=request_id,
+            retry_after=_retry_after(headers.get("Retry-After")),
+        )
+
+
+def parse_tasks_page(body: dict[str, Any], instance_id: str) -> TaskList:
+    """Validate one page; a malformed page is an INVALID_RESPONSE error naming the bad field."""
+    try:
+        return TaskList.model_validate(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        raise DcsApiError(
+            instance_id, Reason.INVALID_RESPONSE, f"malformed task list at {loc}: {first['msg']}"
+        ) from None

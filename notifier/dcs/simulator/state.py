@@ -1,0 +1,345 @@
+"""In-memory state of the DCS simulator and its deterministic control API (no HTTP here)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from notifier.dcs.models import Outcome, TaskDetails, classify_status, format_api_time, parse_api_time
+
+Clock = Callable[[], datetime]
+DEFAULT_USER_ID = "d53977d1adfb49c5b025ba7d33a13fd7"
+DEFAULT_USER_NAME = "dcs_ops"
+
+
+def wall_clock() -> datetime:
+    return datetime.now(UTC)
+
+
+class ManualClock:
+    """A clock tests move by hand: ``clock()`` returns the current instant, ``advance()`` moves it."""
+
+    def __init__(self, start: datetime | None = None) -> None:
+        self.now = (start or datetime(2024, 6, 1, 12, 0, 0, tzinfo=UTC)).astimezone(UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> datetime:
+        self.now += timedelta(seconds=seconds)
+        return self.now
+
+
+def error_body(code: str, message: str) -> dict[str, Any]:
+    """The Huawei-style error body."""
+    return {"error_code": code, "error_msg": message, "error_ext_msg": None}
+
+
+@dataclass(frozen=True)
+class Fault:
+    """What to answer instead of the normal response.
+
+    ``body is None`` means "answer normally" (after ``delay`` seconds); otherwise ``status``/``body``/
+    ``headers`` are sent as they are, after ``delay``.
+    """
+
+    status: int = 200
+    body: bytes | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    delay: float = 0.0
+
+    @classmethod
+    def error(cls, status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> Fault:
+        body = json.dumps(error_body(code, message)).encode()
+        return cls(status, body, {"Content-Type": "application/json", **(headers or {})})
+
+    @classmethod
+    def throttled(cls, retry_after: int | None = 1) -> Fault:
+        """API gateway throttling: 429 ``APIG.0308``, with ``Retry-After`` when given."""
+        headers = {} if retry_after is None else {"Retry-After": str(retry_after)}
+        return cls.error(429, "APIG.0308", "The throttling threshold has been reached.", headers)
+
+    @classmethod
+    def server_error(cls, status: int = 500, code: str = "DCS.5000") -> Fault:
+        return cls.error(status, code, "Internal service error.")
+
+    @classmethod
+    def busy(cls) -> Fault:
+        return cls.error(400, "DCS.4026", "The system is busy. Please try again later.")
+
+    @classmethod
+    def malformed_json(cls) -> Fault:
+        """HTTP 200 with a truncated JSON body."""
+        return cls(200, b'{"task_count": 1, "tasks": [{"id": "', {"Content-Type": "application/json"})
+
+    @classmethod
+    def slow(cls, seconds: float) -> Fault:
+        """Answer normally, but only after ``seconds`` (to trigger client timeouts)."""
+        return cls(delay=seconds)
+
+
+@dataclass
+class PendingFault:
+    fault: Fault
+    remaining: int
+    instance_id: str | None  # None: every API request
+
+
+@dataclass
+class RecordedRequest:
+    method: str
+    path: str
+    query_pairs: list[tuple[str, str]]
+    headers: dict[str, str]
+    instance_id: str | None
+    status: int | None = None
+
+    @property
+    def query(self) -> dict[str, str]:
+        return dict(self.query_pairs)
+
+
+@dataclass
+class SimInstance:
+    instance_id: str
+    name: str
+    status: str = "RUNNING"
+    engine: str = "Redis"
+    engine_version: str = "6.0"
+    spec_code: str = "redis.ha.xu1.tiny.r2.128"
+    capacity_gb: float = 0.125
+    ip: str = "192.168.0.10"
+    port: int = 6379
+    az_codes: list[str] = field(default_factory=lambda: ["az1"])
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_api(self) -> dict[str, Any]:
+        whole = int(self.capacity_gb)
+        data: dict[str, Any] = {
+            "instance_id": self.instance_id,
+            "name": self.name,
+            "status": self.status,
+            "engine": self.engine,
+            "engine_version": self.engine_version,
+            "spec_code": self.spec_code,
+            "capacity": whole,
+            "capacity_minor": "" if self.capacity_gb == whole else format(self.capacity_gb, "g"),
+            "max_memory": round(self.capacity_gb * 1024),
+            "ip": self.ip,
+            "port": self.port,
+            "az_codes": list(self.az_codes),
+        }
+        data.update(self.extra)
+        return data
+
+
+@dataclass
+class SimTask:
+    seq: int
+    fields: dict[str, Any]  # exactly what is served, timestamps already formatted
+    created: datetime | None  # parsed created_at, for ordering and time filters
+
+    @property
+    def id(self) -> str:
+        return str(self.fields.get("id", ""))
+
+
+class SimulatorState:
+    """Instances, tasks, faults and the request log; every method is synchronous and deterministic."""
+
+    def __init__(
+        self,
+        *,
+        project_id: str,
+        credentials: Mapping[str, str],
+        clock: Clock = wall_clock,
+        task_count_as_string: bool = False,
+        omit_unfinished_updated_at: bool = False,
+    ) -> None:
+        self.project_id = project_id
+        self._credentials = dict(credentials)
+        self.clock = clock
+        self.task_count_as_string = task_count_as_string
+        self.omit_unfinished_updated_at = omit_unfinished_updated_at
+        self.instances: dict[str, SimInstance] = {}
+        self.tasks: dict[str, list[SimTask]] = {}
+        self.requests: list[RecordedRequest] = []
+        self.faults: list[PendingFault] = []
+        self._seq = 0
+        self._changed = asyncio.Event()
+
+    def __repr__(self) -> str:  # never show the secret keys
+        return f"<{type(self).__name__} project_id={self.project_id!r} instances={len(self.instances)}>"
+
+    # --- credentials --------------------------------------------------------------------------------
+
+    def lookup_sk(self, ak: str) -> str | None:
+        return self._credentials.get(ak)
+
+    def set_credentials(self, credentials: Mapping[str, str]) -> None:
+        self._credentials = dict(credentials)
+
+    # --- change notification ------------------------------------------------------------------------
+
+    def notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def wait_for(self, predicate: Callable[[], bool], within: float = 5.0) -> None:
+        """Wait until ``predicate()`` holds, re-checked on each request or state change.
+
+        Raises ``TimeoutError`` when it does not hold within ``within`` seconds.
+        """
+        try:
+            async with asyncio.timeout(within):
+                while not predicate():
+                    await self._changed.wait()
+        except TimeoutError:
+            raise TimeoutError(f"condition not met within {within} s") from None
+
+    # --- instances ----------------------------------------------------------------------------------
+
+    def add_instance(self, instance_id: str, name: str, **attrs: Any) -> SimInstance:
+        """Add (or replace) an instance; ``attrs`` are :class:`SimInstance` fields."""
+        instance = SimInstance(instance_id, name, **attrs)
+        self.instances[instance_id] = instance
+        self.tasks.setdefault(instance_id, [])
+        self.notify()
+        return instance
+
+    def _instance_tasks(self, instance_id: str) -> list[SimTask]:
+        if instance_id not in self.instances:
+            raise KeyError(f"unknown instance {instance_id!r}")
+        return self.tasks[instance_id]
+
+    # --- tasks --------------------------------------------------------------------------------------
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def start_task(
+        self,
+        instance_id: str,
+        name: str,
+        *,
+        details: Mapping[str, Any] | TaskDetails | None = None,
+        user_name: str = DEFAULT_USER_NAME,
+        user_id: str = DEFAULT_USER_ID,
+        status: str = "RUNNING",
+        created_at: datetime | None = None,
+        params: str | None = None,
+        enable_show: bool = False,
+        task_id: str | None = None,
+    ) -> str:
+        """Start a task (newest first in listings); returns its id (deterministic)."""
+        tasks = self._instance_tasks(instance_id)
+        seq = self._next_seq()
+        tid = task_id or hashlib.sha256(f"{instance_id}:{seq}".encode()).hexdigest()[:32]
+        created = (created_at or self.clock()).astimezone(UTC)
+        fields: dict[str, Any] = {"id": tid, "name": name, "user_name": user_name, "user_id": user_id}
+        if params is not None:
+            fields["params"] = params
+        if isinstance(details, TaskDetails):
+            details = details.model_dump(mode="json", exclude_none=True)
+        if details:
+            fields["details"] = dict(details)
+        fields.update({"enable_show": enable_show, "status": status, "created_at": format_api_time(created)})
+        if not self.omit_unfinished_updated_at:
+            fields["updated_at"] = ""
+        tasks.append(SimTask(seq, fields, created))
+        if classify_status(status) is not Outcome.IN_PROGRESS:
+            self.set_status(instance_id, tid, status)
+        self.notify()
+        return tid
+
+    def add_raw_task(self, instance_id: str, task: Mapping[str, Any]) -> str:
+        """Serve ``task`` verbatim (unknown fields, odd values); ``created_at`` orders it when parseable."""
+        try:
+            created = parse_api_time(task.get("created_at"))
+        except ValueError:
+            created = None
+        self._instance_tasks(instance_id).append(SimTask(self._next_seq(), dict(task), created))
+        self.notify()
+        return str(task.get("id", ""))
+
+    def get_task(self, instance_id: str, task_id: str) -> dict[str, Any]:
+        """A copy of the task as served."""
+        return dict(self._find(instance_id, task_id).fields)
+
+    def _find(self, instance_id: str, task_id: str) -> SimTask:
+        for task in self._instance_tasks(instance_id):
+            if task.id == task_id:
+                return task
+        raise KeyError(f"unknown task {task_id!r} on instance {instance_id!r}")
+
+    def set_status(
+        self, instance_id: str, task_id: str, status: str, updated_at: datetime | None = None
+    ) -> None:
+        """Change a task's status; a final status (SUCCESS, FAILED…) stamps ``updated_at`` (default: now)."""
+        task = self._find(instance_id, task_id)
+        task.fields["status"] = status
+        if updated_at is None and classify_status(status) is not Outcome.IN_PROGRESS:
+            updated_at = self.clock()
+        if updated_at is not None:
+            task.fields["updated_at"] = format_api_time(updated_at)
+        self.notify()
+
+    def finish_task(
+        self, instance_id: str, task_id: str, status: str = "SUCCESS", updated_at: datetime | None = None
+    ) -> None:
+        self.set_status(instance_id, task_id, status, updated_at or self.clock())
+
+    def remove_task(self, instance_id: str, task_id: str) -> None:
+        self._instance_tasks(instance_id).remove(self._find(instance_id, task_id))
+        self.notify()
+
+    def list_tasks(
+        self, instance_id: str, start: datetime | None = None, end: datetime | None = None
+    ) -> list[dict[str, Any]]:
+        """All matching tasks as served, newest first (``end`` inclusive to the second)."""
+        picked = []
+        for task in self._instance_tasks(instance_id):
+            if start is not None and (task.created is None or task.created < start):
+                continue
+            if end is not None and (task.created is None or task.created >= end + timedelta(seconds=1)):
+                continue
+            picked.append(task)
+        oldest = datetime.min.replace(tzinfo=UTC)
+        picked.sort(key=lambda t: (t.created or oldest, t.seq), reverse=True)
+        return [dict(t.fields) for t in picked]
+
+    # --- faults -------------------------------------------------------------------------------------
+
+    def inject(self, fault: Fault, *, times: int = 1, instance_id: str | None = None) -> None:
+        """The next ``times`` API requests (for ``instance_id``'s tasks, or any) get ``fault``; FIFO."""
+        if times < 1:
+            raise ValueError("times must be >= 1")
+        self.faults.append(PendingFault(fault, times, instance_id))
+
+    def clear_faults(self) -> None:
+        self.faults.clear()
+
+    def take_fault(self, instance_id: str | None) -> Fault | None:
+        for pending in self.faults:
+            if pending.instance_id is None or pending.instance_id == instance_id:
+                pending.remaining -= 1
+                if pending.remaining == 0:
+                    self.faults.remove(pending)
+                return pending.fault
+        return None
+
+    # --- request log --------------------------------------------------------------------------------
+
+    def task_requests(self, instance_id: str | None = None) -> list[RecordedRequest]:
+        """Recorded List Background Tasks requests (of one instance, or all)."""
+        return [
+            r
+            for r in self.requests
+            if r.path.endswith("/tasks") and (instance_id is None or r.instance_id == instance_id)
+        ]

@@ -1,0 +1,86 @@
+"""Typed errors, raised at the edge where they arise and classified there as retryable or not.
+
+No error message built here carries a secret: channel errors name the channel, never its URL or token,
+and DCS errors name the instance, HTTP status, Huawei error code and request id — never the AK/SK.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class NotifierError(Exception):
+    """Base of every error dcs-notifier raises on purpose."""
+
+
+class ConfigError(NotifierError):
+    """The configuration file is missing, unreadable or invalid."""
+
+
+class Reason(enum.StrEnum):
+    """Why a call to the outside failed; also a metric label."""
+
+    CLIENT_ERROR = "client_error"
+    AUTH = "auth"
+    NOT_FOUND = "not_found"
+    RATE_LIMITED = "rate_limited"
+    SERVER_ERROR = "server_error"
+    TIMEOUT = "timeout"
+    CONNECTION = "connection"
+    INVALID_RESPONSE = "invalid_response"
+
+
+class DcsApiError(NotifierError):
+    """A List Background Tasks call for one instance failed."""
+
+    def __init__(
+        self,
+        instance_id: str,
+        reason: Reason,
+        message: str,
+        *,
+        http_status: int | None = None,
+        error_code: str | None = None,
+        request_id: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        self.instance_id = instance_id
+        self.reason = reason
+        self.http_status = http_status
+        self.error_code = error_code
+        self.request_id = request_id
+        self.retry_after = retry_after
+        self.message = message
+        parts = [f"DCS API error for instance {instance_id}"]
+        if http_status is not None:
+            parts.append(f"HTTP {http_status}")
+        if error_code:
+            parts.append(error_code)
+        text = ", ".join(parts) + f": {message}"
+        if request_id:
+            text += f" (X-Request-Id {request_id})"
+        super().__init__(text)
+
+    @property
+    def retryable(self) -> bool:
+        """Worth trying again soon: throttling, server errors, timeouts, broken connections."""
+        return self.reason in {Reason.RATE_LIMITED, Reason.SERVER_ERROR, Reason.TIMEOUT, Reason.CONNECTION}
+
+
+class DeliveryError(NotifierError):
+    """A channel did not accept a notification. Channels raise it; only the delivery loop retries."""
+
+    def __init__(
+        self, channel: str, retryable: bool, reason: Reason, message: str, *, retry_after: float | None = None
+    ) -> None:
+        self.channel = channel
+        self.retryable = retryable
+        self.reason = reason
+        self.retry_after = retry_after
+        self.message = message
+        kind = "retryable" if retryable else "permanent"
+        super().__init__(f"channel {channel!r}: {message} ({kind}, {reason.value})")
+
+
+class StateStoreError(NotifierError):
+    """Redis could not be reached or refused an operation; no state was advanced."""

@@ -1,0 +1,85 @@
+"""Events: what the diff finds, what rules route and what formatters render.
+
+An event is immutable and carries everything a formatter needs, so formatters stay pure functions.
+Its id is deterministic — the same (instance, task, type, status) always gives the same id — so it
+can serve as an idempotency key end to end (the webhook ``webhook-id`` header).
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from notifier.dcs.models import Task
+
+
+class EventType(enum.StrEnum):
+    STARTED = "task.started"
+    SUCCEEDED = "task.succeeded"
+    FAILED = "task.failed"
+    UPDATED = "task.updated"
+
+
+class InstanceRef(BaseModel):
+    """The watched instance as configured: id, a readable name, labels for routing."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    name: str
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+def event_id(instance_id: str, task_id: str, type_: EventType, status: str) -> str:
+    """Deterministic event id: ``evt_`` + 32 hex chars of sha256 over the identifying tuple."""
+    key = "\x1f".join((instance_id, task_id, type_.value, status))
+    return "evt_" + hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+class Event(BaseModel):
+    """A task of an instance started, succeeded, failed or changed status."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    type: EventType
+    project_id: str
+    region: str
+    instance: InstanceRef
+    task: Task
+    previous_status: str | None = None
+    detected_at: datetime
+
+    @property
+    def summary(self) -> str:
+        """One line a person reads first, e.g. ``Master/standby switchover succeeded on orders-cache``."""
+        what = self.task.display_name
+        where = self.instance.name
+        match self.type:
+            case EventType.STARTED:
+                return f"{what} started on {where}"
+            case EventType.SUCCEEDED:
+                return f"{what} succeeded on {where}"
+            case EventType.FAILED:
+                return f"{what} failed on {where} (status {self.task.status})"
+            case EventType.UPDATED:
+                before = self.previous_status or "unknown"
+                return f"{what} on {where} changed status {before} → {self.task.status}"
+
+
+class Notification(BaseModel):
+    """One event routed to one channel by one rule: the unit the outbox stores and delivery sends."""
+
+    model_config = ConfigDict(frozen=True)
+
+    event: Event
+    channel: str
+    rule: str | None = None
+
+    @property
+    def key(self) -> str:
+        """Idempotency key of this delivery: the event id plus the channel."""
+        return f"{self.event.id}:{self.channel}"

@@ -1,0 +1,53 @@
+"""Rules route events to channels. Pure functions: event in, notifications out.
+
+Every rule that matches contributes its channels; a channel gets an event once, credited to the
+first rule (in file order) that sent it there. With no rules at all, every event goes to every
+channel. A rule matches when each of its filters matches:
+
+* ``tasks``: task names as the API reports them (``masterStandbySwapJob``, ``EXTEND``...) or ``*``;
+  ``EXTEND`` and ``ChangeInstanceSpec`` name the same kind.
+* ``events``: event types (``task.started``...) or ``*``.
+* ``instances``: instance ids or configured names, or ``*``.
+* ``labels``: every given label must equal the instance's label.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from notifier.config import RuleConfig
+from notifier.events import Event, Notification
+
+_ALIASES = {"ChangeInstanceSpec": "EXTEND"}
+
+
+def _canonical_task(name: str) -> str:
+    return _ALIASES.get(name, name)
+
+
+def rule_matches(rule: RuleConfig, event: Event) -> bool:
+    if "*" not in rule.tasks and _canonical_task(event.task.name) not in {
+        _canonical_task(t) for t in rule.tasks
+    }:
+        return False
+    if "*" not in rule.events and event.type not in rule.events:
+        return False
+    if (
+        "*" not in rule.instances
+        and event.instance.id not in rule.instances
+        and event.instance.name not in (rule.instances)
+    ):
+        return False
+    return all(event.instance.labels.get(k) == v for k, v in rule.labels.items())
+
+
+def route(event: Event, rules: Sequence[RuleConfig], channels: Sequence[str]) -> list[Notification]:
+    """The notifications one event causes, one per channel, in a stable order."""
+    if not rules:
+        return [Notification(event=event, channel=ch, rule=None) for ch in channels]
+    chosen: dict[str, str] = {}
+    for rule in rules:
+        if rule_matches(rule, event):
+            for ch in rule.channels:
+                chosen.setdefault(ch, rule.name)
+    return [Notification(event=event, channel=ch, rule=name) for ch, name in chosen.items()]

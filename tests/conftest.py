@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+
+from notifier.dcs.simulator import Simulator
+from tests.support.redis_server import RedisServer
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One real redis-server for the session, on a free port; each test gets it flushed."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"), persistence=False)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    with redis.Redis.from_url(redis_server.url) as client:
+        client.flushall()
+    return redis_server.url
+
+
+@pytest.fixture
+async def redis_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.from_url(redis_url, decode_responses=True)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of the test's own (persistent, AOF), for tests that stop, kill or restart it."""
+    server = RedisServer(tmp_path / "redis", persistence=True)
+    server.start()
+    yield server
+    server.stop(kill=True)
+
+
+PROJECT_ID = "a4d31cb6-3d72-4fdc-8ec9-6e3a41e47f71"
+AK = "HPUAEXAMPLEAK0000001"
+SK = "sk-EXAMPLE-7fQ2x9Lk3PzVb8Wn"
+ORDERS = "5560df16-cebf-4473-95c4-d1b573c16e79"
+SESSIONS = "7d1e0c2b-5a44-4e8e-9f3b-2a6c1d9e8f70"
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[Simulator]:
+    """The project's DCS simulator on a free loopback port, with two instances."""
+    simulator = Simulator(project_id=PROJECT_ID, credentials={AK: SK})
+    simulator.add_instance(ORDERS, "orders-cache")
+    simulator.add_instance(SESSIONS, "sessions-cache")
+    await simulator.start()
+    yield simulator
+    await simulator.stop()
