@@ -62,6 +62,11 @@ class DcsApiError(NotifierError):
         super().__init__(text)
 
     @property
+    def fingerprint(self) -> tuple[object, ...]:
+        """What makes two errors "the same" for reporting (the request id differs every time)."""
+        return (self.reason, self.http_status, self.error_code, self.message)
+
+    @property
     def retryable(self) -> bool:
         """Worth trying again soon: throttling, server errors, timeouts, broken connections."""
         return self.reason in {Reason.RATE_LIMITED, Reason.SERVER_ERROR, Reason.TIMEOUT, Reason.CONNECTION}

@@ -68,7 +68,7 @@ class Poller:
         self.clock = clock
         self.on_commit = on_commit
         self._channels = list(config.channels)
-        self._reported: dict[str, str] = {}  # instance id → last error reported
+        self._reported: dict[str, tuple[object, ...]] = {}  # instance id → last error reported
         self._failures: dict[str, int] = {}
         self._redis_down = False
 
@@ -113,12 +113,12 @@ class Poller:
                 log.error("Redis is unavailable; no state advances until it returns: %s", exc)
                 self._redis_down = True
             return
-        message = str(exc)
-        if self._reported.get(inst.id) != message:
-            self._reported[inst.id] = message
-            log.error("poll of %s failed: %s", inst.name, message)
+        fingerprint = exc.fingerprint if isinstance(exc, DcsApiError) else (str(exc),)
+        if self._reported.get(inst.id) != fingerprint:
+            self._reported[inst.id] = fingerprint
+            log.error("poll of %s failed: %s", inst.name, exc)
         else:
-            log.debug("poll of %s still failing: %s", inst.name, message)
+            log.debug("poll of %s still failing: %s", inst.name, exc)
 
     def _recovered(self, inst: InstanceConfig) -> None:
         if self._redis_down:

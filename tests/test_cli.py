@@ -1,0 +1,141 @@
+"""The real CLI as a subprocess, against the simulator, stand-ins and a real redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from standardwebhooks.webhooks import Webhook
+
+from notifier.dcs.simulator import Simulator
+from notifier.standins.slack import SlackStandIn
+from notifier.standins.webhook import WebhookReceiver
+from tests.conftest import AK, ORDERS, PROJECT_ID, SK
+from tests.test_pipeline import WEBHOOK_SECRET
+
+CONFIG = f"""
+cloud: {{endpoint: "${{SIM_URL}}", project_id: "{PROJECT_ID}"}}
+instances: [{{id: "{ORDERS}", name: orders-cache, labels: {{env: prod}}}}]
+poll: {{interval: 0.2}}
+redis: {{url: "${{REDIS_URL}}", key_prefix: cli}}
+channels:
+  oncall: {{type: slack, webhook_url: "${{SLACK_WEBHOOK_URL}}"}}
+  audit: {{type: webhook, url: "${{AUDIT_URL}}", secret: "{WEBHOOK_SECRET}"}}
+delivery: {{max_attempts: 2, backoff_initial: 0.05, backoff_max: 0.1}}
+"""
+
+
+@dataclass
+class Cli:
+    config: Path
+    env: dict[str, str]
+    slack: SlackStandIn
+    audit: WebhookReceiver
+
+    async def start(self, *args: str) -> asyncio.subprocess.Process:
+        return await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "notifier.cli", *args,
+            env=self.env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+
+    async def run(self, *args: str) -> tuple[int, str, str]:
+        proc = await self.start(*args)
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
+        assert proc.returncode is not None
+        return proc.returncode, out.decode(), err.decode()
+
+
+@pytest.fixture
+async def cli(sim: Simulator, redis_url: str, tmp_path: Path) -> AsyncIterator[Cli]:
+    config = tmp_path / "config.yaml"
+    config.write_text(CONFIG)
+    async with SlackStandIn() as slack, WebhookReceiver(secret=WEBHOOK_SECRET) as audit:
+        env = {
+            "PATH": os.environ.get("PATH", ""),
+            "DCS_NOTIFIER_CONFIG": str(config),
+            "SIM_URL": str(sim.base_url),
+            "REDIS_URL": redis_url,
+            "SLACK_WEBHOOK_URL": slack.webhook_url,
+            "AUDIT_URL": audit.url,
+            "CLOUD_SDK_AK": AK,
+            "CLOUD_SDK_SK": SK,
+        }
+        yield Cli(config, env, slack, audit)
+
+
+async def test_once_delivers_signed_webhooks_a_third_party_verifies(cli: Cli, sim: Simulator) -> None:
+    sim.start_task(ORDERS, "masterStandbySwapJob")
+    code, out, err = await cli.run("once")
+    assert code == 0, err
+    assert "polled 1 instance(s): 1 event(s), 2 notification(s) delivered" in out
+    [req] = cli.audit.requests
+    payload = Webhook(WEBHOOK_SECRET).verify(req.body, dict(req.headers))
+    assert payload["type"] == "task.started"
+    assert payload["data"]["instance"]["name"] == "orders-cache"
+    assert len(cli.slack.requests) == 1
+    # Nothing new: exit 0, nothing sent.
+    code, out, _ = await cli.run("once")
+    assert code == 0
+    assert "0 event(s)" in out
+
+
+async def test_once_exits_non_zero_naming_what_failed(cli: Cli, sim: Simulator) -> None:
+    sim.start_task(ORDERS, "masterStandbySwapJob")
+    cli.env["CLOUD_SDK_SK"] = "wrong"
+    code, _, err = await cli.run("once")
+    assert code == 1
+    assert (
+        f"FAILED poll orders-cache ({ORDERS}): DCS API error for instance {ORDERS}, HTTP 401, DCS.1001" in err
+    )
+    assert SK not in err
+
+
+async def test_check_config_masks_secrets(cli: Cli) -> None:
+    code, out, err = await cli.run("check-config")
+    assert code == 0, err
+    for secret in (SK, AK, cli.slack.webhook_url, WEBHOOK_SECRET):
+        assert secret not in out + err
+    assert "ak: '****'" in out
+    assert "http://127.0.0.1:" in out  # the host of the webhook URLs is shown
+
+
+async def test_broken_config_is_exit_2_naming_file_and_key(cli: Cli) -> None:
+    cli.config.write_text(CONFIG.replace("interval: 0.2", "interval: soon"))
+    code, _, err = await cli.run("check-config")
+    assert code == 2
+    assert f"{cli.config}: invalid configuration" in err
+    assert "poll.interval: Input should be a valid number" in err
+
+
+async def test_send_test(cli: Cli) -> None:
+    code, out, err = await cli.run("send-test", "audit")
+    assert code == 0, err
+    assert "delivered to audit" in out
+    [req] = cli.audit.requests
+    assert json.loads(req.body)["data"]["rule"] == "send-test"
+    code, _, err = await cli.run("send-test", "nope")
+    assert code == 2
+    assert "unknown channel 'nope' (known: audit, oncall)" in err
+
+
+async def test_run_stops_cleanly_on_sigterm(cli: Cli, sim: Simulator) -> None:
+    proc = await cli.start("run")
+    try:
+        await sim.wait_for(lambda: len(sim.task_requests(ORDERS)) >= 1, within=15)
+        sim.start_task(ORDERS, "masterStandbySwapJob")
+        await cli.audit.wait_for(1, timeout=15)
+        await cli.slack.wait_for(1, timeout=15)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = await asyncio.wait_for(proc.communicate(), 15)
+    assert proc.returncode == 0, err.decode()
+    assert "dcs-notifier stopped" in err.decode()
