@@ -105,10 +105,19 @@ class RedisConfig(_Model):
 
 
 class DeliveryConfig(_Model):
-    max_attempts: int = Field(default=5, ge=1, le=100)
+    #: Give up (dead letter) after this many failed attempts at one notification...
+    max_attempts: int = Field(default=10, ge=1, le=10_000)
+    #: ...or once it has waited this many seconds since it was queued.
+    max_age: float = Field(default=86_400.0, gt=0)
     backoff_initial: float = Field(default=1.0, gt=0)
     backoff_max: float = Field(default=60.0, gt=0)
+    #: ``dcs-notifier once`` tries a failing notification at most this many times, then leaves it queued.
+    once_attempts: int = Field(default=3, ge=1)
+    #: On SIGTERM, sends in flight get this long to finish before they are abandoned (and stay queued).
+    stop_timeout: float = Field(default=10.0, gt=0)
+    #: Consumer name in the Redis consumer group; one per daemon process (default: the host name).
     consumer: str = Field(default_factory=socket.gethostname, min_length=1)
+    #: Entries another consumer left pending this long (seconds) are taken over.
     claim_idle: float = Field(default=60.0, gt=0)
     batch: int = Field(default=50, ge=1, le=1000)
 

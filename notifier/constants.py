@@ -22,6 +22,10 @@ deployments can share one Redis database. ``{p}`` below is that prefix.
     The notification log: written in the same MULTI/EXEC as the XACK, checked before every send, so
     an entry re-read after a crash between send and ack is not sent twice.
 
+``{p}:attempts:{channel}`` — HASH, no TTL (fields removed with their entry).
+    Failed send attempts per outbox entry id, so that giving up after ``delivery.max_attempts``
+    survives restarts. Removed in the same MULTI/EXEC that acknowledges or dead-letters the entry.
+
 ``{p}:dead`` — STREAM, capped at ~10,000 entries (MAXLEN ~).
     Dead letters: notifications a channel refused permanently. Fields: ``n`` (the Notification JSON),
     ``k``, ``channel``, ``error``, ``attempts``, ``failed_at``.
@@ -55,6 +59,9 @@ class Keys:
 
     def delivered(self, channel: str, event_id: str) -> str:
         return f"{self.prefix}:delivered:{channel}:{event_id}"
+
+    def attempts(self, channel: str) -> str:
+        return f"{self.prefix}:attempts:{channel}"
 
     @property
     def dead_letters(self) -> str:

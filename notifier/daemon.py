@@ -92,7 +92,7 @@ class Daemon:
         report = OnceReport()
         report.polls = await self.poller.poll_all()
         try:
-            report.deliveries = await self.deliverer.drain_all()
+            report.deliveries = await self.deliverer.drain_all(budget=self.config.delivery.once_attempts)
         except StateStoreError as exc:
             report.deliveries = {"*": PassResult(failed=[str(exc)])}
         return report
@@ -113,13 +113,25 @@ class Daemon:
             len(self.channels),
             self.config.poll.interval,
         )
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(self.poller.run(self.stop), name="poller")
-            tg.create_task(self._heartbeat(), name="heartbeat")
-            for name in self.channels:
-                tg.create_task(
-                    self.deliverer.run_channel(name, self.config.poll.interval), name=f"deliver:{name}"
-                )
+        workers = [
+            asyncio.create_task(
+                self.deliverer.run_channel(name, self.config.poll.interval), name=f"deliver:{name}"
+            )
+            for name in self.channels
+        ]
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self.poller.run(self.stop), name="poller")
+                tg.create_task(self._heartbeat(), name="heartbeat")
+        finally:
+            self.request_stop()
+            # Sends in flight get stop_timeout to finish; whatever is left stays queued for the next start.
+            _, late = await asyncio.wait(workers, timeout=self.config.delivery.stop_timeout)
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.wait(late)
+                log.warning("stopped %d delivery worker(s) mid-send; their messages stay queued", len(late))
         log.info("dcs-notifier stopped")
 
     async def aclose(self) -> None:

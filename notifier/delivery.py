@@ -1,27 +1,32 @@
 """Delivery: the one retry loop between the outbox and the channels.
 
 Channels send once and raise :class:`~notifier.errors.DeliveryError`; only this module retries.
-Per channel, one worker reads that channel's outbox stream in order (its own unacknowledged entries
-first, then entries a dead consumer left behind, then new ones) and, for each entry:
+Per channel, one worker reads that channel's outbox stream in order — its own unacknowledged entries
+first, then entries a dead consumer left pending (XAUTOCLAIM), then new ones — and for each entry:
 
-1. skips the send if the notification log says it was already delivered (a crash between send and
-   acknowledgement), else
-2. sends, retrying retryable failures with capped exponential backoff and full jitter, honouring
-   ``Retry-After``, up to ``delivery.max_attempts`` times;
-3. on success writes the notification log and acknowledges the entry in one MULTI/EXEC;
-4. on a permanent failure moves the entry to the dead-letter stream;
-5. when retries run out, leaves the entry pending and stops this channel's pass, so that a task's
-   "finished" never overtakes its "started"; the next pass tries again. Nothing is lost.
+1. skips the send if the notification log says it was already delivered (another consumer sent it
+   while this one had claimed it), else
+2. waits for the channel's pace (``rate`` messages per second) and sends;
+3. on success writes the notification log and acknowledges the entry in one MULTI/EXEC (if Redis is
+   down at that moment, the acknowledgement is kept in memory and written first when Redis returns,
+   so the send is not repeated);
+4. on a permanent failure moves the entry to the dead-letter stream at once;
+5. on a retryable failure counts the attempt in Redis and waits (exponential backoff with full jitter,
+   capped, never sooner than ``Retry-After``) before trying the same entry again, until
+   ``delivery.max_attempts`` or ``delivery.max_age`` is reached: then it goes to dead letters.
 
-A dead channel delays only itself: each channel has its own stream and worker.
+An entry is never skipped while it is being retried, so a task's "finished" never overtakes its
+"started" on a channel. A dead channel delays only itself: each channel has its own stream and worker.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import random
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -45,22 +50,12 @@ def backoff_delay(
     return max(initial / 2, ceiling * rng())
 
 
-@dataclass
-class PassResult:
-    """What one pass over a channel's outbox did."""
-
-    delivered: int = 0
-    skipped_duplicates: int = 0
-    dead_lettered: int = 0
-    failed: list[str] = field(default_factory=list)  # messages of entries left pending
-
-    @property
-    def ok(self) -> bool:
-        """Nothing left pending by a failure (dead-lettered entries are done with)."""
-        return not self.failed
-
-
-DeliveryHook = Callable[[OutboxEntry], None]
+def retry_delay(attempt: int, error: DeliveryError, config: DeliveryConfig) -> float:
+    """How long to wait before the next attempt: backoff, but never sooner than the channel asked."""
+    delay = backoff_delay(attempt, config.backoff_initial, config.backoff_max)
+    if error.retry_after is not None:
+        delay = max(delay, min(error.retry_after, MAX_RETRY_AFTER))
+    return delay
 
 
 async def pause(seconds: float, stop: asyncio.Event) -> bool:
@@ -75,35 +70,54 @@ async def pause(seconds: float, stop: asyncio.Event) -> bool:
 async def send_with_retries(
     channel: Channel, notification: Notification, config: DeliveryConfig, stop: asyncio.Event
 ) -> DeliveryError | None:
-    """Try one notification until accepted (None), refused for good, or attempts run out (the error)."""
-    last: DeliveryError | None = None
+    """Send outside the outbox (``send-test``) with the same retry policy; None = accepted."""
     for attempt in range(1, config.max_attempts + 1):
         try:
             await channel.send(notification)
             return None
         except DeliveryError as exc:
-            last = exc
             if not exc.retryable or attempt == config.max_attempts:
                 return exc
-            delay = backoff_delay(attempt, config.backoff_initial, config.backoff_max)
-            if exc.retry_after is not None:
-                delay = max(delay, min(exc.retry_after, MAX_RETRY_AFTER))
-            log.warning(
-                "delivery of %s to %s failed (attempt %d/%d), retrying in %.1f s: %s",
-                notification.event.id,
-                channel.name,
-                attempt,
-                config.max_attempts,
-                delay,
-                exc.message,
-            )
-            if await pause(delay, stop):
+            if await pause(retry_delay(attempt, exc, config), stop):
                 return exc
-    return last
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+class Verdict(enum.Enum):
+    DELIVERED = "delivered"
+    DUPLICATE = "duplicate"  # already in the notification log: acknowledged without sending
+    DEAD = "dead"
+    PENDING = "pending"  # left in the outbox for a later pass
+
+
+@dataclass
+class PassResult:
+    """What one pass over a channel's outbox did."""
+
+    delivered: int = 0
+    skipped_duplicates: int = 0
+    dead_lettered: int = 0
+    failed: list[str] = field(default_factory=list)  # why entries were left pending
+
+    @property
+    def ok(self) -> bool:
+        """Nothing left pending by a failure (dead-lettered entries are done with)."""
+        return not self.failed
+
+
+def entry_age(entry_id: str, now: float) -> float:
+    """Seconds since an outbox entry was written (stream ids start with the write time in ms)."""
+    try:
+        return max(0.0, now - int(entry_id.split("-", 1)[0]) / 1000)
+    except ValueError:
+        return 0.0
+
+
+DeliveryHook = Callable[[OutboxEntry], None]
 
 
 class Deliverer:
-    """Owns retries for every channel; one instance per process."""
+    """Owns retries, pacing and acknowledgements for every channel; one per process."""
 
     def __init__(
         self,
@@ -119,7 +133,9 @@ class Deliverer:
         self.config = config
         self.stop = stop or asyncio.Event()
         self.on_delivered = on_delivered
-        self._wake: dict[str, asyncio.Event] = {name: asyncio.Event() for name in self.channels}
+        self._wake = {name: asyncio.Event() for name in self.channels}
+        self._next_send = dict.fromkeys(self.channels, 0.0)
+        self._unacked: dict[str, list[OutboxEntry]] = {name: [] for name in self.channels}
 
     def wake(self, channel: str | None = None) -> None:
         """Tell a channel's worker (or all) that the outbox has new entries."""
@@ -127,107 +143,158 @@ class Deliverer:
             if channel is None or name == channel:
                 ev.set()
 
-    async def _pause(self, seconds: float) -> bool:
-        return await pause(seconds, self.stop)
+    def request_stop(self) -> None:
+        """Stop after the sends in flight; workers waiting for work or backing off return at once."""
+        self.stop.set()
+        self.wake()
 
-    async def _process(self, channel: Channel, entry: OutboxEntry, result: PassResult) -> bool:
-        """Deliver one entry; False means stop this pass (entry left pending)."""
+    async def _pace(self, channel: Channel) -> None:
+        if channel.rate is None:
+            return
+        now = time.monotonic()
+        wait = self._next_send[channel.name] - now
+        if wait > 0:
+            await asyncio.sleep(wait)  # pacing, not synchronisation: at most 1/rate seconds
+        self._next_send[channel.name] = max(now, self._next_send[channel.name]) + 1.0 / channel.rate
+
+    async def _ack(self, entry: OutboxEntry) -> None:
+        try:
+            await self.store.mark_delivered(entry)
+        except StateStoreError:
+            # Sent, but Redis is gone: remember, and acknowledge before anything else when it returns.
+            self._unacked[entry.channel].append(entry)
+            raise
+
+    async def _flush_unacked(self, name: str) -> None:
+        pending = self._unacked[name]
+        while pending:
+            await self.store.mark_delivered(pending[0])
+            pending.pop(0)
+
+    async def deliver(
+        self, channel: Channel, entry: OutboxEntry, budget: int | None = None
+    ) -> tuple[Verdict, str]:
+        """Deliver one entry, retrying as the policy says; ``budget`` caps the attempts of this call."""
+        cfg = self.config
         if await self.store.was_delivered(entry):
-            await self.store.mark_delivered(entry)
-            result.skipped_duplicates += 1
-            return True
-        error = await send_with_retries(channel, entry.notification, self.config, self.stop)
-        if error is None:
-            await self.store.mark_delivered(entry)
-            result.delivered += 1
-            log.info(
-                "delivered %s %s (%s) to %s",
-                entry.notification.event.type.value,
-                entry.notification.event.task.name,
+            await self._ack(entry)
+            return Verdict.DUPLICATE, ""
+        tries = 0
+        while True:
+            await self._pace(channel)
+            try:
+                await channel.send(entry.notification)
+            except DeliveryError as exc:
+                error = exc
+            else:
+                await self._ack(entry)
+                if self.on_delivered is not None:
+                    self.on_delivered(entry)
+                return Verdict.DELIVERED, ""
+            tries += 1
+            if not error.retryable:
+                attempts = await self.store.attempts(entry) + 1
+                await self.store.dead_letter(entry, str(error), attempts)
+                return Verdict.DEAD, str(error)
+            attempts = await self.store.record_attempt(entry)
+            age = entry_age(entry.entry_id, time.time())
+            if attempts >= cfg.max_attempts or age >= cfg.max_age:
+                reason = f"gave up after {attempts} attempt(s) over {age:.0f} s; last error: {error}"
+                await self.store.dead_letter(entry, reason, attempts)
+                return Verdict.DEAD, reason
+            if budget is not None and tries >= budget:
+                return Verdict.PENDING, str(error)
+            delay = retry_delay(attempts, error, cfg)
+            log.warning(
+                "delivery of %s to %s failed (attempt %d of %d), retrying in %.1f s: %s",
                 entry.notification.event.id,
                 channel.name,
+                attempts,
+                cfg.max_attempts,
+                delay,
+                error.message,
             )
-            if self.on_delivered is not None:
-                self.on_delivered(entry)
-            return True
-        if not error.retryable:
-            await self.store.dead_letter(entry, str(error), self.config.max_attempts)
-            result.dead_lettered += 1
-            log.error(
-                "gave up on %s for %s, moved to dead letters: %s",
-                entry.notification.event.id,
-                channel.name,
-                error,
-            )
-            return True
-        result.failed.append(str(error))
-        log.error(
-            "could not deliver %s to %s; it stays queued and is retried on the next pass: %s",
-            entry.notification.event.id,
-            channel.name,
-            error,
-        )
-        return False
+            if await pause(delay, self.stop):
+                return Verdict.PENDING, str(error)
 
-    async def drain(self, name: str, *, block_ms: int | None = None) -> PassResult:
-        """One pass over a channel's outbox: pending entries first, then stale ones, then new ones."""
+    async def drain(self, name: str, *, budget: int | None = None) -> PassResult:
+        """One pass over a channel's outbox, in order; stops at an entry left pending."""
         channel = self.channels[name]
         cfg = self.config
         result = PassResult()
-        consumer = cfg.consumer
+        await self._flush_unacked(name)
         for source in ("pending", "stale", "new"):
             while not self.stop.is_set():
                 if source == "stale":
                     min_idle_ms = int(cfg.claim_idle * 1000)
                     entries = await self.store.claim_stale(
-                        name, consumer, min_idle_ms=min_idle_ms, count=cfg.batch
+                        name, cfg.consumer, min_idle_ms=min_idle_ms, count=cfg.batch
                     )
                 else:
                     entries = await self.store.read(
-                        name, consumer, count=cfg.batch, block_ms=block_ms, pending=source == "pending"
+                        name, cfg.consumer, count=cfg.batch, pending=source == "pending"
                     )
-                if not entries:
-                    break
                 for entry in entries:
                     if self.stop.is_set():
                         return result
-                    if not await self._process(channel, entry, result):
+                    verdict, why = await self.deliver(channel, entry, budget)
+                    if verdict is Verdict.DELIVERED:
+                        result.delivered += 1
+                        log.info(
+                            "delivered %s %s (%s) to %s",
+                            entry.notification.event.type.value,
+                            entry.notification.event.task.name,
+                            entry.notification.event.id,
+                            name,
+                        )
+                    elif verdict is Verdict.DUPLICATE:
+                        result.skipped_duplicates += 1
+                    elif verdict is Verdict.DEAD:
+                        result.dead_lettered += 1
+                        log.error(
+                            "moved %s for %s to dead letters: %s", entry.notification.event.id, name, why
+                        )
+                    else:
+                        result.failed.append(why)
+                        log.error(
+                            "could not deliver %s to %s; it stays queued: %s",
+                            entry.notification.event.id,
+                            name,
+                            why,
+                        )
                         return result
                 if len(entries) < cfg.batch:
                     break
         return result
 
-    async def drain_all(self) -> dict[str, PassResult]:
-        """One pass over every channel, concurrently (used by ``once`` and tests)."""
+    async def drain_all(self, *, budget: int | None = None) -> dict[str, PassResult]:
+        """One pass over every channel, concurrently (``once``, tests)."""
         names = list(self.channels)
-        results = await asyncio.gather(*(self.drain(n) for n in names))
+        results = await asyncio.gather(*(self.drain(n, budget=budget) for n in names))
         return dict(zip(names, results, strict=True))
 
     async def run_channel(self, name: str, retry_interval: float) -> None:
-        """A channel's worker: drain, wait for new entries or the retry interval, repeat until stopped."""
-        outage = False
+        """A channel's worker: drain, then wait for new entries (or a periodic check), until stopped."""
         while not self.stop.is_set():
             wake = self._wake[name]
             wake.clear()
             try:
                 result = await self.drain(name)
-                if outage:
-                    log.info("delivery to %s resumed: Redis is reachable again", name)
-                    outage = False
             except StateStoreError as exc:
-                if not outage:
+                if not self.store.down:  # an outage is logged once by the store; anything else here
                     log.error("delivery to %s paused: %s", name, exc)
-                    outage = True
-                result = PassResult(failed=[str(exc)])
+                await pause(retry_interval, self.stop)
+                continue
+            except Exception:
+                # A bug must not take the daemon down: log it whole and try again later.
+                log.exception(
+                    "delivery worker for %s failed unexpectedly; retrying in %g s", name, retry_interval
+                )
+                await pause(retry_interval, self.stop)
+                continue
             if result.ok:
-                # Idle until new entries are committed (wake) or a periodic check is due (entries
-                # committed by another process, or left behind by a dead consumer).
+                # Entries committed by this process wake us at once; others are found by the periodic check.
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), timeout=IDLE_CHECK_SECONDS)
             else:
-                await self._pause(retry_interval)
-
-    def request_stop(self) -> None:
-        """Stop after the sends in flight; workers waiting for work return at once."""
-        self.stop.set()
-        self.wake()
+                await pause(retry_interval, self.stop)

@@ -70,7 +70,6 @@ class Poller:
         self._channels = list(config.channels)
         self._reported: dict[str, tuple[object, ...]] = {}  # instance id → last error reported
         self._failures: dict[str, int] = {}
-        self._redis_down = False
 
     async def poll_instance(self, inst: InstanceConfig) -> PollOutcome:
         """Poll one instance once. Never raises: the error, if any, is in the outcome."""
@@ -108,11 +107,8 @@ class Poller:
 
     def _report(self, inst: InstanceConfig, exc: Exception) -> None:
         self._failures[inst.id] = self._failures.get(inst.id, 0) + 1
-        if isinstance(exc, StateStoreError):
-            if not self._redis_down:
-                log.error("Redis is unavailable; no state advances until it returns: %s", exc)
-                self._redis_down = True
-            return
+        if isinstance(exc, StateStoreError) and self.store.down:
+            return  # the store logs an outage once, not once per poll
         fingerprint = exc.fingerprint if isinstance(exc, DcsApiError) else (str(exc),)
         if self._reported.get(inst.id) != fingerprint:
             self._reported[inst.id] = fingerprint
@@ -121,9 +117,6 @@ class Poller:
             log.debug("poll of %s still failing: %s", inst.name, exc)
 
     def _recovered(self, inst: InstanceConfig) -> None:
-        if self._redis_down:
-            log.info("Redis is reachable again; polling resumed")
-            self._redis_down = False
         self._failures.pop(inst.id, None)
         if self._reported.pop(inst.id, None) is not None:
             log.info("poll of %s recovered", inst.name)
@@ -159,7 +152,13 @@ class Poller:
                     return
                 except TimeoutError:
                     pass
-            outcome = await self.poll_instance(inst)
+            try:
+                outcome = await self.poll_instance(inst)
+            except Exception:
+                # A bug must not stop this instance's polling, nor the daemon: log it whole, back off.
+                log.exception("poll of %s failed unexpectedly", inst.name)
+                outcome = PollOutcome(inst, error=RuntimeError("unexpected error"))
+                self._failures[inst.id] = self._failures.get(inst.id, 0) + 1
             delay = self.next_delay(outcome)
 
     async def run(self, stop: asyncio.Event) -> None:

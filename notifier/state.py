@@ -7,6 +7,7 @@ Key names and types are documented in :mod:`notifier.constants`. Every Redis fai
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -21,6 +22,13 @@ from notifier.constants import DEAD_LETTER_MAXLEN, DELIVERED_TTL_SECONDS, META_F
 from notifier.diff import DiffResult, SeenTask, Snapshot
 from notifier.errors import StateStoreError
 from notifier.events import Notification
+
+log = logging.getLogger(__name__)
+
+
+def _is_connection_problem(exc: redis.exceptions.ResponseError) -> bool:
+    # LOADING (restart reading its data) and similar transient states count as "Redis unavailable".
+    return str(exc).startswith(("LOADING", "MASTERDOWN", "TRYAGAIN", "BUSY "))
 
 
 def _iso(value: datetime | None) -> str:
@@ -52,17 +60,25 @@ class OutboxEntry:
     deliveries: int = 1  # how many times Redis has handed this entry out (XPENDING count)
 
 
-@asynccontextmanager
-async def redis_errors(action: str) -> AsyncIterator[None]:
-    """Turn any redis-py failure into a StateStoreError naming what was being done."""
-    try:
-        yield
-    except redis.exceptions.RedisError as exc:
-        kind = type(exc).__name__
-        detail = str(exc).split(" to redis://")[0].split(" redis://")[0][:200]
-        raise StateStoreError(f"Redis {action} failed: {kind}: {detail}") from None
-    except OSError as exc:
-        raise StateStoreError(f"Redis {action} failed: {type(exc).__name__}: {exc.strerror or exc}") from None
+def _describe(exc: BaseException) -> str:
+    """A Redis error as text, without the URL (it may carry a password)."""
+    if isinstance(exc, OSError) and not isinstance(exc, redis.exceptions.RedisError):
+        return f"{type(exc).__name__}: {exc.strerror or exc}"
+    detail = str(exc).split(" to redis://")[0].split(" redis://")[0][:200]
+    return f"{type(exc).__name__}: {detail}"
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """One entry of the dead-letter stream."""
+
+    entry_id: str
+    channel: str
+    error: str
+    attempts: int
+    failed_at: str
+    notification: Notification | None  # None when the entry itself was unreadable
+    raw: str
 
 
 class StateStore:
@@ -73,12 +89,30 @@ class StateStore:
         self.keys = keys
         self.project_id = project_id
         self._groups: set[str] = set()
+        self.down = False  # True from the first failed call of an outage until a call succeeds
+
+    @asynccontextmanager
+    async def _op(self, action: str) -> AsyncIterator[None]:
+        """Run one Redis operation: failures become StateStoreError; an outage is logged once."""
+        try:
+            yield
+        except (redis.exceptions.RedisError, OSError) as exc:
+            if isinstance(exc, redis.exceptions.ResponseError) and not _is_connection_problem(exc):
+                raise StateStoreError(f"Redis {action} failed: {_describe(exc)}") from None
+            if not self.down:
+                self.down = True
+                log.error("Redis is unavailable (%s); no state advances until it returns", _describe(exc))
+            raise StateStoreError(f"Redis {action} failed: {_describe(exc)}") from None
+        if self.down:
+            self.down = False
+            self._groups.clear()  # a restarted Redis may have lost the consumer groups
+            log.info("Redis is reachable again; resuming")
 
     # -- snapshots -------------------------------------------------------------------------------
 
     async def load(self, instance_id: str) -> Snapshot | None:
         """The instance's snapshot, or None when it was never baselined (or Redis lost it): one HGETALL."""
-        async with redis_errors("read of instance state"):
+        async with self._op("read of instance state"):
             key = self.keys.snapshot(self.project_id, instance_id)
             raw: dict[str, str] = await self.redis.hgetall(key)  # type: ignore[assignment]
         meta = raw.pop(META_FIELD, None)
@@ -96,7 +130,7 @@ class StateStore:
         if not result.changed:
             return
         key = self.keys.snapshot(self.project_id, instance_id)
-        async with redis_errors("commit of instance state and outbox"):
+        async with self._op("commit of instance state and outbox"):
             pipe = self.redis.pipeline(transaction=True)
             mapping: dict[FieldT, EncodableT] = {tid: encode_seen(s) for tid, s in result.upserts.items()}
             if result.baseline_at is not None:
@@ -110,7 +144,7 @@ class StateStore:
             await pipe.execute()
 
     async def forget(self, instance_id: str) -> None:
-        async with redis_errors("delete of instance state"):
+        async with self._op("delete of instance state"):
             await self.redis.delete(self.keys.snapshot(self.project_id, instance_id))
 
     # -- outbox ----------------------------------------------------------------------------------
@@ -118,7 +152,7 @@ class StateStore:
     async def ensure_group(self, channel: str, *, force: bool = False) -> None:
         if channel in self._groups and not force:
             return
-        async with redis_errors("creation of the delivery consumer group"):
+        async with self._op("creation of the delivery consumer group"):
             try:
                 await self.redis.xgroup_create(
                     self.keys.outbox(channel), self.keys.group, id="0", mkstream=True
@@ -128,99 +162,185 @@ class StateStore:
                     raise
         self._groups.add(channel)
 
-    def _entries(self, channel: str, rows: Any) -> list[OutboxEntry]:
+    async def _entries(self, channel: str, rows: Any) -> list[OutboxEntry]:
+        """Parse stream rows; an unreadable entry goes to dead letters instead of blocking the stream."""
         out: list[OutboxEntry] = []
         for entry_id, fields in rows or []:
             if not fields:  # deleted while pending
                 continue
-            out.append(OutboxEntry(entry_id, channel, Notification.model_validate_json(fields["n"])))
+            try:
+                out.append(OutboxEntry(entry_id, channel, Notification.model_validate_json(fields["n"])))
+            except (KeyError, ValueError) as exc:
+                log.error(
+                    "outbox entry %s of %s is unreadable, moved to dead letters: %s", entry_id, channel, exc
+                )
+                await self._bury(channel, entry_id, fields, f"unreadable outbox entry: {exc}"[:500], 0)
         return out
 
-    async def _read(self, channel: str, consumer: str, start: str, count: int, block_ms: int | None) -> Any:
+    async def _grouped(self, channel: str, call: Any) -> Any:
+        """Run a consumer-group call, recreating the group if Redis lost it (restart without persistence)."""
         await self.ensure_group(channel)
-        key = self.keys.outbox(channel)
         try:
-            return await self.redis.xreadgroup(
-                self.keys.group, consumer, {key: start}, count=count, block=block_ms
-            )
+            return await call()
         except redis.exceptions.ResponseError as exc:
             if "NOGROUP" not in str(exc):
                 raise
-            # Redis lost the stream (a restart without persistence): recreate the group.
             await self.ensure_group(channel, force=True)
-            return await self.redis.xreadgroup(
-                self.keys.group, consumer, {key: start}, count=count, block=block_ms
-            )
+            return await call()
 
     async def read(
         self, channel: str, consumer: str, *, count: int, block_ms: int | None = None, pending: bool = False
     ) -> list[OutboxEntry]:
         """New entries (``pending=False``) or this consumer's unacknowledged ones (``pending=True``)."""
-        async with redis_errors("read of the outbox"):
-            result = await self._read(channel, consumer, "0" if pending else ">", count, block_ms)
+        key = self.keys.outbox(channel)
+        start = "0" if pending else ">"
+        async with self._op("read of the outbox"):
+            result = await self._grouped(
+                channel,
+                lambda: self.redis.xreadgroup(
+                    self.keys.group, consumer, {key: start}, count=count, block=block_ms
+                ),
+            )
         rows: list[Any] = []
         for _stream, items in result or []:
             rows.extend(items)
-        return self._entries(channel, rows)
+        return await self._entries(channel, rows)
 
     async def claim_stale(
         self, channel: str, consumer: str, *, min_idle_ms: int, count: int
     ) -> list[OutboxEntry]:
         """Take over entries another (dead) consumer left pending for longer than ``min_idle_ms``."""
-        await self.ensure_group(channel)
-        async with redis_errors("claim of stale outbox entries"):
-            result = await self.redis.xautoclaim(
-                self.keys.outbox(channel), self.keys.group, consumer, min_idle_ms, "0-0", count=count
+        key = self.keys.outbox(channel)
+        async with self._op("claim of stale outbox entries"):
+            result = await self._grouped(
+                channel,
+                lambda: self.redis.xautoclaim(
+                    key, self.keys.group, consumer, min_idle_ms, "0-0", count=count
+                ),
             )
-        return self._entries(channel, result[1] if result else [])
+        return await self._entries(channel, result[1] if result else [])
 
     async def was_delivered(self, entry: OutboxEntry) -> bool:
-        async with redis_errors("read of the notification log"):
+        async with self._op("read of the notification log"):
             return bool(
                 await self.redis.exists(self.keys.delivered(entry.channel, entry.notification.event.id))
             )
 
+    async def record_attempt(self, entry: OutboxEntry) -> int:
+        """Count one more failed attempt at this entry; returns the total so far."""
+        async with self._op("count of a failed attempt"):
+            return int(await self.redis.hincrby(self.keys.attempts(entry.channel), entry.entry_id, 1))
+
+    async def attempts(self, entry: OutboxEntry) -> int:
+        async with self._op("read of an attempt count"):
+            value = await self.redis.hget(self.keys.attempts(entry.channel), entry.entry_id)
+        return int(value or 0)
+
     async def mark_delivered(self, entry: OutboxEntry, ttl: int = DELIVERED_TTL_SECONDS) -> None:
         """Record the delivery and drop the entry from the outbox, atomically."""
         key = self.keys.outbox(entry.channel)
-        async with redis_errors("acknowledgement of a delivery"):
+        async with self._op("acknowledgement of a delivery"):
             pipe = self.redis.pipeline(transaction=True)
             pipe.set(self.keys.delivered(entry.channel, entry.notification.event.id), "1", ex=ttl)
             pipe.xack(key, self.keys.group, entry.entry_id)
             pipe.xdel(key, entry.entry_id)
+            pipe.hdel(self.keys.attempts(entry.channel), entry.entry_id)
             await pipe.execute()
+
+    async def _bury(
+        self, channel: str, entry_id: str, fields: dict[str, str], error: str, attempts: int
+    ) -> None:
+        key = self.keys.outbox(channel)
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.xadd(
+            self.keys.dead_letters,
+            {
+                "n": fields.get("n", ""),
+                "k": fields.get("k", ""),
+                "channel": channel,
+                "error": error,
+                "attempts": str(attempts),
+                "failed_at": datetime.now(UTC).isoformat(),
+            },
+            maxlen=DEAD_LETTER_MAXLEN,
+            approximate=True,
+        )
+        pipe.xack(key, self.keys.group, entry_id)
+        pipe.xdel(key, entry_id)
+        pipe.hdel(self.keys.attempts(channel), entry_id)
+        await pipe.execute()
 
     async def dead_letter(self, entry: OutboxEntry, error: str, attempts: int) -> None:
         """Move an entry a channel refused for good to the dead-letter stream, atomically."""
-        key = self.keys.outbox(entry.channel)
-        async with redis_errors("move to dead letters"):
-            pipe = self.redis.pipeline(transaction=True)
-            pipe.xadd(
-                self.keys.dead_letters,
-                {
-                    "n": entry.notification.model_dump_json(),
-                    "k": entry.notification.key,
-                    "channel": entry.channel,
-                    "error": error,
-                    "attempts": str(attempts),
-                    "failed_at": datetime.now(UTC).isoformat(),
-                },
-                maxlen=DEAD_LETTER_MAXLEN,
-                approximate=True,
-            )
-            pipe.xack(key, self.keys.group, entry.entry_id)
-            pipe.xdel(key, entry.entry_id)
-            await pipe.execute()
+        fields = {"n": entry.notification.model_dump_json(), "k": entry.notification.key}
+        async with self._op("move to dead letters"):
+            await self._bury(entry.channel, entry.entry_id, fields, error, attempts)
 
     async def backlog(self, channel: str) -> int:
         """Entries in the channel's outbox not yet delivered (pending or new)."""
-        async with redis_errors("read of the outbox length"):
+        async with self._op("read of the outbox length"):
             return int(await self.redis.xlen(self.keys.outbox(channel)))
 
+    # -- dead letters ----------------------------------------------------------------------------
+
+    async def dead_letters(self, count: int = 1000) -> list[DeadLetter]:
+        async with self._op("read of dead letters"):
+            rows: list[tuple[str, dict[str, str]]] = await self.redis.xrange(  # type: ignore[assignment]
+                self.keys.dead_letters, count=count
+            )
+        out: list[DeadLetter] = []
+        for entry_id, f in rows:
+            try:
+                n: Notification | None = Notification.model_validate_json(f.get("n", ""))
+            except ValueError:
+                n = None
+            out.append(
+                DeadLetter(
+                    entry_id=entry_id,
+                    channel=f.get("channel", ""),
+                    error=f.get("error", ""),
+                    attempts=int(f.get("attempts", "0") or 0),
+                    failed_at=f.get("failed_at", ""),
+                    notification=n,
+                    raw=f.get("n", ""),
+                )
+            )
+        return out
+
+    async def replay_dead(self, ids: Iterable[str] | None = None) -> list[DeadLetter]:
+        """Put dead letters (the given ids, or all) back in their channel's outbox; returns those moved."""
+        wanted = None if ids is None else set(ids)
+        letters = [
+            d
+            for d in await self.dead_letters(count=DEAD_LETTER_MAXLEN)
+            if wanted is None or d.entry_id in wanted
+        ]
+        if wanted is not None:
+            missing = wanted - {d.entry_id for d in letters}
+            if missing:
+                raise StateStoreError(f"no dead letter with id {', '.join(sorted(missing))}")
+        replayable = [d for d in letters if d.notification is not None]
+        async with self._op("replay of dead letters"):
+            pipe = self.redis.pipeline(transaction=True)
+            for d in replayable:
+                assert d.notification is not None
+                n = d.notification
+                pipe.xadd(self.keys.outbox(d.channel), {"n": n.model_dump_json(), "k": n.key})
+                pipe.delete(self.keys.delivered(d.channel, n.event.id))
+                pipe.xdel(self.keys.dead_letters, d.entry_id)
+            await pipe.execute()
+        return replayable
+
+    async def purge_dead(self) -> int:
+        async with self._op("purge of dead letters"):
+            n = int(await self.redis.xlen(self.keys.dead_letters))
+            await self.redis.delete(self.keys.dead_letters)
+        return n
+
     async def heartbeat(self, ttl_seconds: int) -> None:
-        async with redis_errors("heartbeat"):
+        async with self._op("heartbeat"):
             await self.redis.set(self.keys.heartbeat, datetime.now(UTC).isoformat(), ex=max(1, ttl_seconds))
 
     async def ping(self) -> None:
-        async with redis_errors("ping"):
+        async with self._op("ping"):
             await self.redis.ping()

@@ -536,7 +536,9 @@ def test_masked_config() -> None:
         "secret": "****",
         "headers": {"Authorization": "****"},
         "timeout": 10.0,
+        "rate": None,
     }
+    assert masked_config(slack_cfg)["rate"] == 1.0
 
 
 def test_secret_decoding_matches_standardwebhooks() -> None:

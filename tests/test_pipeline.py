@@ -40,7 +40,7 @@ channels:
 rules:
   - {name: switchovers, tasks: [masterStandbySwapJob], events: [task.started, task.succeeded, task.failed], channels: [oncall, audit]}
   - {name: everything, tasks: ["*"], channels: [audit]}
-delivery: {max_attempts: 2, backoff_initial: 0.05, backoff_max: 0.2, consumer: test-consumer}
+delivery: {max_attempts: 20, once_attempts: 2, backoff_initial: 0.05, backoff_max: 0.2, consumer: test-consumer}
 """.replace("__PROJECT__", PROJECT_ID)
     .replace("__ORDERS__", ORDERS)
     .replace("__SESSIONS__", SESSIONS)

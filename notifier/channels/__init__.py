@@ -29,7 +29,7 @@ def build_channel(name: str, config: BaseModel) -> Channel:
     cls = REGISTRY.get(kind) if isinstance(kind, str) else None
     if cls is None:
         raise ValueError(f"channel {name!r}: unknown channel type {kind!r}")
-    channel: Channel = cls(name, config)  # type: ignore[call-arg]
+    channel: Channel = cls(name, config)  # type: ignore[call-arg,arg-type]
     return channel
 
 

@@ -20,8 +20,10 @@ class Channel(abc.ABC):
     #: The ``type`` key in the config file that selects this kind.
     kind: ClassVar[str]
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, *, rate: float | None = None) -> None:
         self.name = name
+        #: At most this many messages per second (the delivery loop paces sends); None = no limit.
+        self.rate = rate
 
     @abc.abstractmethod
     async def send(self, notification: Notification) -> None:

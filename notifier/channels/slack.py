@@ -105,6 +105,8 @@ class SlackChannelConfig(BaseModel):
     timeout: float = Field(default=10.0, gt=0, le=300)
     username: str | None = None
     icon_emoji: str | None = None
+    #: Messages per second. Slack allows about one per second per incoming webhook / channel.
+    rate: float | None = Field(default=1.0, gt=0)
 
     @model_validator(mode="after")
     def _one_mode(self) -> SlackChannelConfig:
@@ -158,7 +160,7 @@ class SlackChannel(Channel):
     kind: ClassVar[str] = "slack"
 
     def __init__(self, name: str, config: SlackChannelConfig) -> None:
-        super().__init__(name)
+        super().__init__(name, rate=config.rate)
         self._config = config
         self._secrets: list[str] = []
         if config.webhook_url is not None:
@@ -291,4 +293,5 @@ def masked_slack_config(config: SlackChannelConfig) -> dict[str, Any]:
         "timeout": config.timeout,
         "username": config.username,
         "icon_emoji": config.icon_emoji,
+        "rate": config.rate,
     }

@@ -159,6 +159,8 @@ class WebhookChannelConfig(BaseModel):
     secret: SecretStr | None = None
     headers: dict[str, str] = Field(default_factory=dict)
     timeout: float = Field(default=10.0, gt=0, le=300)
+    #: Messages per second; None (the default) sends as fast as the receiver answers.
+    rate: float | None = Field(default=None, gt=0)
 
     @field_validator("url")
     @classmethod
@@ -197,7 +199,7 @@ class WebhookChannel(Channel):
     kind: ClassVar[str] = "webhook"
 
     def __init__(self, name: str, config: WebhookChannelConfig) -> None:
-        super().__init__(name)
+        super().__init__(name, rate=config.rate)
         self._config = config
         self._url = config.url.get_secret_value()
         self._key = config.signing_key
@@ -275,4 +277,5 @@ def masked_webhook_config(config: WebhookChannelConfig) -> dict[str, Any]:
         "secret": None if config.secret is None else "****",
         "headers": {name: "****" for name in config.headers},
         "timeout": config.timeout,
+        "rate": config.rate,
     }
