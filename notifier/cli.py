@@ -9,22 +9,26 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import redis.asyncio as aioredis
 import yaml
 
 from notifier.channels import build_channel, masked_config
 from notifier.config import Config, load_config, secret_values
-from notifier.daemon import Daemon
+from notifier.constants import Keys
+from notifier.daemon import Daemon, connect_redis
 from notifier.dcs.models import Task, format_api_time
-from notifier.delivery import send_with_retries
-from notifier.errors import ConfigError
+from notifier.delivery import Deliverer, send_with_retries
+from notifier.errors import ConfigError, StateStoreError
 from notifier.events import Event, EventType, InstanceRef, Notification, event_id
 from notifier.logsetup import configure_logging
+from notifier.state import StateStore
 
 log = logging.getLogger("notifier")
 
@@ -51,6 +55,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("send-test", help="send a test notification to one channel")
     _add_common(p)
     p.add_argument("channel", metavar="CHANNEL", help="a channel name from the config")
+    p = sub.add_parser("dead-letters", help="list, replay or purge notifications that were given up on")
+    _add_common(p)
+    dl = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    q = dl.add_parser("list", help="show every dead letter")
+    _add_common(q)
+    q = dl.add_parser("replay", help="put dead letters back in their channel's outbox and deliver them")
+    _add_common(q)
+    q.add_argument("ids", nargs="*", metavar="ID", help="dead-letter ids (from 'list')")
+    q.add_argument("--all", action="store_true", help="replay every dead letter")
+    q.add_argument("--no-deliver", action="store_true", help="only re-queue; leave delivery to the daemon")
+    q = dl.add_parser("purge", help="delete every dead letter")
+    _add_common(q)
     p = sub.add_parser("demo", help="run against the built-in simulator and local Slack/webhook stand-ins")
     p.add_argument("--redis-url", help="use this Redis instead of the embedded in-process store")
     p.add_argument("--duration", type=float, default=30.0, help="seconds to run (default 30)")
@@ -161,6 +177,66 @@ async def _send_test(config: Config, channel_name: str) -> int:
     return 0
 
 
+def _store(config: Config) -> tuple[StateStore, aioredis.Redis]:
+    client = connect_redis(config.redis.url.get_secret_value())
+    return StateStore(client, Keys(config.redis.key_prefix), config.cloud.project_id), client
+
+
+async def _dead_letters(config: Config, args: argparse.Namespace) -> int:
+    store, client = _store(config)
+    try:
+        if args.action == "list":
+            letters = await store.dead_letters()
+            for d in letters:
+                n = d.notification
+                what = (
+                    f"{n.event.type.value} {n.event.summary} [{n.event.id}]"
+                    if n
+                    else f"unreadable: {d.raw[:80]!r}"
+                )
+                print(f"{d.entry_id}  {d.channel}  {d.failed_at}  attempts={d.attempts}  {what}")
+                print(f"    error: {d.error}")
+            print(f"{len(letters)} dead letter(s)", file=sys.stderr)
+            return 0
+        if args.action == "purge":
+            print(f"purged {await store.purge_dead()} dead letter(s)")
+            return 0
+        if not args.ids and not args.all:
+            print(
+                "name the dead letters to replay (ids from 'dead-letters list') or pass --all",
+                file=sys.stderr,
+            )
+            return 2
+        replayed = await store.replay_dead(None if args.all else args.ids)
+        print(f"re-queued {len(replayed)} dead letter(s)")
+        channels = sorted({d.channel for d in replayed} & set(config.channels))
+        if args.no_deliver or not channels:
+            return 0
+        # Deliver now, as a consumer of its own so as not to share pending entries with a running daemon.
+        delivery = config.delivery.model_copy(
+            update={"consumer": f"{config.delivery.consumer}-replay-{os.getpid()}"}
+        )
+        built = {name: build_channel(name, config.channels[name]) for name in channels}
+        try:
+            deliverer = Deliverer(store, built, delivery)
+            results = await deliverer.drain_all(budget=delivery.once_attempts)
+        finally:
+            for ch in built.values():
+                await ch.aclose()
+        failed = False
+        for name, r in results.items():
+            print(
+                f"{name}: {r.delivered} delivered, {r.dead_lettered} dead again, {len(r.failed)} left queued"
+            )
+            failed |= not r.ok or r.dead_lettered > 0
+        return 1 if failed else 0
+    except StateStoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        await client.aclose()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -178,6 +254,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_once(config))
         if args.command == "send-test":
             return asyncio.run(_send_test(config, args.channel))
+        if args.command == "dead-letters":
+            return asyncio.run(_dead_letters(config, args))
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

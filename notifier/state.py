@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -89,21 +90,24 @@ class StateStore:
         self.keys = keys
         self.project_id = project_id
         self._groups: set[str] = set()
-        self.down = False  # True from the first failed call of an outage until a call succeeds
+        self.down = False  # True from the first failed call of an outage until a later call succeeds
+        self._failed_at = 0.0
 
     @asynccontextmanager
     async def _op(self, action: str) -> AsyncIterator[None]:
         """Run one Redis operation: failures become StateStoreError; an outage is logged once."""
+        started = time.monotonic()
         try:
             yield
         except (redis.exceptions.RedisError, OSError) as exc:
             if isinstance(exc, redis.exceptions.ResponseError) and not _is_connection_problem(exc):
                 raise StateStoreError(f"Redis {action} failed: {_describe(exc)}") from None
+            self._failed_at = time.monotonic()
             if not self.down:
                 self.down = True
                 log.error("Redis is unavailable (%s); no state advances until it returns", _describe(exc))
             raise StateStoreError(f"Redis {action} failed: {_describe(exc)}") from None
-        if self.down:
+        if self.down and started > self._failed_at:  # not a call that was already under way when it broke
             self.down = False
             self._groups.clear()  # a restarted Redis may have lost the consumer groups
             log.info("Redis is reachable again; resuming")

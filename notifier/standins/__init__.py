@@ -21,6 +21,7 @@ import contextlib
 import inspect
 import json
 import logging
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -69,6 +70,8 @@ class RecordedRequest:
     status: int
     #: Signature check result (webhook receiver with a secret), else ``None``.
     verified: bool | None = None
+    #: ``time.monotonic()`` when the request arrived.
+    received_at: float = field(default_factory=time.monotonic)
 
     @property
     def text(self) -> str:
