@@ -1,0 +1,252 @@
+"""The delivery loop against a real redis-server and real HTTP receivers: claims, the notification log,
+retry policy, dead letters, pacing, acknowledgements across a Redis outage."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+import pytest
+import redis.asyncio as aioredis
+
+from notifier.channels.base import Channel
+from notifier.channels.webhook import WebhookChannel, WebhookChannelConfig
+from notifier.config import DeliveryConfig
+from notifier.constants import Keys
+from notifier.delivery import Deliverer, Verdict, backoff_delay, retry_delay
+from notifier.diff import DiffContext, diff
+from notifier.errors import DeliveryError, Reason, StateStoreError
+from notifier.events import Notification
+from notifier.rules import route
+from notifier.standins.webhook import WebhookReceiver
+from notifier.state import StateStore
+from tests.factories import INSTANCE, T0, task
+from tests.support.redis_server import RedisServer
+
+FAST = DeliveryConfig(
+    max_attempts=3, backoff_initial=0.01, backoff_max=0.02, consumer="alive", claim_idle=0.05
+)
+
+
+async def queue(store: StateStore, n: int, channel: str = "audit") -> list[Notification]:
+    """Commit ``n`` task.started events for ``channel`` through the real diff/commit path."""
+    now = T0 + timedelta(seconds=30)
+    ctx = DiffContext("p", "r", INSTANCE, now, timedelta(minutes=15), now - timedelta(days=1))
+    result = diff(None, [task(f"t{i}", created=T0 + timedelta(seconds=i)) for i in range(n)], ctx)
+    notes = [x for e in result.events for x in route(e, [], [channel])]
+    await store.commit(INSTANCE.id, result, notes)
+    return notes
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[WebhookReceiver]:
+    async with WebhookReceiver() as r:
+        yield r
+
+
+def webhook(receiver: WebhookReceiver, rate: float | None = None) -> WebhookChannel:
+    return WebhookChannel("audit", WebhookChannelConfig(type="webhook", url=receiver.url, rate=rate))
+
+
+async def test_entries_of_a_dead_consumer_are_claimed(
+    redis_client: aioredis.Redis, receiver: WebhookReceiver
+) -> None:
+    store = StateStore(redis_client, Keys("d"), "p")
+    notes = await queue(store, 2)
+    taken = await store.read("audit", "dead-worker", count=10)  # read, never acknowledged: it "died"
+    assert len(taken) == 2
+    channel = webhook(receiver)
+    try:
+        deliverer = Deliverer(store, {"audit": channel}, FAST)
+        # Wait (with a deadline) until Redis reports the entries idle for longer than claim_idle (50 ms).
+        for _ in range(500):
+            pending = await redis_client.xpending_range("d:outbox:audit", "d-delivery", "-", "+", 10)
+            if min(p["time_since_delivered"] for p in pending) > 50:
+                break
+            await asyncio.sleep(0.01)
+        result = await deliverer.drain("audit")
+    finally:
+        await channel.aclose()
+    assert result.delivered == 2
+    assert [r.header("webhook-id") for r in receiver.requests] == [n.event.id for n in notes]
+    assert await store.backlog("audit") == 0
+
+
+async def test_notification_log_stops_a_second_send_of_a_claimed_entry(
+    redis_client: aioredis.Redis, receiver: WebhookReceiver
+) -> None:
+    store = StateStore(redis_client, Keys("d"), "p")
+    await queue(store, 1)
+    [slow_worker_copy] = await store.read("audit", "slow-worker", count=1)
+    [claimed] = await store.claim_stale("audit", "alive", min_idle_ms=0, count=1)
+    await store.mark_delivered(slow_worker_copy)  # the slow worker's send succeeded after all
+    channel = webhook(receiver)
+    try:
+        verdict, _ = await Deliverer(store, {"audit": channel}, FAST).deliver(channel, claimed)
+    finally:
+        await channel.aclose()
+    assert verdict is Verdict.DUPLICATE
+    assert receiver.requests == []
+
+
+class ScriptedChannel(Channel):
+    """A channel whose answers are scripted: a test double of a *channel*, not of Redis or HTTP."""
+
+    kind = "scripted"
+
+    def __init__(self, answers: list[DeliveryError | None], rate: float | None = None) -> None:
+        super().__init__("audit", rate=rate)
+        self.answers = answers
+        self.sent: list[str] = []
+
+    async def send(self, notification: Notification) -> None:
+        self.sent.append(notification.event.id)
+        answer = self.answers.pop(0) if self.answers else None
+        if answer is not None:
+            raise answer
+
+
+def retryable(retry_after: float | None = None) -> DeliveryError:
+    return DeliveryError("audit", True, Reason.SERVER_ERROR, "HTTP 503", retry_after=retry_after)
+
+
+async def test_retries_then_gives_up_into_dead_letters_with_the_attempt_count(
+    redis_client: aioredis.Redis,
+) -> None:
+    store = StateStore(redis_client, Keys("d"), "p")
+    [note] = await queue(store, 1)
+    channel = ScriptedChannel([retryable()] * 5)
+    result = await Deliverer(store, {"audit": channel}, FAST).drain("audit")
+    assert channel.sent == [note.event.id] * 3  # max_attempts = 3
+    assert result.dead_lettered == 1
+    [dead] = await store.dead_letters()
+    assert dead.attempts == 3
+    assert dead.error.startswith("gave up after 3 attempt(s)")
+    assert dead.notification == note
+
+
+async def test_permanent_error_is_not_retried(redis_client: aioredis.Redis) -> None:
+    store = StateStore(redis_client, Keys("d"), "p")
+    notes = await queue(store, 2)
+    channel = ScriptedChannel([DeliveryError("audit", False, Reason.NOT_FOUND, "HTTP 404")])
+    result = await Deliverer(store, {"audit": channel}, FAST).drain("audit")
+    assert channel.sent == [notes[0].event.id, notes[1].event.id]  # dead-lettered once, then the next one
+    assert (result.dead_lettered, result.delivered) == (1, 1)
+    [dead] = await store.dead_letters()
+    assert dead.attempts == 1
+    assert "HTTP 404" in dead.error
+
+
+async def test_attempts_survive_a_restart_and_the_budget_leaves_entries_queued(
+    redis_client: aioredis.Redis,
+) -> None:
+    store = StateStore(redis_client, Keys("d"), "p")
+    notes = await queue(store, 2)
+    cfg = FAST.model_copy(update={"max_attempts": 4})
+    first = await Deliverer(store, {"audit": ScriptedChannel([retryable()] * 2)}, cfg).drain(
+        "audit", budget=2
+    )
+    assert first.failed
+    assert await store.backlog("audit") == 2  # left queued, in order: the second was not tried
+    restarted = ScriptedChannel([retryable()] * 2)
+    second = await Deliverer(store, {"audit": restarted}, cfg).drain("audit")
+    assert second.dead_lettered == 1  # 2 + 2 attempts = max_attempts
+    assert second.delivered == 1
+    assert restarted.sent == [notes[0].event.id, notes[0].event.id, notes[1].event.id]
+
+
+async def test_too_old_entries_become_dead_letters(redis_client: aioredis.Redis) -> None:
+    store = StateStore(redis_client, Keys("d"), "p")
+    [note] = await queue(store, 1)
+    await store.ensure_group("audit")
+    # Written a day ago (stream ids carry the write time): older than max_age.
+    old_id = f"{int((time.time() - 86_400) * 1000)}-0"
+    await redis_client.delete("d:outbox:audit")
+    await store.ensure_group("audit", force=True)
+    await redis_client.xadd("d:outbox:audit", {"n": note.model_dump_json(), "k": note.key}, id=old_id)
+    cfg = FAST.model_copy(update={"max_attempts": 100, "max_age": 3600})
+    result = await Deliverer(store, {"audit": ScriptedChannel([retryable()])}, cfg).drain("audit")
+    assert result.dead_lettered == 1
+    [dead] = await store.dead_letters()
+    assert "gave up after 1 attempt(s)" in dead.error
+
+
+async def test_unreadable_outbox_entry_does_not_block_the_stream(redis_client: aioredis.Redis) -> None:
+    store = StateStore(redis_client, Keys("d"), "p")
+    await store.ensure_group("audit")
+    await redis_client.xadd("d:outbox:audit", {"n": "{not json", "k": "x"})
+    [note] = await queue(store, 1)
+    channel = ScriptedChannel([])
+    result = await Deliverer(store, {"audit": channel}, FAST).drain("audit")
+    assert channel.sent == [note.event.id]
+    assert result.delivered == 1
+    [dead] = await store.dead_letters()
+    assert dead.notification is None
+    assert dead.error.startswith("unreadable outbox entry")
+
+
+async def test_replay_and_purge(redis_client: aioredis.Redis) -> None:
+    store = StateStore(redis_client, Keys("d"), "p")
+    await queue(store, 2)
+    channel = ScriptedChannel([DeliveryError("audit", False, Reason.AUTH, "HTTP 403")] * 2)
+    await Deliverer(store, {"audit": channel}, FAST).drain("audit")
+    first, _ = await store.dead_letters()
+    with pytest.raises(StateStoreError, match="no dead letter with id 0-1"):
+        await store.replay_dead(["0-1"])
+    assert [d.entry_id for d in await store.replay_dead([first.entry_id])] == [first.entry_id]
+    assert await store.backlog("audit") == 1
+    result = await Deliverer(store, {"audit": ScriptedChannel([])}, FAST).drain("audit")
+    assert result.delivered == 1
+    assert await store.purge_dead() == 1
+    assert await store.dead_letters() == []
+
+
+async def test_channel_pacing(redis_client: aioredis.Redis, receiver: WebhookReceiver) -> None:
+    store = StateStore(redis_client, Keys("d"), "p")
+    await queue(store, 4)
+    channel = webhook(receiver, rate=5)
+    try:
+        await Deliverer(store, {"audit": channel}, FAST).drain("audit")
+    finally:
+        await channel.aclose()
+    gaps = [b.received_at - a.received_at for a, b in itertools.pairwise(receiver.requests)]
+    assert len(gaps) == 3
+    assert all(g >= 0.19 for g in gaps)
+
+
+async def test_a_send_acknowledged_after_a_redis_outage_is_not_repeated(own_redis: RedisServer) -> None:
+    client = aioredis.from_url(own_redis.url, decode_responses=True, socket_connect_timeout=1)
+    store = StateStore(client, Keys("d"), "p")
+
+    class RedisDiesOnSend(ScriptedChannel):
+        async def send(self, notification: Notification) -> None:
+            await super().send(notification)
+            own_redis.stop()  # accepted by the channel, then Redis goes away before the XACK
+
+    try:
+        [note] = await queue(store, 1)
+        channel = RedisDiesOnSend([])
+        deliverer = Deliverer(store, {"audit": channel}, FAST)
+        with pytest.raises(StateStoreError):
+            await deliverer.drain("audit")
+        assert store.down
+        own_redis.start()
+        result = await deliverer.drain("audit")
+        assert channel.sent == [note.event.id]  # sent once, acknowledged when Redis returned
+        assert result.delivered == 0
+        assert await store.backlog("audit") == 0
+    finally:
+        await client.aclose()
+
+
+def test_backoff_policy() -> None:
+    assert backoff_delay(1, 1.0, 60.0, rng=lambda: 1.0) == 1.0
+    assert backoff_delay(4, 1.0, 60.0, rng=lambda: 1.0) == 8.0
+    assert backoff_delay(20, 1.0, 60.0, rng=lambda: 1.0) == 60.0  # capped
+    assert backoff_delay(3, 1.0, 60.0, rng=lambda: 0.0) == 0.5  # jitter floor
+    cfg = DeliveryConfig(backoff_initial=0.1, backoff_max=0.2)
+    assert retry_delay(1, retryable(retry_after=2.0), cfg) == 2.0  # never sooner than Retry-After
+    assert retry_delay(1, retryable(retry_after=10_000), cfg) == 300.0  # an absurd Retry-After is capped
