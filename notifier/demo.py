@@ -124,7 +124,7 @@ def _embedded_redis() -> aioredis.Redis:
     return client
 
 
-async def run_demo(redis_url: str | None = None, duration: float = 30.0) -> int:
+async def run_demo(redis_url: str | None = None, duration: float = 30.0, speed: float = 1.0) -> int:
     ak, sk = "DEMO" + secrets.token_hex(8).upper(), secrets.token_urlsafe(24)
     webhook_secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
     scenario = default_demo_scenario()
@@ -157,11 +157,15 @@ async def run_demo(redis_url: str | None = None, duration: float = 30.0) -> int:
             with contextlib.suppress(NotImplementedError):
                 loop.add_signal_handler(sig, daemon.request_stop)
         loop.call_later(duration, daemon.request_stop)
-        sim.play(scenario)
+        sim.play(scenario, speed=speed)
         try:
             await daemon.run()
         finally:
             await daemon.aclose()
+            if redis_url:  # leave the user's Redis as it was
+                keys = [k async for k in client.scan_iter(match=f"{env['DEMO_PREFIX']}*")]
+                if keys:
+                    await client.delete(*keys)
             await client.aclose()
     verified = sum(1 for r in receiver.requests if r.verified)
     _print(

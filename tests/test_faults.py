@@ -17,6 +17,7 @@ import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -371,3 +372,37 @@ async def test_sigterm_during_a_burst(rig: Rig, redis_client: aioredis.Redis) ->
     assert all(
         types == ["task.started", "task.succeeded"] for types in task_order(rig.audit.requests).values()
     )
+
+
+# Redis restarted without its data ---------------------------------------------------------------------
+
+
+async def test_redis_that_lost_its_data_is_treated_as_a_first_start(rig: Rig, tmp_path: Path) -> None:
+    volatile = RedisServer(tmp_path / "volatile", persistence=False)
+    volatile.start()
+    rig.redis_url = volatile.url
+    now = datetime.now(UTC)
+    old = []
+    for i in range(3):  # finished hours ago: must never be announced, before or after the data loss
+        tid = rig.sim.start_task(ORDERS, "AddWhitelist", created_at=now - timedelta(hours=3, minutes=i))
+        rig.sim.finish_task(ORDERS, tid, updated_at=now - timedelta(hours=3))
+        old.append(tid)
+    daemon, task = await run_in_process(rig.config())
+    try:
+        [first] = await rig.switchovers(1)
+        await until(lambda: len(accepted(rig.audit.requests)) >= 1, 15, "the first start")
+        volatile.stop()
+        volatile.start()  # empty: no snapshots, no streams, no consumer group
+        second = rig.sim.start_task(SESSIONS, "masterStandbySwapJob")
+        await until(
+            lambda: any(
+                json.loads(r.body)["data"]["task"]["id"] == second for r in accepted(rig.audit.requests)
+            ),
+            30,
+            "the start after the data loss",
+        )
+    finally:
+        await stop_in_process(daemon, task)
+        volatile.stop()
+    seen = {json.loads(r.body)["data"]["task"]["id"] for r in accepted(rig.audit.requests)}
+    assert seen == {first, second}  # the old tasks stayed silent: a baseline, not "everything is new"
