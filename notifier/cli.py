@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("send-test", help="send a test notification to one channel")
     _add_common(p)
     p.add_argument("channel", metavar="CHANNEL", help="a channel name from the config")
+    p = sub.add_parser("health", help="exit 0 if a daemon of this config is alive (recent heartbeat), else 1")
+    _add_common(p)
     p = sub.add_parser("dead-letters", help="list, replay or purge notifications that were given up on")
     _add_common(p)
     dl = p.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -182,6 +184,22 @@ def _store(config: Config) -> tuple[StateStore, aioredis.Redis]:
     return StateStore(client, Keys(config.redis.key_prefix), config.cloud.project_id), client
 
 
+async def _health(config: Config) -> int:
+    store, client = _store(config)
+    try:
+        beat = await store.last_heartbeat()
+    except StateStoreError as exc:
+        print(f"unhealthy: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        await client.aclose()
+    if beat is None:
+        print("unhealthy: no recent heartbeat (is the daemon running?)", file=sys.stderr)
+        return 1
+    print(f"healthy: last heartbeat {beat}")
+    return 0
+
+
 async def _dead_letters(config: Config, args: argparse.Namespace) -> int:
     store, client = _store(config)
     try:
@@ -254,6 +272,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_once(config))
         if args.command == "send-test":
             return asyncio.run(_send_test(config, args.channel))
+        if args.command == "health":
+            return asyncio.run(_health(config))
         if args.command == "dead-letters":
             return asyncio.run(_dead_letters(config, args))
     except ConfigError as exc:

@@ -22,7 +22,8 @@ from datetime import UTC, datetime, timedelta
 
 from notifier.config import Config, InstanceConfig
 from notifier.dcs.client import DcsClient
-from notifier.diff import DiffContext, diff
+from notifier.dcs.models import Outcome, classify_status
+from notifier.diff import DiffContext, Snapshot, diff
 from notifier.errors import DcsApiError, Reason, StateStoreError
 from notifier.events import Event, InstanceRef, Notification
 from notifier.rules import route
@@ -34,6 +35,8 @@ log = logging.getLogger(__name__)
 END_MARGIN = timedelta(minutes=1)
 MAX_BACKOFF_SECONDS = 600.0
 SLOW_RECHECK_SECONDS = 300.0
+#: How far back a poll may reach to follow a task that is still in progress.
+MAX_LOOKBACK = timedelta(days=7)
 
 
 @dataclass
@@ -50,6 +53,25 @@ class PollOutcome:
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def query_start(previous: Snapshot | None, window_start: datetime, now: datetime) -> datetime:
+    """Where a poll's window starts: ``poll.window`` back, or earlier to keep a long task in view.
+
+    A task still in progress when last seen must stay in the window until it finishes, or its end
+    would never be noticed; the window reaches back to it, but never more than MAX_LOOKBACK.
+    """
+    if previous is None:
+        return window_start
+    floor = now - MAX_LOOKBACK
+    running = [
+        s.created_at
+        for s in previous.tasks.values()
+        if s.created_at is not None
+        and classify_status(s.status) is Outcome.IN_PROGRESS
+        and s.created_at >= floor
+    ]
+    return min([window_start, *running])
 
 
 class Poller:
@@ -77,8 +99,9 @@ class Poller:
         now = self.clock()
         window_start = now - timedelta(seconds=self.config.poll.window)
         try:
-            tasks = await self.client.list_tasks(inst.id, window_start, now + END_MARGIN)
             previous = await self.store.load(inst.id)
+            start = query_start(previous, window_start, now)
+            tasks = await self.client.list_tasks(inst.id, start, now + END_MARGIN)
             ctx = DiffContext(
                 project_id=self.config.cloud.project_id,
                 region=self.config.cloud.region,

@@ -151,10 +151,6 @@ class StateStore:
                 pipe.xadd(self.keys.outbox(n.channel), {"n": n.model_dump_json(), "k": n.key})
             await pipe.execute()
 
-    async def forget(self, instance_id: str) -> None:
-        async with self._op("delete of instance state"):
-            await self.redis.delete(self.keys.snapshot(self.project_id, instance_id))
-
     # -- outbox ----------------------------------------------------------------------------------
 
     async def ensure_group(self, channel: str, *, force: bool = False) -> None:
@@ -349,6 +345,8 @@ class StateStore:
         async with self._op("heartbeat"):
             await self.redis.set(self.keys.heartbeat, datetime.now(UTC).isoformat(), ex=max(1, ttl_seconds))
 
-    async def ping(self) -> None:
-        async with self._op("ping"):
-            await self.redis.ping()
+    async def last_heartbeat(self) -> str | None:
+        """When the daemon last wrote its heartbeat (ISO 8601), or None if it expired."""
+        async with self._op("read of the heartbeat"):
+            value = await self.redis.get(self.keys.heartbeat)
+        return None if value is None else str(value)

@@ -127,13 +127,19 @@ async def test_send_test(cli: Cli) -> None:
     assert "unknown channel 'nope' (known: audit, oncall)" in err
 
 
-async def test_run_stops_cleanly_on_sigterm(cli: Cli, sim: Simulator) -> None:
+async def test_run_stops_cleanly_on_sigterm_and_reports_health(cli: Cli, sim: Simulator) -> None:
+    code, _, err = await cli.run("health")
+    assert code == 1
+    assert "no recent heartbeat" in err
     proc = await cli.start("run")
     try:
         await sim.wait_for(lambda: len(sim.task_requests(ORDERS)) >= 1, within=15)
         sim.start_task(ORDERS, "masterStandbySwapJob")
         await cli.audit.wait_for(1, timeout=15)
         await cli.slack.wait_for(1, timeout=15)
+        code, out, _ = await cli.run("health")
+        assert code == 0
+        assert out.startswith("healthy: last heartbeat 20")
     finally:
         proc.send_signal(signal.SIGTERM)
         _, err = await asyncio.wait_for(proc.communicate(), 15)

@@ -331,3 +331,21 @@ async def test_secrets_never_reach_the_logs(world: World, caplog: pytest.LogCapt
         WEBHOOK_SECRET[6:],
     ):
         assert secret not in text  # ...without a secret
+
+
+async def test_a_long_task_is_followed_past_the_poll_window(world: World) -> None:
+    """poll.window is 60 s here; a task still running 5 minutes later is still watched to its end."""
+    cfg = world.config()
+    cfg = cfg.model_copy(update={"poll": cfg.poll.model_copy(update={"window": 60.0})})
+    started = datetime.now(UTC) - timedelta(seconds=30)
+    tid = world.sim.start_task(ORDERS, "EXTEND", created_at=started)
+    async with Daemon(cfg) as d:
+        await d.once()
+    world.sim.finish_task(ORDERS, tid)
+    later = datetime.now(UTC) + timedelta(minutes=5)
+    async with Daemon(cfg, clock=lambda: later) as d:
+        assert (await d.once()).problems == []
+    types = [json.loads(r.body)["type"] for r in world.audit.requests]
+    assert types == ["task.started", "task.succeeded"]
+    query = world.sim.task_requests(ORDERS)[-1].query
+    assert query["start_time"] == started.strftime("%Y%m%d%H%M%S")
