@@ -14,6 +14,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 import redis.asyncio as aioredis
+import redis.exceptions
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 
 from notifier.channels import build_channel
 from notifier.channels.base import Channel
@@ -30,7 +33,16 @@ log = logging.getLogger(__name__)
 
 
 def connect_redis(url: str) -> aioredis.Redis:
-    return aioredis.from_url(url, decode_responses=True, socket_timeout=5, socket_connect_timeout=5)
+    """A Redis client that reconnects by itself: after a Redis restart, pooled connections are dead, and
+    a command on one is retried on a fresh connection instead of failing (twice at most, quickly)."""
+    return aioredis.from_url(
+        url,
+        decode_responses=True,
+        socket_timeout=5,
+        socket_connect_timeout=5,
+        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2),
+        retry_on_error=[redis.exceptions.ConnectionError],
+    )
 
 
 @dataclass

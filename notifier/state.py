@@ -94,6 +94,7 @@ class StateStore:
         self._groups: set[str] = set()
         self.down = False  # True from the first failed call of an outage until a later call succeeds
         self._failed_at = 0.0
+        self._recovered_at = 0.0
 
     @asynccontextmanager
     async def _op(self, action: str) -> AsyncIterator[None]:
@@ -105,7 +106,8 @@ class StateStore:
             if isinstance(exc, redis.exceptions.ResponseError) and not _is_connection_problem(exc):
                 raise StateStoreError(f"Redis {action} failed: {_describe(exc)}") from None
             self._failed_at = time.monotonic()
-            if not self.down:
+            # A call already under way when Redis came back does not open a new outage.
+            if not self.down and started >= self._recovered_at:
                 self.down = True
                 log.error("Redis is unavailable (%s); no state advances until it returns", _describe(exc))
             raise StateStoreError(f"Redis {action} failed: {_describe(exc)}") from None
@@ -113,6 +115,7 @@ class StateStore:
         # may still answer a call or two between failures; that is one outage, logged once).
         if self.down and started - self._failed_at >= RECOVERY_QUIET_SECONDS:
             self.down = False
+            self._recovered_at = time.monotonic()
             self._groups.clear()  # a restarted Redis may have lost the consumer groups
             log.info("Redis is reachable again; resuming")
 

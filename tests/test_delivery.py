@@ -16,6 +16,7 @@ from notifier.channels.base import Channel
 from notifier.channels.webhook import WebhookChannel, WebhookChannelConfig
 from notifier.config import DeliveryConfig
 from notifier.constants import Keys
+from notifier.daemon import connect_redis
 from notifier.delivery import Deliverer, Verdict, backoff_delay, retry_delay
 from notifier.diff import DiffContext, diff
 from notifier.errors import DeliveryError, Reason, StateStoreError
@@ -218,7 +219,7 @@ async def test_channel_pacing(redis_client: aioredis.Redis, receiver: WebhookRec
 
 
 async def test_a_send_acknowledged_after_a_redis_outage_is_not_repeated(own_redis: RedisServer) -> None:
-    client = aioredis.from_url(own_redis.url, decode_responses=True, socket_connect_timeout=1)
+    client = connect_redis(own_redis.url)
     store = StateStore(client, Keys("d"), "p")
 
     class RedisDiesOnSend(ScriptedChannel):
