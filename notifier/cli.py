@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -19,16 +18,16 @@ from typing import Any
 import redis.asyncio as aioredis
 import yaml
 
-from notifier.channels import build_channel, masked_config
+from notifier.channels import Channel, build_channel, masked_config
 from notifier.config import Config, load_config, secret_values
 from notifier.constants import Keys
 from notifier.daemon import Daemon, connect_redis
 from notifier.dcs.models import Task, format_api_time
-from notifier.delivery import Deliverer, send_with_retries
+from notifier.delivery import send_with_retries
 from notifier.errors import ConfigError, StateStoreError
 from notifier.events import Event, EventType, InstanceRef, Notification, event_id
 from notifier.logsetup import configure_logging
-from notifier.state import StateStore
+from notifier.state import DeadLetter, StateStore
 
 log = logging.getLogger("notifier")
 
@@ -200,6 +199,49 @@ async def _health(config: Config) -> int:
     return 0
 
 
+async def _replay(config: Config, store: StateStore, letters: list[DeadLetter]) -> int:
+    """Deliver dead letters directly (not through the outbox, so never racing a running daemon).
+
+    Delivered → logged as delivered and removed; refused again for a retryable reason → re-queued
+    for the daemon; refused for good → left in dead letters, with the reason printed.
+    """
+    failed = 0
+    built: dict[str, Channel] = {}
+    policy = config.delivery.model_copy(update={"max_attempts": config.delivery.once_attempts})
+    try:
+        for d in letters:
+            n = d.notification
+            if n is None:
+                print(f"{d.entry_id}: unreadable, cannot be replayed (purge it)", file=sys.stderr)
+                failed += 1
+                continue
+            if d.channel not in config.channels:
+                print(
+                    f"{d.entry_id}: channel {d.channel!r} is no longer in the config; kept", file=sys.stderr
+                )
+                failed += 1
+                continue
+            if d.channel not in built:
+                built[d.channel] = build_channel(d.channel, config.channels[d.channel])
+            channel = built[d.channel]
+            error = await send_with_retries(channel, n, policy, asyncio.Event())
+            if channel.rate:
+                await asyncio.sleep(1.0 / channel.rate)  # the channel's pace between replayed messages
+            if error is None:
+                await store.resolve_dead(d)
+                print(f"{d.entry_id}: delivered to {d.channel}")
+            elif error.retryable:
+                await store.requeue_dead([d])
+                print(f"{d.entry_id}: {d.channel} still failing ({error}); re-queued for the daemon")
+            else:
+                failed += 1
+                print(f"{d.entry_id}: refused again by {d.channel}: {error}; kept", file=sys.stderr)
+    finally:
+        for ch in built.values():
+            await ch.aclose()
+    return 1 if failed else 0
+
+
 async def _dead_letters(config: Config, args: argparse.Namespace) -> int:
     store, client = _store(config)
     try:
@@ -225,29 +267,13 @@ async def _dead_letters(config: Config, args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 2
-        replayed = await store.replay_dead(None if args.all else args.ids)
-        print(f"re-queued {len(replayed)} dead letter(s)")
-        channels = sorted({d.channel for d in replayed} & set(config.channels))
-        if args.no_deliver or not channels:
-            return 0
-        # Deliver now, as a consumer of its own so as not to share pending entries with a running daemon.
-        delivery = config.delivery.model_copy(
-            update={"consumer": f"{config.delivery.consumer}-replay-{os.getpid()}"}
-        )
-        built = {name: build_channel(name, config.channels[name]) for name in channels}
-        try:
-            deliverer = Deliverer(store, built, delivery)
-            results = await deliverer.drain_all(budget=delivery.once_attempts)
-        finally:
-            for ch in built.values():
-                await ch.aclose()
-        failed = False
-        for name, r in results.items():
+        letters = await store.select_dead(None if args.all else args.ids)
+        if args.no_deliver:
             print(
-                f"{name}: {r.delivered} delivered, {r.dead_lettered} dead again, {len(r.failed)} left queued"
+                f"re-queued {len(await store.requeue_dead(letters))} dead letter(s); the daemon delivers them"
             )
-            failed |= not r.ok or r.dead_lettered > 0
-        return 1 if failed else 0
+            return 0
+        return await _replay(config, store, letters)
     except StateStoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

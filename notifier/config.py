@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -115,8 +114,9 @@ class DeliveryConfig(_Model):
     once_attempts: int = Field(default=3, ge=1)
     #: On SIGTERM, sends in flight get this long to finish before they are abandoned (and stay queued).
     stop_timeout: float = Field(default=10.0, gt=0)
-    #: Consumer name in the Redis consumer group; one per daemon process (default: the host name).
-    consumer: str = Field(default_factory=socket.gethostname, min_length=1)
+    #: This daemon's name in the Redis consumer group. Fixed by default, so that a restarted daemon (a new
+    #: container, another host) resumes its own unacknowledged entries at once.
+    consumer: str = Field(default="dcs-notifier", min_length=1)
     #: Entries another consumer left pending this long (seconds) are taken over.
     claim_idle: float = Field(default=60.0, gt=0)
     batch: int = Field(default=50, ge=1, le=1000)

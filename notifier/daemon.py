@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -25,7 +26,6 @@ from notifier.constants import Keys
 from notifier.dcs.client import DcsClient
 from notifier.delivery import Deliverer, DeliveryHook, PassResult
 from notifier.errors import StateStoreError
-from notifier.events import Notification
 from notifier.poller import Poller, PollOutcome, utcnow
 from notifier.state import StateStore
 
@@ -91,11 +91,7 @@ class Daemon:
         self.deliverer = Deliverer(
             self.store, self.channels, config.delivery, stop=self.stop, on_delivered=on_delivered
         )
-        self.poller = Poller(config, self.client, self.store, clock=clock, on_commit=self._committed)
-
-    def _committed(self, notifications: Sequence[Notification]) -> None:
-        for ch in {n.channel for n in notifications}:
-            self.deliverer.wake(ch)
+        self.poller = Poller(config, self.client, self.store, clock=clock)
 
     def request_stop(self) -> None:
         self.deliverer.request_stop()
@@ -110,12 +106,15 @@ class Daemon:
         return report
 
     async def _heartbeat(self) -> None:
+        """Alive means: polls succeed. The heartbeat is written only while some poll succeeded lately."""
         interval = self.config.poll.interval
         while not self.stop.is_set():
-            with contextlib.suppress(StateStoreError):
-                await self.store.heartbeat(int(interval * 3) + 1)
+            last = self.poller.last_success
+            if last is not None and time.monotonic() - last <= 3 * interval:
+                with contextlib.suppress(StateStoreError):
+                    await self.store.heartbeat(int(interval * 3) + 10)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stop.wait(), timeout=interval)
+                await asyncio.wait_for(self.stop.wait(), timeout=min(interval, 5.0))
 
     async def run(self) -> None:
         """Poll and deliver until ``request_stop()``; sends in flight finish first."""
@@ -125,6 +124,16 @@ class Daemon:
             len(self.channels),
             self.config.poll.interval,
         )
+        try:
+            for channel, n in (await self.store.orphan_outboxes(self.channels)).items():
+                log.warning(
+                    "the outbox of channel %r, which is no longer in the config, holds %d undelivered "
+                    "notification(s); add the channel back to deliver them",
+                    channel,
+                    n,
+                )
+        except StateStoreError:
+            pass  # Redis is down at start: the store has logged it; the daemon runs on regardless
         workers = [
             asyncio.create_task(
                 self.deliverer.run_channel(name, self.config.poll.interval), name=f"deliver:{name}"

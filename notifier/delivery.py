@@ -22,7 +22,6 @@ An entry is never skipped while it is being retried, so a task's "finished" neve
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import logging
 import random
@@ -32,14 +31,15 @@ from dataclasses import dataclass, field
 
 from notifier.channels.base import Channel
 from notifier.config import DeliveryConfig
-from notifier.errors import DeliveryError, StateStoreError
+from notifier.errors import DeliveryError, Reason, StateStoreError
 from notifier.events import Notification
 from notifier.state import OutboxEntry, StateStore
 
 log = logging.getLogger(__name__)
 
 MAX_RETRY_AFTER = 300.0
-IDLE_CHECK_SECONDS = 1.0
+#: How long an idle worker's read of new entries blocks in Redis (also the latency of a stop).
+IDLE_BLOCK_MS = 1000
 
 
 def backoff_delay(
@@ -98,6 +98,7 @@ class PassResult:
     skipped_duplicates: int = 0
     dead_lettered: int = 0
     failed: list[str] = field(default_factory=list)  # why entries were left pending
+    waiting: bool = False  # new entries not read: another consumer still holds older ones
 
     @property
     def ok(self) -> bool:
@@ -133,20 +134,12 @@ class Deliverer:
         self.config = config
         self.stop = stop or asyncio.Event()
         self.on_delivered = on_delivered
-        self._wake = {name: asyncio.Event() for name in self.channels}
         self._next_send = dict.fromkeys(self.channels, 0.0)
         self._unacked: dict[str, list[OutboxEntry]] = {name: [] for name in self.channels}
 
-    def wake(self, channel: str | None = None) -> None:
-        """Tell a channel's worker (or all) that the outbox has new entries."""
-        for name, ev in self._wake.items():
-            if channel is None or name == channel:
-                ev.set()
-
     def request_stop(self) -> None:
-        """Stop after the sends in flight; workers waiting for work or backing off return at once."""
+        """Stop after the sends in flight; backoff waits end at once, blocked reads within a second."""
         self.stop.set()
-        self.wake()
 
     async def _pace(self, channel: Channel) -> None:
         if channel.rate is None:
@@ -171,6 +164,18 @@ class Deliverer:
             await self.store.mark_delivered(pending[0])
             pending.pop(0)
 
+    async def _send(self, channel: Channel, entry: OutboxEntry) -> DeliveryError | None:
+        await self._pace(channel)
+        try:
+            await channel.send(entry.notification)
+        except DeliveryError as exc:
+            return exc
+        except Exception as exc:
+            # A bug (a formatter, a library) must not wedge the channel: the entry becomes a dead letter.
+            log.exception("channel %s failed unexpectedly on %s", channel.name, entry.notification.event.id)
+            return DeliveryError(channel.name, False, Reason.INTERNAL, f"unexpected {type(exc).__name__}")
+        return None
+
     async def deliver(
         self, channel: Channel, entry: OutboxEntry, budget: int | None = None
     ) -> tuple[Verdict, str]:
@@ -181,12 +186,8 @@ class Deliverer:
             return Verdict.DUPLICATE, ""
         tries = 0
         while True:
-            await self._pace(channel)
-            try:
-                await channel.send(entry.notification)
-            except DeliveryError as exc:
-                error = exc
-            else:
+            error = await self._send(channel, entry)
+            if error is None:
                 await self._ack(entry)
                 if self.on_delivered is not None:
                     self.on_delivered(entry)
@@ -216,73 +217,111 @@ class Deliverer:
             )
             if await pause(delay, self.stop):
                 return Verdict.PENDING, str(error)
+            if not await self.store.keep(entry, cfg.consumer):
+                # Another consumer took it over while we waited: it is theirs to send now.
+                return Verdict.PENDING, f"{error} (entry taken over by another consumer)"
 
-    async def drain(self, name: str, *, budget: int | None = None) -> PassResult:
-        """One pass over a channel's outbox, in order; stops at an entry left pending."""
+    async def _process(
+        self, name: str, entries: list[OutboxEntry], budget: int | None, result: PassResult
+    ) -> bool:
+        """Deliver entries in order; False when the pass must stop (an entry left pending, or stop)."""
         channel = self.channels[name]
+        for entry in entries:
+            if self.stop.is_set():
+                return False
+            verdict, why = await self.deliver(channel, entry, budget)
+            event = entry.notification.event
+            if verdict is Verdict.DELIVERED:
+                result.delivered += 1
+                log.info("delivered %s %s (%s) to %s", event.type.value, event.task.name, event.id, name)
+            elif verdict is Verdict.DUPLICATE:
+                result.skipped_duplicates += 1
+            elif verdict is Verdict.DEAD:
+                result.dead_lettered += 1
+                log.error("moved %s for %s to dead letters: %s", event.id, name, why)
+            else:
+                result.failed.append(why)
+                log.error("could not deliver %s to %s; it stays queued: %s", event.id, name, why)
+                return False
+        return True
+
+    async def drain(
+        self,
+        name: str,
+        *,
+        budget: int | None = None,
+        recover: bool = True,
+        claim: bool = True,
+        block_ms: int | None = None,
+    ) -> PassResult:
+        """One pass over a channel's outbox, in stream order; stops at an entry left pending.
+
+        ``recover``: first this consumer's own unacknowledged entries (a restart, a failed pass);
+        ``claim``: then entries a dead consumer left idle longer than ``claim_idle``; then new entries,
+        unless another consumer still holds older ones (they must go first: per-task order). The first
+        read of new entries may block up to ``block_ms``.
+        """
         cfg = self.config
+        store = self.store
         result = PassResult()
         await self._flush_unacked(name)
-        for source in ("pending", "stale", "new"):
-            while not self.stop.is_set():
-                if source == "stale":
-                    min_idle_ms = int(cfg.claim_idle * 1000)
-                    entries = await self.store.claim_stale(
-                        name, cfg.consumer, min_idle_ms=min_idle_ms, count=cfg.batch
-                    )
-                else:
-                    entries = await self.store.read(
-                        name, cfg.consumer, count=cfg.batch, pending=source == "pending"
-                    )
-                for entry in entries:
-                    if self.stop.is_set():
-                        return result
-                    verdict, why = await self.deliver(channel, entry, budget)
-                    if verdict is Verdict.DELIVERED:
-                        result.delivered += 1
-                        log.info(
-                            "delivered %s %s (%s) to %s",
-                            entry.notification.event.type.value,
-                            entry.notification.event.task.name,
-                            entry.notification.event.id,
-                            name,
-                        )
-                    elif verdict is Verdict.DUPLICATE:
-                        result.skipped_duplicates += 1
-                    elif verdict is Verdict.DEAD:
-                        result.dead_lettered += 1
-                        log.error(
-                            "moved %s for %s to dead letters: %s", entry.notification.event.id, name, why
-                        )
-                    else:
-                        result.failed.append(why)
-                        log.error(
-                            "could not deliver %s to %s; it stays queued: %s",
-                            entry.notification.event.id,
-                            name,
-                            why,
-                        )
-                        return result
-                if len(entries) < cfg.batch:
+        if recover:
+            while entries := await store.read(name, cfg.consumer, count=cfg.batch, pending=True):
+                if not await self._process(name, entries, budget, result) or len(entries) < cfg.batch:
                     break
+            if not result.ok or self.stop.is_set():
+                return result
+        if claim:
+            min_idle_ms = int(cfg.claim_idle * 1000)
+            while entries := await store.claim_stale(
+                name, cfg.consumer, min_idle_ms=min_idle_ms, count=cfg.batch
+            ):
+                if not await self._process(name, entries, budget, result) or len(entries) < cfg.batch:
+                    break
+            if not result.ok or self.stop.is_set():
+                return result
+        if await store.held_elsewhere(name, cfg.consumer):
+            result.waiting = True
+            return result
+        block = block_ms
+        while not self.stop.is_set():
+            entries = await store.read(name, cfg.consumer, count=cfg.batch, block_ms=block)
+            block = None
+            if not entries or not await self._process(name, entries, budget, result):
+                break
         return result
 
     async def drain_all(self, *, budget: int | None = None) -> dict[str, PassResult]:
-        """One pass over every channel, concurrently (``once``, tests)."""
+        """One pass over every channel, concurrently (``once``); one channel's failure is its own."""
         names = list(self.channels)
-        results = await asyncio.gather(*(self.drain(n, budget=budget) for n in names))
-        return dict(zip(names, results, strict=True))
+        outcomes = await asyncio.gather(
+            *(self.drain(n, budget=budget) for n in names), return_exceptions=True
+        )
+        results: dict[str, PassResult] = {}
+        for name, outcome in zip(names, outcomes, strict=True):
+            if isinstance(outcome, PassResult):
+                results[name] = outcome
+            elif isinstance(outcome, Exception):
+                results[name] = PassResult(failed=[str(outcome)])
+            else:
+                raise outcome
+        return results
 
     async def run_channel(self, name: str, retry_interval: float) -> None:
-        """A channel's worker: drain, then wait for new entries (or a periodic check), until stopped."""
+        """A channel's worker: pass after pass until stopped, idling in a blocking read of new entries."""
+        recover = True
+        next_claim = 0.0
         while not self.stop.is_set():
-            wake = self._wake[name]
-            wake.clear()
+            now = time.monotonic()
+            claim = now >= next_claim
+            if claim:
+                next_claim = now + self.config.claim_idle / 2
             try:
-                result = await self.drain(name)
+                result = await self.drain(name, recover=recover, claim=claim, block_ms=IDLE_BLOCK_MS)
             except StateStoreError as exc:
                 if not self.store.down:  # an outage is logged once by the store; anything else here
                     log.error("delivery to %s paused: %s", name, exc)
+                recover = True
                 await pause(retry_interval, self.stop)
                 continue
             except Exception:
@@ -290,11 +329,11 @@ class Deliverer:
                 log.exception(
                     "delivery worker for %s failed unexpectedly; retrying in %g s", name, retry_interval
                 )
+                recover = True
                 await pause(retry_interval, self.stop)
                 continue
-            if result.ok:
-                # Entries committed by this process wake us at once; others are found by the periodic check.
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wake.wait(), timeout=IDLE_CHECK_SECONDS)
-            else:
+            recover = not result.ok
+            if not result.ok:
                 await pause(retry_interval, self.stop)
+            elif result.waiting:
+                await pause(IDLE_BLOCK_MS / 1000, self.stop)

@@ -28,6 +28,7 @@ class Reason(enum.StrEnum):
     TIMEOUT = "timeout"
     CONNECTION = "connection"
     INVALID_RESPONSE = "invalid_response"
+    INTERNAL = "internal"
 
 
 class DcsApiError(NotifierError):

@@ -16,13 +16,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from notifier.config import Config, InstanceConfig
 from notifier.dcs.client import DcsClient
-from notifier.dcs.models import Outcome, classify_status
+from notifier.dcs.models import IN_PROGRESS_STATUSES
 from notifier.diff import DiffContext, Snapshot, diff
 from notifier.errors import DcsApiError, Reason, StateStoreError
 from notifier.events import Event, InstanceRef, Notification
@@ -59,7 +60,9 @@ def query_start(previous: Snapshot | None, window_start: datetime, now: datetime
     """Where a poll's window starts: ``poll.window`` back, or earlier to keep a long task in view.
 
     A task still in progress when last seen must stay in the window until it finishes, or its end
-    would never be noticed; the window reaches back to it, but never more than MAX_LOOKBACK.
+    would never be noticed; the window reaches back to it, but never more than MAX_LOOKBACK. Only the
+    documented in-progress statuses count here: an unknown status that is really final must not make
+    every poll page through a week of tasks.
     """
     if previous is None:
         return window_start
@@ -67,9 +70,7 @@ def query_start(previous: Snapshot | None, window_start: datetime, now: datetime
     running = [
         s.created_at
         for s in previous.tasks.values()
-        if s.created_at is not None
-        and classify_status(s.status) is Outcome.IN_PROGRESS
-        and s.created_at >= floor
+        if s.created_at is not None and s.status.upper() in IN_PROGRESS_STATUSES and s.created_at >= floor
     ]
     return min([window_start, *running])
 
@@ -82,13 +83,13 @@ class Poller:
         store: StateStore,
         *,
         clock: Callable[[], datetime] = utcnow,
-        on_commit: Callable[[Sequence[Notification]], None] | None = None,
     ) -> None:
         self.config = config
         self.client = client
         self.store = store
         self.clock = clock
-        self.on_commit = on_commit
+        #: ``time.monotonic()`` of the last successful poll of any instance (the heartbeat's source).
+        self.last_success: float | None = None
         self._channels = list(config.channels)
         self._reported: dict[str, tuple[object, ...]] = {}  # instance id → last error reported
         self._failures: dict[str, int] = {}
@@ -120,18 +121,21 @@ class Poller:
         outcome.events = result.events
         outcome.notifications = notifications
         self._recovered(inst)
+        self.last_success = time.monotonic()
         if result.baseline_at is not None:
             log.info("baseline of %s (%s): %d task(s) recorded", inst.name, inst.id, len(result.upserts))
         for ev in result.events:
             log.info("%s: %s [%s]", ev.type.value, ev.summary, ev.task.id)
-        if notifications and self.on_commit is not None:
-            self.on_commit(notifications)
         return outcome
 
     def _report(self, inst: InstanceConfig, exc: Exception) -> None:
+        if isinstance(exc, StateStoreError):
+            # Not the API's fault: no backoff (polling resumes as soon as Redis does), and an outage
+            # is logged once by the store, not once per poll.
+            if not self.store.down:
+                log.error("poll of %s failed: %s", inst.name, exc)
+            return
         self._failures[inst.id] = self._failures.get(inst.id, 0) + 1
-        if isinstance(exc, StateStoreError) and self.store.down:
-            return  # the store logs an outage once, not once per poll
         fingerprint = exc.fingerprint if isinstance(exc, DcsApiError) else (str(exc),)
         if self._reported.get(inst.id) != fingerprint:
             self._reported[inst.id] = fingerprint
@@ -147,7 +151,7 @@ class Poller:
     def next_delay(self, outcome: PollOutcome) -> float:
         interval = self.config.poll.interval
         exc = outcome.error
-        if exc is None:
+        if exc is None or isinstance(exc, StateStoreError):
             return interval
         if isinstance(exc, DcsApiError) and exc.reason in (
             Reason.AUTH,

@@ -60,7 +60,6 @@ class OutboxEntry:
     entry_id: str
     channel: str
     notification: Notification
-    deliveries: int = 1  # how many times Redis has handed this entry out (XPENDING count)
 
 
 def _describe(exc: BaseException) -> str:
@@ -172,8 +171,10 @@ class StateStore:
     async def _entries(self, channel: str, rows: Any) -> list[OutboxEntry]:
         """Parse stream rows; an unreadable entry goes to dead letters instead of blocking the stream."""
         out: list[OutboxEntry] = []
+        gone: list[str] = []
         for entry_id, fields in rows or []:
-            if not fields:  # deleted while pending
+            if not fields:  # deleted while still pending: nothing to send, just acknowledge it
+                gone.append(entry_id)
                 continue
             try:
                 out.append(OutboxEntry(entry_id, channel, Notification.model_validate_json(fields["n"])))
@@ -181,7 +182,11 @@ class StateStore:
                 log.error(
                     "outbox entry %s of %s is unreadable, moved to dead letters: %s", entry_id, channel, exc
                 )
-                await self._bury(channel, entry_id, fields, f"unreadable outbox entry: {exc}"[:500], 0)
+                async with self._op("move to dead letters"):
+                    await self._bury(channel, entry_id, fields, f"unreadable outbox entry: {exc}"[:500], 0)
+        if gone:
+            async with self._op("acknowledgement of deleted entries"):
+                await self.redis.xack(self.keys.outbox(channel), self.keys.group, *gone)
         return out
 
     async def _grouped(self, channel: str, call: Any) -> Any:
@@ -314,8 +319,8 @@ class StateStore:
             )
         return out
 
-    async def replay_dead(self, ids: Iterable[str] | None = None) -> list[DeadLetter]:
-        """Put dead letters (the given ids, or all) back in their channel's outbox; returns those moved."""
+    async def select_dead(self, ids: Iterable[str] | None = None) -> list[DeadLetter]:
+        """The dead letters with these ids (all when None); an unknown id is an error naming it."""
         wanted = None if ids is None else set(ids)
         letters = [
             d
@@ -326,6 +331,10 @@ class StateStore:
             missing = wanted - {d.entry_id for d in letters}
             if missing:
                 raise StateStoreError(f"no dead letter with id {', '.join(sorted(missing))}")
+        return letters
+
+    async def requeue_dead(self, letters: Iterable[DeadLetter]) -> list[DeadLetter]:
+        """Put dead letters back at the end of their channel's outbox (fresh attempts and age), atomically."""
         replayable = [d for d in letters if d.notification is not None]
         async with self._op("replay of dead letters"):
             pipe = self.redis.pipeline(transaction=True)
@@ -340,9 +349,51 @@ class StateStore:
 
     async def purge_dead(self) -> int:
         async with self._op("purge of dead letters"):
-            n = int(await self.redis.xlen(self.keys.dead_letters))
-            await self.redis.delete(self.keys.dead_letters)
-        return n
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.xlen(self.keys.dead_letters)
+            pipe.delete(self.keys.dead_letters)
+            n, _ = await pipe.execute()
+        return int(n)
+
+    async def resolve_dead(self, letter: DeadLetter, ttl: int = DELIVERED_TTL_SECONDS) -> None:
+        """A dead letter was delivered directly (``replay``): log the delivery and drop it, atomically."""
+        assert letter.notification is not None
+        n = letter.notification
+        async with self._op("record of a replayed delivery"):
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.set(self.keys.delivered(n.channel, n.event.id), "1", ex=ttl)
+            pipe.xdel(self.keys.dead_letters, letter.entry_id)
+            await pipe.execute()
+
+    async def held_elsewhere(self, channel: str, consumer: str) -> bool:
+        """Whether another consumer holds unacknowledged entries of this channel (they come first)."""
+        async with self._op("read of pending entries"):
+            summary = await self._grouped(
+                channel, lambda: self.redis.xpending(self.keys.outbox(channel), self.keys.group)
+            )
+        return any(c["name"] != consumer and int(c["pending"]) > 0 for c in summary.get("consumers") or [])
+
+    async def keep(self, entry: OutboxEntry, consumer: str) -> bool:
+        """Before retrying: still ours? If so, reset its idle time so nobody claims it meanwhile."""
+        key = self.keys.outbox(entry.channel)
+        async with self._op("renewal of a pending entry"):
+            rows = await self.redis.xpending_range(key, self.keys.group, entry.entry_id, entry.entry_id, 1)
+            if not rows or rows[0]["consumer"] != consumer:
+                return False
+            await self.redis.xclaim(key, self.keys.group, consumer, 0, [entry.entry_id], justid=True)
+        return True
+
+    async def orphan_outboxes(self, channels: Iterable[str]) -> dict[str, int]:
+        """Outbox streams with entries for channels no longer in the config: name → entries."""
+        known = {self.keys.outbox(c) for c in channels}
+        found: dict[str, int] = {}
+        async with self._op("scan for outbox streams"):
+            async for key in self.redis.scan_iter(match=self.keys.outbox("*"), _type="stream"):
+                if key not in known:
+                    n = int(await self.redis.xlen(key))
+                    if n:
+                        found[key.removeprefix(self.keys.outbox(""))] = n
+        return found
 
     async def heartbeat(self, ttl_seconds: int) -> None:
         async with self._op("heartbeat"):

@@ -196,8 +196,9 @@ async def test_replay_and_purge(redis_client: aioredis.Redis) -> None:
     await Deliverer(store, {"audit": channel}, FAST).drain("audit")
     first, _ = await store.dead_letters()
     with pytest.raises(StateStoreError, match="no dead letter with id 0-1"):
-        await store.replay_dead(["0-1"])
-    assert [d.entry_id for d in await store.replay_dead([first.entry_id])] == [first.entry_id]
+        await store.select_dead(["0-1"])
+    selected = await store.select_dead([first.entry_id])
+    assert [d.entry_id for d in await store.requeue_dead(selected)] == [first.entry_id]
     assert await store.backlog("audit") == 1
     result = await Deliverer(store, {"audit": ScriptedChannel([])}, FAST).drain("audit")
     assert result.delivered == 1
