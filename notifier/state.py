@@ -26,8 +26,6 @@ from notifier.events import Notification
 
 log = logging.getLogger(__name__)
 
-RECOVERY_QUIET_SECONDS = 1.0
-
 
 def _is_connection_problem(exc: redis.exceptions.ResponseError) -> bool:
     # LOADING (restart reading its data) and similar transient states count as "Redis unavailable".
@@ -110,9 +108,8 @@ class StateStore:
                 self.down = True
                 log.error("Redis is unavailable (%s); no state advances until it returns", _describe(exc))
             raise StateStoreError(f"Redis {action} failed: {_describe(exc)}") from None
-        # Recovered: a call that began a while after the last failure succeeded (a server shutting down
-        # may still answer a call or two between failures; that is one outage, logged once).
-        if self.down and started - self._failed_at >= RECOVERY_QUIET_SECONDS:
+        # Recovered: a call that began after the last failure succeeded.
+        if self.down and started > self._failed_at:
             self.down = False
             self._recovered_at = time.monotonic()
             self._groups.clear()  # a restarted Redis may have lost the consumer groups
