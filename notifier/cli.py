@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import redis.asyncio as aioredis
 import yaml
@@ -81,17 +82,29 @@ def _load(args: argparse.Namespace) -> Config:
     return config
 
 
+def mask_redis_url(url: str) -> str:
+    """A Redis URL without its credentials: user info and ``password=`` query values become ``****``."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = "****@" + netloc.rsplit("@", 1)[1]
+    query = urlencode(
+        [
+            (k, "****" if k.lower() in ("password", "username", "user") else v)
+            for k, v in parse_qsl(parts.query)
+        ],
+        safe="*",
+    )
+    return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
+
+
 def masked(config: Config) -> dict[str, Any]:
     """The resolved config as plain data, every secret replaced by ``****``."""
     data: dict[str, Any] = config.model_dump(mode="json", exclude={"channels"})
     for key in ("ak", "sk"):
         data["cloud"][key] = "****" if getattr(config.cloud, key) is not None else None
     data["cloud"]["endpoint"] = config.cloud.endpoint_url
-    url = config.redis.url.get_secret_value()
-    if "@" in url:
-        scheme, rest = url.split("://", 1)
-        url = f"{scheme}://****@{rest.rsplit('@', 1)[1]}"
-    data["redis"]["url"] = url
+    data["redis"]["url"] = mask_redis_url(config.redis.url.get_secret_value())
     data["channels"] = {name: masked_config(cfg) for name, cfg in config.channels.items()}
     return data
 

@@ -100,7 +100,10 @@ async def test_once_exits_non_zero_naming_what_failed(cli: Cli, sim: Simulator) 
 
 
 async def test_check_config_masks_secrets(cli: Cli) -> None:
+    cli.env["REDIS_URL"] += "?password=redis-sekrit"
     code, out, err = await cli.run("check-config")
+    assert "redis-sekrit" not in out
+    assert "password=****" in out
     assert code == 0, err
     for secret in (SK, AK, cli.slack.webhook_url, WEBHOOK_SECRET):
         assert secret not in out + err

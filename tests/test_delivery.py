@@ -252,3 +252,60 @@ def test_backoff_policy() -> None:
     cfg = DeliveryConfig(backoff_initial=0.1, backoff_max=0.2)
     assert retry_delay(1, retryable(retry_after=2.0), cfg) == 2.0  # never sooner than Retry-After
     assert retry_delay(1, retryable(retry_after=10_000), cfg) == 300.0  # an absurd Retry-After is capped
+
+
+async def test_a_new_consumer_waits_for_older_entries_another_holds(redis_client: aioredis.Redis) -> None:
+    """A restart under a new consumer name must not send a task's "finished" before its "started"."""
+    store = StateStore(redis_client, Keys("d"), "p")
+    [started] = await queue(store, 1)
+    await store.read("audit", "old-host", count=10)  # held by a consumer that died
+    done = started.event.model_copy(update={"id": "evt_done"})
+    await redis_client.xadd(
+        "d:outbox:audit", {"n": started.model_copy(update={"event": done}).model_dump_json()}
+    )
+    channel = ScriptedChannel([])
+    slow_claim = FAST.model_copy(update={"claim_idle": 3600})
+    result = await Deliverer(store, {"audit": channel}, slow_claim).drain("audit")
+    assert result.waiting
+    assert channel.sent == []  # nothing overtakes the entry the dead consumer holds
+    result = await Deliverer(store, {"audit": channel}, FAST.model_copy(update={"claim_idle": 0.001})).drain(
+        "audit"
+    )
+    assert channel.sent == [started.event.id, "evt_done"]
+    assert result.delivered == 2
+
+
+async def test_an_entry_taken_over_while_retrying_is_left_to_its_new_owner(
+    redis_client: aioredis.Redis,
+) -> None:
+    store = StateStore(redis_client, Keys("d"), "p")
+    await queue(store, 1)
+    [entry] = await store.read("audit", "alive", count=1)
+
+    class TakenOver(ScriptedChannel):
+        async def send(self, notification: Notification) -> None:
+            await store.claim_stale("audit", "other", min_idle_ms=0, count=1)  # another consumer claims it
+            await super().send(notification)
+
+    channel = TakenOver([retryable()])
+    verdict, why = await Deliverer(store, {"audit": channel}, FAST).deliver(channel, entry)
+    assert verdict is Verdict.PENDING
+    assert "taken over by another consumer" in why
+    assert len(channel.sent) == 1  # not sent a second time by the old owner
+
+
+async def test_a_channel_bug_becomes_a_dead_letter_not_a_wedge(redis_client: aioredis.Redis) -> None:
+    store = StateStore(redis_client, Keys("d"), "p")
+    notes = await queue(store, 2)
+
+    class Buggy(ScriptedChannel):
+        async def send(self, notification: Notification) -> None:
+            await super().send(notification)
+            if notification.event.id == notes[0].event.id:
+                raise KeyError("formatter bug")
+
+    channel = Buggy([])
+    result = await Deliverer(store, {"audit": channel}, FAST).drain("audit")
+    assert (result.dead_lettered, result.delivered) == (1, 1)
+    [dead] = await store.dead_letters()
+    assert dead.error == "channel 'audit': unexpected KeyError (permanent, internal)"

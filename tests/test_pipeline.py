@@ -349,3 +349,17 @@ async def test_a_long_task_is_followed_past_the_poll_window(world: World) -> Non
     assert types == ["task.started", "task.succeeded"]
     query = world.sim.task_requests(ORDERS)[-1].query
     assert query["start_time"] == started.strftime("%Y%m%d%H%M%S")
+
+
+async def test_redis_down_means_no_backoff_and_no_heartbeat(world: World) -> None:
+    async with world.daemon(REDIS_URL="redis://127.0.0.1:1/0") as d:
+        outcome = await d.poller.poll_instance(d.config.instances[0])
+        assert outcome.error is not None
+        assert d.poller.next_delay(outcome) == d.config.poll.interval  # resumes as soon as Redis does
+        assert d.poller.last_success is None
+    async with world.daemon(CLOUD_SDK_SK="wrong") as d:
+        await d.poller.poll_all()
+        assert d.poller.last_success is None  # failing polls keep the heartbeat (and `health`) down
+    async with world.daemon() as d:
+        await d.poller.poll_all()
+        assert d.poller.last_success is not None
