@@ -30,7 +30,8 @@ deployments can share one Redis database. ``{p}`` below is that prefix.
     Dead letters: notifications a channel refused permanently. Fields: ``n`` (the Notification JSON),
     ``k``, ``channel``, ``error``, ``attempts``, ``failed_at``.
 
-``{p}:heartbeat`` — STRING (ISO 8601 of the last completed poll cycle), TTL 3 × poll interval.
+``{p}:heartbeat`` — STRING (ISO 8601), TTL 3 × poll interval + 10 s. Written every few seconds while
+    some poll succeeded within the last 3 intervals; ``dcs-notifier health`` checks that it exists.
 """
 
 from __future__ import annotations
