@@ -119,7 +119,8 @@ class DeliveryConfig(_Model):
     consumer: str = Field(default="dcs-notifier", min_length=1)
     #: Entries another consumer left pending this long (seconds) are taken over.
     claim_idle: float = Field(default=60.0, gt=0)
-    batch: int = Field(default=50, ge=1, le=1000)
+    #: Entries read at a time; they stay claimed until sent, so keep batch / rate well under claim_idle.
+    batch: int = Field(default=10, ge=1, le=1000)
 
 
 class RuleConfig(_Model):

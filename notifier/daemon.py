@@ -55,6 +55,10 @@ class OnceReport:
         out = [f"poll {p.instance.name} ({p.instance.id}): {p.error}" for p in self.polls if p.error]
         for ch, r in self.deliveries.items():
             out.extend(f"delivery to {ch}: {msg}" for msg in r.failed)
+            if r.waiting:
+                out.append(
+                    f"delivery to {ch}: older notifications are held by another consumer (a running daemon?)"
+                )
             if r.dead_lettered:
                 out.append(
                     f"delivery to {ch}: {r.dead_lettered} notification(s) refused, moved to dead letters"
