@@ -72,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="run against the built-in simulator and local Slack/webhook stand-ins")
     p.add_argument("--redis-url", help="use this Redis instead of the embedded in-process store")
     p.add_argument("--duration", type=float, default=30.0, help="seconds to run (default 30)")
+    p.add_argument("--speed", type=float, default=1.0, help="play the scenario this many times faster")
     p.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser
 
@@ -301,7 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from notifier.demo import run_demo
 
             configure_logging(args.log_level)
-            return asyncio.run(run_demo(redis_url=args.redis_url, duration=args.duration))
+            return asyncio.run(run_demo(redis_url=args.redis_url, duration=args.duration, speed=args.speed))
         if args.command == "check-config":
             return cmd_check_config(args)
         config = _load(args)

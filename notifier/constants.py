@@ -18,7 +18,7 @@ deployments can share one Redis database. ``{p}`` below is that prefix.
     stays pending until the channel accepted it; pending entries idle longer than
     ``delivery.claim_idle`` seconds are taken over from a dead consumer with XAUTOCLAIM.
 
-``{p}:delivered:{channel}:{event_id}`` — STRING "1", TTL ``delivery.delivered_ttl`` (default 7 days).
+``{p}:delivered:{channel}:{event_id}`` — STRING "1", TTL 7 days (DELIVERED_TTL_SECONDS).
     The notification log: written in the same MULTI/EXEC as the XACK, checked before every send, so
     an entry re-read after a crash between send and ack is not sent twice.
 

@@ -103,10 +103,12 @@ class Daemon:
     async def once(self) -> OnceReport:
         report = OnceReport()
         report.polls = await self.poller.poll_all()
-        try:
-            report.deliveries = await self.deliverer.drain_all(budget=self.config.delivery.once_attempts)
-        except StateStoreError as exc:
-            report.deliveries = {"*": PassResult(failed=[str(exc)])}
+        # A consumer name of its own: beside a running daemon, `once` waits for the entries the daemon
+        # holds instead of sending them a second time.
+        cfg = self.config.delivery
+        own = cfg.model_copy(update={"consumer": f"{cfg.consumer}-once"})
+        deliverer = Deliverer(self.store, self.channels, own, stop=self.stop)
+        report.deliveries = await deliverer.drain_all(budget=cfg.once_attempts)
         return report
 
     async def _heartbeat(self) -> None:
@@ -157,6 +159,13 @@ class Daemon:
             if late:
                 await asyncio.wait(late)
                 log.warning("stopped %d delivery worker(s) mid-send; their messages stay queued", len(late))
+            unacked = self.deliverer.unacknowledged
+            if unacked:
+                log.warning(
+                    "stopping with %d delivered notification(s) not yet acknowledged in Redis (it is down); "
+                    "they will be sent again after the restart, with the same ids",
+                    unacked,
+                )
         log.info("dcs-notifier stopped")
 
     async def aclose(self) -> None:

@@ -137,6 +137,11 @@ class Deliverer:
         self._next_send = dict.fromkeys(self.channels, 0.0)
         self._unacked: dict[str, list[OutboxEntry]] = {name: [] for name in self.channels}
 
+    @property
+    def unacknowledged(self) -> int:
+        """Notifications sent while Redis was down, whose acknowledgement waits in memory."""
+        return sum(len(v) for v in self._unacked.values())
+
     def request_stop(self) -> None:
         """Stop after the sends in flight; backoff waits end at once, blocked reads within a second."""
         self.stop.set()
@@ -215,11 +220,26 @@ class Deliverer:
                 delay,
                 error.message,
             )
-            if await pause(delay, self.stop):
+            if not await self._wait_holding(channel.name, entry, delay):
                 return Verdict.PENDING, str(error)
-            if not await self.store.keep(entry, cfg.consumer):
-                # Another consumer took it over while we waited: it is theirs to send now.
+            if entry.entry_id not in await self.store.renew(channel.name, cfg.consumer):
+                # Another consumer took it over meanwhile: it is theirs to send now.
                 return Verdict.PENDING, f"{error} (entry taken over by another consumer)"
+
+    async def _wait_holding(self, name: str, entry: OutboxEntry, delay: float) -> bool:
+        """Wait ``delay`` before a retry, renewing our claim on every entry we hold (this one and the
+        rest of its batch) often enough that none goes idle for ``claim_idle``. False: stop, or lost."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + delay
+        step = self.config.claim_idle / 3
+        while (left := until - loop.time()) > 0:
+            if await pause(min(left, step), self.stop):
+                return False
+            if loop.time() < until and entry.entry_id not in await self.store.renew(
+                name, self.config.consumer
+            ):
+                return False
+        return True
 
     async def _process(
         self, name: str, entries: list[OutboxEntry], budget: int | None, result: PassResult
@@ -256,33 +276,34 @@ class Deliverer:
     ) -> PassResult:
         """One pass over a channel's outbox, in stream order; stops at an entry left pending.
 
-        ``recover``: first this consumer's own unacknowledged entries (a restart, a failed pass);
-        ``claim``: then entries a dead consumer left idle longer than ``claim_idle``; then new entries,
-        unless another consumer still holds older ones (they must go first: per-task order). The first
-        read of new entries may block up to ``block_ms``.
+        1. ``claim``: take over entries a dead consumer left idle longer than ``claim_idle`` (they join
+           this consumer's pending list, in stream order);
+        2. if another consumer still holds entries, stop: they are older than anything new, and a task's
+           "finished" must not overtake its "started";
+        3. ``recover`` (or something was claimed): this consumer's pending entries, oldest first;
+        4. new entries; the first read may block up to ``block_ms``.
         """
         cfg = self.config
         store = self.store
         result = PassResult()
         await self._flush_unacked(name)
+        if claim:
+            min_idle_ms = int(cfg.claim_idle * 1000)
+            while claimed := await store.claim_stale(
+                name, cfg.consumer, min_idle_ms=min_idle_ms, count=cfg.batch
+            ):
+                recover = True
+                if len(claimed) < cfg.batch:
+                    break
+        if await store.held_elsewhere(name, cfg.consumer):
+            result.waiting = True
+            return result
         if recover:
             while entries := await store.read(name, cfg.consumer, count=cfg.batch, pending=True):
                 if not await self._process(name, entries, budget, result) or len(entries) < cfg.batch:
                     break
             if not result.ok or self.stop.is_set():
                 return result
-        if claim:
-            min_idle_ms = int(cfg.claim_idle * 1000)
-            while entries := await store.claim_stale(
-                name, cfg.consumer, min_idle_ms=min_idle_ms, count=cfg.batch
-            ):
-                if not await self._process(name, entries, budget, result) or len(entries) < cfg.batch:
-                    break
-            if not result.ok or self.stop.is_set():
-                return result
-        if await store.held_elsewhere(name, cfg.consumer):
-            result.waiting = True
-            return result
         block = block_ms
         while not self.stop.is_set():
             entries = await store.read(name, cfg.consumer, count=cfg.batch, block_ms=block)

@@ -370,15 +370,18 @@ class StateStore:
             )
         return any(c["name"] != consumer and int(c["pending"]) > 0 for c in summary.get("consumers") or [])
 
-    async def keep(self, entry: OutboxEntry, consumer: str) -> bool:
-        """Before retrying: still ours? If so, reset its idle time so nobody claims it meanwhile."""
-        key = self.keys.outbox(entry.channel)
-        async with self._op("renewal of a pending entry"):
-            rows = await self.redis.xpending_range(key, self.keys.group, entry.entry_id, entry.entry_id, 1)
-            if not rows or rows[0]["consumer"] != consumer:
-                return False
-            await self.redis.xclaim(key, self.keys.group, consumer, 0, [entry.entry_id], justid=True)
-        return True
+    async def renew(self, channel: str, consumer: str, limit: int = 1000) -> set[str]:
+        """Reset the idle time of every entry this consumer holds, so that no other consumer claims them
+        while this one waits to retry; returns the ids it still holds."""
+        key = self.keys.outbox(channel)
+        async with self._op("renewal of pending entries"):
+            rows = await self.redis.xpending_range(
+                key, self.keys.group, "-", "+", limit, consumername=consumer
+            )
+            ids: list[str] = [str(r["message_id"]) for r in rows]
+            if ids:
+                await self.redis.xclaim(key, self.keys.group, consumer, 0, list[Any](ids), justid=True)
+        return set(ids)
 
     async def orphan_outboxes(self, channels: Iterable[str]) -> dict[str, int]:
         """Outbox streams with entries for channels no longer in the config: name → entries."""
