@@ -99,6 +99,24 @@ async def test_once_exits_non_zero_naming_what_failed(cli: Cli, sim: Simulator) 
     assert SK not in err
 
 
+async def test_config_flag_wins_over_the_environment(cli: Cli, tmp_path: Path) -> None:
+    other = tmp_path / "other.yaml"
+    other.write_text(CONFIG.replace("name: orders-cache", "name: from-the-flag"))
+    code, out, err = await cli.run("check-config", "--config", str(other))
+    assert code == 0, err
+    assert "name: from-the-flag" in out
+
+
+async def test_demo_on_the_embedded_store(cli: Cli) -> None:
+    """What `make demo` runs: the CLI's demo with no --redis-url, at triple speed."""
+    code, out, err = await cli.run("demo", "--duration", "6", "--speed", "3")
+    assert code == 0, err
+    assert "state in the embedded in-process store" in out
+    assert "Master/standby switchover started on orders-cache" in out
+    assert "Master/standby switchover succeeded on orders-cache" in out
+    assert "SIGNATURE INVALID" not in out
+
+
 async def test_check_config_masks_secrets(cli: Cli) -> None:
     cli.env["REDIS_URL"] += "?password=redis-sekrit"
     code, out, err = await cli.run("check-config")
@@ -130,7 +148,10 @@ async def test_send_test(cli: Cli) -> None:
     assert "unknown channel 'nope' (known: audit, oncall)" in err
 
 
-async def test_run_stops_cleanly_on_sigterm_and_reports_health(cli: Cli, sim: Simulator) -> None:
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
+async def test_run_stops_cleanly_and_reports_health(
+    cli: Cli, sim: Simulator, stop_signal: signal.Signals
+) -> None:
     code, _, err = await cli.run("health")
     assert code == 1
     assert "no recent heartbeat" in err
@@ -144,7 +165,7 @@ async def test_run_stops_cleanly_on_sigterm_and_reports_health(cli: Cli, sim: Si
         assert code == 0
         assert out.startswith("healthy: last heartbeat 20")
     finally:
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(stop_signal)
         _, err = await asyncio.wait_for(proc.communicate(), 15)
     assert proc.returncode == 0, err.decode()
     assert "dcs-notifier stopped" in err.decode()

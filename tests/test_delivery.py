@@ -264,11 +264,11 @@ async def test_a_new_consumer_waits_for_older_entries_another_holds(redis_client
         "d:outbox:audit", {"n": started.model_copy(update={"event": done}).model_dump_json()}
     )
     channel = ScriptedChannel([])
-    slow_claim = FAST.model_copy(update={"claim_idle": 3600})
+    slow_claim = FAST.model_copy(update={"claim_idle": 3600})  # then: 0.0001 s, i.e. claim at once
     result = await Deliverer(store, {"audit": channel}, slow_claim).drain("audit")
     assert result.waiting
     assert channel.sent == []  # nothing overtakes the entry the dead consumer holds
-    result = await Deliverer(store, {"audit": channel}, FAST.model_copy(update={"claim_idle": 0.001})).drain(
+    result = await Deliverer(store, {"audit": channel}, FAST.model_copy(update={"claim_idle": 0.0001})).drain(
         "audit"
     )
     assert channel.sent == [started.event.id, "evt_done"]
@@ -309,3 +309,12 @@ async def test_a_channel_bug_becomes_a_dead_letter_not_a_wedge(redis_client: aio
     assert (result.dead_lettered, result.delivered) == (1, 1)
     [dead] = await store.dead_letters()
     assert dead.error == "channel 'audit': unexpected KeyError (permanent, internal)"
+
+
+def test_slack_is_paced_to_one_message_per_second_by_default() -> None:
+    from notifier.channels.slack import SlackChannel, SlackChannelConfig
+
+    cfg = SlackChannelConfig(type="slack", webhook_url="https://hooks.slack.com/services/T/B/X")
+    assert cfg.rate == 1.0
+    assert SlackChannel("oncall", cfg).rate == 1.0
+    assert WebhookChannelConfig(type="webhook", url="https://example.com/h").rate is None

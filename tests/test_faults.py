@@ -307,32 +307,39 @@ async def test_permanent_error_goes_to_dead_letters_and_replay_delivers(rig: Rig
     daemon, task = await run_in_process(rig.config())
     try:
         await rig.sim.wait_for(lambda: len(rig.sim.task_requests(SESSIONS)) >= 2, within=15)
-        await rig.switchovers(1)
-        await rig.audit.wait_for(1, timeout=15)
-        await rig.slack.wait_for(1, timeout=15)
+        await rig.switchovers(2)
+        await rig.audit.wait_for(2, timeout=15)
+        await rig.slack.wait_for(2, timeout=15)
     finally:
         await stop_in_process(daemon, task)
-    [refused] = rig.slack.requests  # tried once: a permanent error is not retried
-    assert refused.json["channel"] == "#wrong"
+    # Each tried once: a permanent error is not retried.
+    assert [r.json["channel"] for r in rig.slack.requests] == ["#wrong", "#wrong"]
 
-    proc = await rig.cli("dead-letters", "list")
-    out, err = await proc.communicate()
-    assert proc.returncode == 0, err.decode()
-    assert "oncall" in out.decode()
-    assert "channel_not_found" in out.decode()
-    assert "attempts=1" in out.decode()
+    async def cli(*args: str) -> tuple[int, str, str]:
+        proc = await rig.cli(*args)
+        out, err = await proc.communicate()
+        assert proc.returncode is not None
+        return proc.returncode, out.decode(), err.decode()
+
+    code, out, err = await cli("dead-letters", "list")
+    assert code == 0, err
+    lines = [line for line in out.splitlines() if "  oncall  " in line]
+    assert len(lines) == 2
+    assert all("attempts=1" in line and "task.started" in line for line in lines)
+    assert out.count("channel_not_found") == 2
+    first_id = lines[0].split()[0]
 
     rig.oncall = rig.oncall.replace("#wrong", "#ops")  # the config is fixed
-    proc = await rig.cli("dead-letters", "replay", "--all")
-    out, err = await proc.communicate()
-    assert proc.returncode == 0, err.decode()
-    assert ": delivered to oncall" in out.decode()
-    # Refused once, then delivered once after the replay (Web API errors come with HTTP 200).
-    assert [r.json["channel"] for r in rig.slack.requests] == ["#wrong", "#ops"]
+    code, out, err = await cli("dead-letters", "replay", first_id)
+    assert code == 0, err
+    assert out.strip() == f"{first_id}: delivered to oncall"
+    # Refused once each, then the replayed one delivered once (Web API errors come with HTTP 200).
+    assert [r.json["channel"] for r in rig.slack.requests] == ["#wrong", "#wrong", "#ops"]
 
-    proc = await rig.cli("dead-letters", "list")
-    _, err = await proc.communicate()
-    assert "0 dead letter(s)" in err.decode()
+    code, out, _ = await cli("dead-letters", "purge")
+    assert out.strip() == "purged 1 dead letter(s)"
+    code, _, err = await cli("dead-letters", "list")
+    assert "0 dead letter(s)" in err
 
 
 # 6 ---------------------------------------------------------------------------------------------------
@@ -406,3 +413,27 @@ async def test_redis_that_lost_its_data_is_treated_as_a_first_start(rig: Rig, tm
         volatile.stop()
     seen = {json.loads(r.body)["data"]["task"]["id"] for r in accepted(rig.audit.requests)}
     assert seen == {first, second}  # the old tasks stayed silent: a baseline, not "everything is new"
+
+
+# SIGTERM with a send that never ends ------------------------------------------------------------------
+
+
+async def test_stop_timeout_abandons_a_hung_send_and_keeps_it_queued(
+    rig: Rig, redis_client: aioredis.Redis
+) -> None:
+    hang = CannedResponse(204, b"", {}, 3600)  # the receiver never answers (until it stops)
+    rig.audit.policy = lambda number, path: hang
+    cfg = rig.config()
+    cfg = cfg.model_copy(update={"delivery": cfg.delivery.model_copy(update={"stop_timeout": 0.5})})
+    daemon, task = await run_in_process(cfg)
+    try:
+        await rig.sim.wait_for(lambda: len(rig.sim.task_requests(SESSIONS)) >= 2, within=15)
+        await rig.switchovers(1)
+        await rig.audit.wait_for(1, timeout=15)  # the send is in flight, and hangs
+    finally:
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        await stop_in_process(daemon, task)
+        took = loop.time() - began
+    assert took < 5  # stop_timeout (0.5 s) plus the blocked reads, not the hour the receiver holds
+    assert await redis_client.xlen("f:outbox:audit") == 1  # abandoned, not lost

@@ -363,3 +363,22 @@ async def test_redis_down_means_no_backoff_and_no_heartbeat(world: World) -> Non
     async with world.daemon() as d:
         await d.poller.poll_all()
         assert d.poller.last_success is not None
+
+
+async def test_auth_errors_are_rechecked_slowly_and_server_errors_back_off(world: World) -> None:
+    inst = world.config().instances[0]
+    async with world.daemon(CLOUD_SDK_SK="wrong") as d:
+        outcome = await d.poller.poll_instance(inst)
+        assert isinstance(outcome.error, DcsApiError)
+        assert outcome.error.reason is Reason.AUTH
+        assert d.poller.next_delay(outcome) >= 300  # not retried in a loop
+    world.sim.inject(Fault.server_error(), times=3, instance_id=ORDERS)
+    async with world.daemon() as d:
+        delays = []
+        for _ in range(3):
+            outcome = await d.poller.poll_instance(inst)
+            assert isinstance(outcome.error, DcsApiError)
+            assert outcome.error.reason is Reason.SERVER_ERROR
+            delays.append(d.poller.next_delay(outcome))
+        assert delays == [0.2, 0.4, 0.8]  # exponential from poll.interval
+        assert d.poller.next_delay(await d.poller.poll_instance(inst)) == 0.2  # recovered
