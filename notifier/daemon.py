@@ -24,7 +24,7 @@ from notifier.channels.base import Channel
 from notifier.config import Config, require_credentials
 from notifier.constants import Keys
 from notifier.dcs.client import DcsClient
-from notifier.delivery import Deliverer, DeliveryHook, PassResult
+from notifier.delivery import Deliverer, PassResult
 from notifier.errors import StateStoreError
 from notifier.poller import Poller, PollOutcome, utcnow
 from notifier.state import StateStore
@@ -74,7 +74,6 @@ class Daemon:
         redis_client: aioredis.Redis | None = None,
         channels: dict[str, Channel] | None = None,
         clock: Callable[[], datetime] = utcnow,
-        on_delivered: DeliveryHook | None = None,
     ) -> None:
         ak, sk = require_credentials(config)
         self.config = config
@@ -92,9 +91,7 @@ class Daemon:
         )
         self.channels = channels or {name: build_channel(name, cfg) for name, cfg in config.channels.items()}
         self.stop = asyncio.Event()
-        self.deliverer = Deliverer(
-            self.store, self.channels, config.delivery, stop=self.stop, on_delivered=on_delivered
-        )
+        self.deliverer = Deliverer(self.store, self.channels, config.delivery, stop=self.stop)
         self.poller = Poller(config, self.client, self.store, clock=clock)
 
     def request_stop(self) -> None:

@@ -114,9 +114,6 @@ def entry_age(entry_id: str, now: float) -> float:
         return 0.0
 
 
-DeliveryHook = Callable[[OutboxEntry], None]
-
-
 class Deliverer:
     """Owns retries, pacing and acknowledgements for every channel; one per process."""
 
@@ -127,13 +124,11 @@ class Deliverer:
         config: DeliveryConfig,
         *,
         stop: asyncio.Event | None = None,
-        on_delivered: DeliveryHook | None = None,
     ) -> None:
         self.store = store
         self.channels = dict(channels)
         self.config = config
         self.stop = stop or asyncio.Event()
-        self.on_delivered = on_delivered
         self._next_send = dict.fromkeys(self.channels, 0.0)
         self._unacked: dict[str, list[OutboxEntry]] = {name: [] for name in self.channels}
 
@@ -194,8 +189,6 @@ class Deliverer:
             error = await self._send(channel, entry)
             if error is None:
                 await self._ack(entry)
-                if self.on_delivered is not None:
-                    self.on_delivered(entry)
                 return Verdict.DELIVERED, ""
             tries += 1
             if not error.retryable:
