@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint typecheck unit clean redis-server
+.PHONY: demo test lint typecheck unit bench clean redis-server
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' || \
@@ -44,8 +44,8 @@ demo: $(VENV)/.demo-deps
 	$(BIN)/dcs-notifier demo
 
 lint: $(VENV)/.dev-deps
-	$(BIN)/ruff check notifier tests
-	$(BIN)/ruff format --check notifier tests
+	$(BIN)/ruff check notifier tests bench
+	$(BIN)/ruff format --check notifier tests bench
 
 typecheck: $(VENV)/.dev-deps
 	$(BIN)/mypy --strict notifier
@@ -54,6 +54,10 @@ unit: $(VENV)/.dev-deps redis-server
 	$(BIN)/pytest
 
 test: lint typecheck unit
+
+# Speed is measured here, never in timed tests: prints a table, writes bench/results/*.json.
+bench: $(VENV)/.dev-deps redis-server
+	$(BIN)/python -m bench.poll_cost
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
