@@ -32,17 +32,25 @@ from notifier.state import StateStore
 log = logging.getLogger(__name__)
 
 
-def connect_redis(url: str) -> aioredis.Redis:
-    """A Redis client that reconnects by itself: after a Redis restart, pooled connections are dead, and
-    a command on one is retried on a fresh connection instead of failing (twice at most, quickly)."""
-    return aioredis.from_url(
+def connect_redis(url: str, max_connections: int = 64) -> aioredis.Redis:
+    """A Redis client for the daemon.
+
+    * It reconnects by itself: after a Redis restart, pooled connections are dead, and a command on one
+      is retried on a fresh connection instead of failing (twice at most, quickly).
+    * Its pool blocks when all connections are busy (many instances polled at once) instead of
+      failing with "Too many connections".
+    """
+    pool = aioredis.BlockingConnectionPool.from_url(
         url,
+        max_connections=max_connections,
+        timeout=10,
         decode_responses=True,
         socket_timeout=5,
         socket_connect_timeout=5,
         retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2),
         retry_on_error=[redis.exceptions.ConnectionError],
     )
+    return aioredis.Redis.from_pool(pool)
 
 
 @dataclass

@@ -93,9 +93,15 @@ class Poller:
         self._channels = list(config.channels)
         self._reported: dict[str, tuple[object, ...]] = {}  # instance id → last error reported
         self._failures: dict[str, int] = {}
+        # At most this many polls at once (each holds a Redis connection and an HTTP request).
+        self._slots = asyncio.Semaphore(config.cloud.max_concurrency)
 
     async def poll_instance(self, inst: InstanceConfig) -> PollOutcome:
         """Poll one instance once. Never raises: the error, if any, is in the outcome."""
+        async with self._slots:
+            return await self._poll(inst)
+
+    async def _poll(self, inst: InstanceConfig) -> PollOutcome:
         outcome = PollOutcome(inst)
         now = self.clock()
         window_start = now - timedelta(seconds=self.config.poll.window)

@@ -382,3 +382,20 @@ async def test_auth_errors_are_rechecked_slowly_and_server_errors_back_off(world
             delays.append(d.poller.next_delay(outcome))
         assert delays == [0.2, 0.4, 0.8]  # exponential from poll.interval
         assert d.poller.next_delay(await d.poller.poll_instance(inst)) == 0.2  # recovered
+
+
+async def test_many_instances_polled_at_once(world: World) -> None:
+    """`once` polls every instance concurrently: more instances than Redis pool connections must not fail."""
+    cfg = world.config()
+    extra = []
+    for i in range(150):
+        iid = f"bulk-{i:03d}"
+        world.sim.add_instance(iid, iid)
+        world.sim.start_task(iid, "AddWhitelist")
+        extra.append(cfg.instances[0].model_copy(update={"id": iid, "name": iid, "labels": {}}))
+    cfg = cfg.model_copy(update={"instances": extra})
+    async with Daemon(cfg) as d:
+        report = await d.once()
+    assert report.problems == []
+    assert sum(len(p.events) for p in report.polls) == 150
+    assert len({json.loads(r.body)["data"]["instance"]["id"] for r in world.audit.requests}) == 150
