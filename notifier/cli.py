@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import signal
 import sys
@@ -20,12 +21,13 @@ import redis.asyncio as aioredis
 import yaml
 
 from notifier.channels import Channel, build_channel, masked_config
-from notifier.config import Config, load_config, secret_values
+from notifier.config import Config, load_config, require_credentials, secret_values
 from notifier.constants import Keys
 from notifier.daemon import Daemon, connect_redis
+from notifier.dcs.client import DcsClient
 from notifier.dcs.models import Task, format_api_time
 from notifier.delivery import send_with_retries
-from notifier.errors import ConfigError, StateStoreError
+from notifier.errors import ConfigError, DcsApiError, StateStoreError
 from notifier.events import Event, EventType, InstanceRef, Notification, event_id
 from notifier.logsetup import configure_logging
 from notifier.state import DeadLetter, StateStore
@@ -55,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("send-test", help="send a test notification to one channel")
     _add_common(p)
     p.add_argument("channel", metavar="CHANNEL", help="a channel name from the config")
+    p = sub.add_parser(
+        "list-instances", help="list the project's DCS instances, as config 'instances:' lines"
+    )
+    _add_common(p)
     p = sub.add_parser("health", help="exit 0 if a daemon of this config is alive (recent heartbeat), else 1")
     _add_common(p)
     p = sub.add_parser("dead-letters", help="list, replay or purge notifications that were given up on")
@@ -197,6 +203,33 @@ def _store(config: Config) -> tuple[StateStore, aioredis.Redis]:
     return StateStore(client, Keys(config.redis.key_prefix), config.cloud.project_id), client
 
 
+async def _list_instances(config: Config) -> int:
+    ak, sk = require_credentials(config)
+    client = DcsClient(
+        endpoint=config.cloud.endpoint_url,
+        project_id=config.cloud.project_id,
+        ak=ak,
+        sk=sk,
+        timeout=config.cloud.timeout,
+    )
+    try:
+        instances = await client.list_instances()
+    except DcsApiError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        await client.aclose()
+    print("instances:")
+    for inst in instances:
+        details = ", ".join(
+            str(inst[k]) for k in ("status", "engine", "engine_version", "spec_code") if inst.get(k)
+        )
+        print(
+            f'  - {{id: "{inst.get("instance_id")}", name: {json.dumps(inst.get("name", ""))}}}  # {details}'
+        )
+    return 0
+
+
 async def _health(config: Config) -> int:
     store, client = _store(config)
     try:
@@ -312,6 +345,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_once(config))
         if args.command == "send-test":
             return asyncio.run(_send_test(config, args.channel))
+        if args.command == "list-instances":
+            return asyncio.run(_list_instances(config))
         if args.command == "health":
             return asyncio.run(_health(config))
         if args.command == "dead-letters":

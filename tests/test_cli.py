@@ -137,6 +137,17 @@ async def test_broken_config_is_exit_2_naming_file_and_key(cli: Cli) -> None:
     assert "poll.interval: Input should be a valid number" in err
 
 
+async def test_list_instances_prints_config_lines(cli: Cli) -> None:
+    code, out, err = await cli.run("list-instances")
+    assert code == 0, err
+    assert out.splitlines()[0] == "instances:"
+    assert f'  - {{id: "{ORDERS}", name: "orders-cache"}}  # RUNNING, Redis' in out
+    cli.env["CLOUD_SDK_SK"] = "wrong"
+    code, _, err = await cli.run("list-instances")
+    assert code == 1
+    assert "HTTP 401, DCS.1001" in err
+
+
 async def test_send_test(cli: Cli) -> None:
     code, out, err = await cli.run("send-test", "audit")
     assert code == 0, err
