@@ -17,14 +17,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
-import redis.asyncio as aioredis
 import yaml
 
 from notifier.channels import Channel, build_channel, masked_config
-from notifier.config import Config, load_config, require_credentials, secret_values
-from notifier.constants import Keys
-from notifier.daemon import Daemon, connect_redis
-from notifier.dcs.client import DcsClient
+from notifier.config import Config, load_config, secret_values
+from notifier.daemon import Daemon, dcs_client, open_store
 from notifier.dcs.models import Task, format_api_time
 from notifier.delivery import send_with_retries
 from notifier.errors import ConfigError, DcsApiError, StateStoreError
@@ -198,20 +195,8 @@ async def _send_test(config: Config, channel_name: str) -> int:
     return 0
 
 
-def _store(config: Config) -> tuple[StateStore, aioredis.Redis]:
-    client = connect_redis(config.redis.url.get_secret_value())
-    return StateStore(client, Keys(config.redis.key_prefix), config.cloud.project_id), client
-
-
 async def _list_instances(config: Config) -> int:
-    ak, sk = require_credentials(config)
-    client = DcsClient(
-        endpoint=config.cloud.endpoint_url,
-        project_id=config.cloud.project_id,
-        ak=ak,
-        sk=sk,
-        timeout=config.cloud.timeout,
-    )
+    client = dcs_client(config)
     try:
         instances = await client.list_instances()
     except DcsApiError as exc:
@@ -231,14 +216,14 @@ async def _list_instances(config: Config) -> int:
 
 
 async def _health(config: Config) -> int:
-    store, client = _store(config)
+    store = open_store(config)
     try:
         beat = await store.last_heartbeat()
     except StateStoreError as exc:
         print(f"unhealthy: {exc}", file=sys.stderr)
         return 1
     finally:
-        await client.aclose()
+        await store.redis.aclose()
     if beat is None:
         print("unhealthy: no recent heartbeat (is the daemon running?)", file=sys.stderr)
         return 1
@@ -290,7 +275,7 @@ async def _replay(config: Config, store: StateStore, letters: list[DeadLetter]) 
 
 
 async def _dead_letters(config: Config, args: argparse.Namespace) -> int:
-    store, client = _store(config)
+    store = open_store(config)
     try:
         if args.action == "list":
             letters = await store.dead_letters()
@@ -325,7 +310,7 @@ async def _dead_letters(config: Config, args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     finally:
-        await client.aclose()
+        await store.redis.aclose()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

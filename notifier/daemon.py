@@ -74,6 +74,27 @@ class OnceReport:
         return out
 
 
+def open_store(config: Config, redis_client: aioredis.Redis | None = None) -> StateStore:
+    """The state store of a config, on ``redis_client`` or a new connection (closed with ``store.redis``)."""
+    client = redis_client or connect_redis(config.redis.url.get_secret_value())
+    return StateStore(client, Keys(config.redis.key_prefix), config.cloud.project_id)
+
+
+def dcs_client(config: Config) -> DcsClient:
+    """The DCS API client of a config (AK/SK from the config or CLOUD_SDK_AK/CLOUD_SDK_SK)."""
+    ak, sk = require_credentials(config)
+    cloud = config.cloud
+    return DcsClient(
+        endpoint=cloud.endpoint_url,
+        project_id=cloud.project_id,
+        ak=ak,
+        sk=sk,
+        timeout=cloud.timeout,
+        page_size=cloud.page_size,
+        max_concurrency=cloud.max_concurrency,
+    )
+
+
 class Daemon:
     def __init__(
         self,
@@ -83,20 +104,11 @@ class Daemon:
         channels: dict[str, Channel] | None = None,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
-        ak, sk = require_credentials(config)
         self.config = config
+        self.client = dcs_client(config)
         self._own_redis = redis_client is None
-        self.redis = redis_client or connect_redis(config.redis.url.get_secret_value())
-        self.store = StateStore(self.redis, Keys(config.redis.key_prefix), config.cloud.project_id)
-        self.client = DcsClient(
-            endpoint=config.cloud.endpoint_url,
-            project_id=config.cloud.project_id,
-            ak=ak,
-            sk=sk,
-            timeout=config.cloud.timeout,
-            page_size=config.cloud.page_size,
-            max_concurrency=config.cloud.max_concurrency,
-        )
+        self.store = open_store(config, redis_client)
+        self.redis = self.store.redis
         self.channels = channels or {name: build_channel(name, cfg) for name, cfg in config.channels.items()}
         self.stop = asyncio.Event()
         self.deliverer = Deliverer(self.store, self.channels, config.delivery, stop=self.stop)
