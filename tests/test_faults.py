@@ -8,6 +8,7 @@ subprocess; faults of Redis use a redis-server of the test's own (AOF on, same d
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import logging
@@ -157,15 +158,18 @@ async def rig(sim: Simulator, redis_url: str, tmp_path: Path) -> AsyncIterator[R
         yield Rig(sim, slack, audit, redis_url, tmp_path, audit.port)
 
 
-async def run_in_process(config: Config) -> tuple[Daemon, asyncio.Task[None]]:
-    daemon = Daemon(config)
-    return daemon, asyncio.create_task(daemon.run())
-
-
-async def stop_in_process(daemon: Daemon, task: asyncio.Task[None]) -> None:
-    daemon.request_stop()
-    await asyncio.wait_for(task, 15)
-    await daemon.aclose()
+@contextlib.asynccontextmanager
+async def running(rig: Rig, config: Config | None = None) -> AsyncIterator[asyncio.Task[None]]:
+    """The daemon in this process, past its first poll of both instances; stopped and awaited on exit."""
+    daemon = Daemon(config or rig.config())
+    task = asyncio.create_task(daemon.run())
+    try:
+        await rig.sim.wait_for(lambda: len(rig.sim.task_requests(SESSIONS)) >= 2, within=15)
+        yield task
+    finally:
+        daemon.request_stop()
+        await asyncio.wait_for(task, 15)
+        await daemon.aclose()
 
 
 # 1 ---------------------------------------------------------------------------------------------------
@@ -217,9 +221,7 @@ async def test_redis_stopped_for_20_s_mid_run(
 ) -> None:
     caplog.set_level(logging.INFO)
     rig.redis_url = own_redis.url
-    daemon, task = await run_in_process(rig.config())
-    try:
-        await rig.sim.wait_for(lambda: len(rig.sim.task_requests(SESSIONS)) >= 2, within=15)
+    async with running(rig) as task:
         first = await rig.switchovers(2)
         await rig.audit.wait_for(2, timeout=15)
         await rig.slack.wait_for(2, timeout=15)
@@ -238,8 +240,6 @@ async def test_redis_stopped_for_20_s_mid_run(
         rig.finish(second)
         await until(lambda: len(accepted(rig.audit.requests)) >= 8, 30, "all webhooks")
         await until(lambda: len(accepted(rig.slack.requests)) >= 8, 30, "all Slack messages")
-    finally:
-        await stop_in_process(daemon, task)
     assert len(event_ids(rig.audit.requests)) == 8
     no_duplicates(rig.audit.requests)
     no_duplicates(rig.slack.requests)
@@ -253,9 +253,7 @@ async def test_redis_stopped_for_20_s_mid_run(
 
 async def test_webhook_down_then_up_keeps_order_and_slack_keeps_receiving(rig: Rig) -> None:
     await rig.audit.stop()  # connection refused
-    daemon, task = await run_in_process(rig.config())
-    try:
-        await rig.sim.wait_for(lambda: len(rig.sim.task_requests(SESSIONS)) >= 2, within=15)
+    async with running(rig):
         ids = await rig.switchovers(3)
         await until(lambda: len(accepted(rig.slack.requests)) >= 3, 15, "Slack gets the starts meanwhile")
         rig.finish(ids)
@@ -263,8 +261,6 @@ async def test_webhook_down_then_up_keeps_order_and_slack_keeps_receiving(rig: R
         assert rig.audit.requests == []
         await rig.audit.start(port=rig.audit_port)
         await until(lambda: len(accepted(rig.audit.requests)) >= 6, 30, "the queued webhooks")
-    finally:
-        await stop_in_process(daemon, task)
     no_duplicates(rig.audit.requests)
     assert len(event_ids(rig.audit.requests)) == 6
     order = task_order(rig.audit.requests)
@@ -278,15 +274,11 @@ async def test_webhook_down_then_up_keeps_order_and_slack_keeps_receiving(rig: R
 async def test_slack_429_every_third_request_is_honoured(rig: Rig) -> None:
     throttle = SlackStandIn.webhook_error(429, "rate_limited", retry_after=2)
     rig.slack.policy = lambda number, path: throttle if number % 3 == 0 else None
-    daemon, task = await run_in_process(rig.config())
-    try:
-        await rig.sim.wait_for(lambda: len(rig.sim.task_requests(SESSIONS)) >= 2, within=15)
+    async with running(rig):
         ids = await rig.switchovers(3)
         await until(lambda: len(accepted(rig.slack.requests)) >= 3, 30, "3 starts")
         rig.finish(ids)
         await until(lambda: len(accepted(rig.slack.requests)) >= 6, 30, "6 Slack messages")
-    finally:
-        await stop_in_process(daemon, task)
     reqs = rig.slack.requests
     assert any(r.status == 429 for r in reqs)
     for before, after in itertools.pairwise(reqs):
@@ -304,14 +296,10 @@ async def test_permanent_error_goes_to_dead_letters_and_replay_delivers(rig: Rig
     rig.oncall = (
         f'{{type: slack, token: "xoxb-test", channel: "#wrong", base_url: "{rig.slack.api_base_url}"}}'
     )
-    daemon, task = await run_in_process(rig.config())
-    try:
-        await rig.sim.wait_for(lambda: len(rig.sim.task_requests(SESSIONS)) >= 2, within=15)
+    async with running(rig):
         await rig.switchovers(2)
         await rig.audit.wait_for(2, timeout=15)
         await rig.slack.wait_for(2, timeout=15)
-    finally:
-        await stop_in_process(daemon, task)
     # Each tried once: a permanent error is not retried.
     assert [r.json["channel"] for r in rig.slack.requests] == ["#wrong", "#wrong"]
 
@@ -394,22 +382,21 @@ async def test_redis_that_lost_its_data_is_treated_as_a_first_start(rig: Rig, tm
         tid = rig.sim.start_task(ORDERS, "AddWhitelist", created_at=now - timedelta(hours=3, minutes=i))
         rig.sim.finish_task(ORDERS, tid, updated_at=now - timedelta(hours=3))
         old.append(tid)
-    daemon, task = await run_in_process(rig.config())
     try:
-        [first] = await rig.switchovers(1)
-        await until(lambda: len(accepted(rig.audit.requests)) >= 1, 15, "the first start")
-        volatile.stop()
-        volatile.start()  # empty: no snapshots, no streams, no consumer group
-        second = rig.sim.start_task(SESSIONS, "masterStandbySwapJob")
-        await until(
-            lambda: any(
-                json.loads(r.body)["data"]["task"]["id"] == second for r in accepted(rig.audit.requests)
-            ),
-            30,
-            "the start after the data loss",
-        )
+        async with running(rig):
+            [first] = await rig.switchovers(1)
+            await until(lambda: len(accepted(rig.audit.requests)) >= 1, 15, "the first start")
+            volatile.stop()
+            volatile.start()  # empty: no snapshots, no streams, no consumer group
+            second = rig.sim.start_task(SESSIONS, "masterStandbySwapJob")
+            await until(
+                lambda: any(
+                    json.loads(r.body)["data"]["task"]["id"] == second for r in accepted(rig.audit.requests)
+                ),
+                30,
+                "the start after the data loss",
+            )
     finally:
-        await stop_in_process(daemon, task)
         volatile.stop()
     seen = {json.loads(r.body)["data"]["task"]["id"] for r in accepted(rig.audit.requests)}
     assert seen == {first, second}  # the old tasks stayed silent: a baseline, not "everything is new"
@@ -425,15 +412,11 @@ async def test_stop_timeout_abandons_a_hung_send_and_keeps_it_queued(
     rig.audit.policy = lambda number, path: hang
     cfg = rig.config()
     cfg = cfg.model_copy(update={"delivery": cfg.delivery.model_copy(update={"stop_timeout": 0.5})})
-    daemon, task = await run_in_process(cfg)
-    try:
-        await rig.sim.wait_for(lambda: len(rig.sim.task_requests(SESSIONS)) >= 2, within=15)
+    loop = asyncio.get_running_loop()
+    async with running(rig, cfg):
         await rig.switchovers(1)
         await rig.audit.wait_for(1, timeout=15)  # the send is in flight, and hangs
-    finally:
-        loop = asyncio.get_running_loop()
         began = loop.time()
-        await stop_in_process(daemon, task)
-        took = loop.time() - began
+    took = loop.time() - began
     assert took < 5  # stop_timeout (0.5 s) plus the blocked reads, not the hour the receiver holds
     assert await redis_client.xlen("f:outbox:audit") == 1  # abandoned, not lost
