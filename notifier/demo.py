@@ -21,12 +21,13 @@ import redis.asyncio as aioredis
 
 from notifier.config import parse_config
 from notifier.daemon import Daemon, connect_redis
-from notifier.dcs.simulator import Simulator, default_demo_scenario, install_instances
+from notifier.dcs.simulator import Scenario, Simulator, default_demo_scenario, install_instances
 from notifier.standins import RecordedRequest
 from notifier.standins.slack import SlackStandIn
 from notifier.standins.webhook import WebhookReceiver
 
-#: The embedded default config; ${...} are filled with the addresses of the local stand-ins.
+#: The embedded default config; ${...} are filled with the addresses of the local stand-ins, and
+#: __INSTANCES__ with the scenario's instances (labelled by DEMO_LABELS, for the rules below).
 DEMO_CONFIG = """
 cloud:
   region: cn-north-4
@@ -35,9 +36,7 @@ cloud:
   ak: "${DEMO_AK}"
   sk: "${DEMO_SK}"
 instances:
-  - {id: 3f6c1a52-8d0e-4b7a-9c1f-5e2d7a9b0c11, name: orders-cache, labels: {env: prod}}
-  - {id: 7a2e9d40-1b3c-4f5e-8a6d-0c9b8e7f6a22, name: sessions-cache, labels: {env: prod}}
-  - {id: c41b8f93-6e2d-4a1c-b7f0-9d3e5a8c2b33, name: catalog-cache, labels: {env: staging}}
+__INSTANCES__
 poll: {interval: 1, baseline_grace: 900}
 redis: {url: "${DEMO_REDIS_URL}", key_prefix: "${DEMO_PREFIX}"}
 channels:
@@ -52,6 +51,17 @@ rules:
   - {name: everything, tasks: ["*"], channels: [audit]}
 delivery: {max_attempts: 3, backoff_initial: 0.2, backoff_max: 2}
 """
+
+DEMO_LABELS = {"orders-cache": "prod", "sessions-cache": "prod", "catalog-cache": "staging"}
+
+
+def demo_config_text(scenario: Scenario) -> str:
+    lines = [
+        f"  - {{id: {i.instance_id}, name: {i.name}, labels: {{env: {DEMO_LABELS.get(i.name, 'demo')}}}}}"
+        for i in scenario.instances
+    ]
+    return DEMO_CONFIG.replace("__INSTANCES__", "\n".join(lines))
+
 
 _MRKDWN = re.compile(r"<!date\^\d+\^[^|]*\|([^>]*)>|<([^|>]+)\|([^>]+)>|[*`]")
 _EMOJI = {
@@ -143,7 +153,7 @@ async def run_demo(redis_url: str | None = None, duration: float = 30.0, speed: 
             "DEMO_REDIS_URL": redis_url or "redis://embedded/0",
             "DEMO_PREFIX": "dcsn-demo-" + secrets.token_hex(4),
         }
-        config = parse_config(DEMO_CONFIG, "<embedded demo config>", env)
+        config = parse_config(demo_config_text(scenario), "<embedded demo config>", env)
         client = connect_redis(redis_url) if redis_url else _embedded_redis()
         store = f"Redis at {redis_url.split('@')[-1]}" if redis_url else "the embedded in-process store"
         _print(
