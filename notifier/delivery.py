@@ -67,19 +67,29 @@ async def pause(seconds: float, stop: asyncio.Event) -> bool:
     return True
 
 
+async def attempt(channel: Channel, notification: Notification) -> DeliveryError | None:
+    """One send; None = accepted. Any failure comes back as a DeliveryError: an exception that is not
+    one (a bug in a formatter or a library) is a permanent INTERNAL error, so it cannot wedge a channel."""
+    try:
+        await channel.send(notification)
+    except DeliveryError as exc:
+        return exc
+    except Exception as exc:
+        log.exception("channel %s failed unexpectedly on %s", channel.name, notification.event.id)
+        return DeliveryError(channel.name, False, Reason.INTERNAL, f"unexpected {type(exc).__name__}")
+    return None
+
+
 async def send_with_retries(
     channel: Channel, notification: Notification, config: DeliveryConfig, stop: asyncio.Event
 ) -> DeliveryError | None:
     """Send outside the outbox (``send-test``) with the same retry policy; None = accepted."""
-    for attempt in range(1, config.max_attempts + 1):
-        try:
-            await channel.send(notification)
-            return None
-        except DeliveryError as exc:
-            if not exc.retryable or attempt == config.max_attempts:
-                return exc
-            if await pause(retry_delay(attempt, exc, config), stop):
-                return exc
+    for n in range(1, config.max_attempts + 1):
+        error = await attempt(channel, notification)
+        if error is None or not error.retryable or n == config.max_attempts:
+            return error
+        if await pause(retry_delay(n, error, config), stop):
+            return error
     raise AssertionError("unreachable")  # pragma: no cover
 
 
@@ -164,18 +174,6 @@ class Deliverer:
             await self.store.mark_delivered(pending[0])
             pending.pop(0)
 
-    async def _send(self, channel: Channel, entry: OutboxEntry) -> DeliveryError | None:
-        await self._pace(channel)
-        try:
-            await channel.send(entry.notification)
-        except DeliveryError as exc:
-            return exc
-        except Exception as exc:
-            # A bug (a formatter, a library) must not wedge the channel: the entry becomes a dead letter.
-            log.exception("channel %s failed unexpectedly on %s", channel.name, entry.notification.event.id)
-            return DeliveryError(channel.name, False, Reason.INTERNAL, f"unexpected {type(exc).__name__}")
-        return None
-
     async def deliver(
         self, channel: Channel, entry: OutboxEntry, budget: int | None = None
     ) -> tuple[Verdict, str]:
@@ -186,7 +184,8 @@ class Deliverer:
             return Verdict.DUPLICATE, ""
         tries = 0
         while True:
-            error = await self._send(channel, entry)
+            await self._pace(channel)
+            error = await attempt(channel, entry.notification)
             if error is None:
                 await self._ack(entry)
                 return Verdict.DELIVERED, ""
