@@ -20,10 +20,12 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 import yaml
 
 from notifier.channels import Channel, build_channel, masked_config
-from notifier.config import Config, load_config, secret_values
-from notifier.daemon import Daemon, dcs_client, open_store
+from notifier.cloud import Cloud
+from notifier.config import Config, InstanceConfig, credential_problems, load_config, secret_values
+from notifier.daemon import Daemon, open_store
 from notifier.dcs.models import Task, format_api_time
 from notifier.delivery import send_with_retries
+from notifier.discovery import tags_of
 from notifier.errors import ConfigError, DcsApiError, StateStoreError
 from notifier.events import Event, EventType, InstanceRef, Notification, event_id
 from notifier.logsetup import configure_logging
@@ -102,12 +104,29 @@ def mask_redis_url(url: str) -> str:
     return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
 
 
+def _short_masks(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _short_masks(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_short_masks(v) for v in value]
+    return "****" if value == "**********" else value
+
+
 def masked(config: Config) -> dict[str, Any]:
     """The resolved config as plain data, every secret replaced by ``****``."""
-    data: dict[str, Any] = config.model_dump(mode="json", exclude={"channels"})
-    for key in ("ak", "sk"):
-        data["cloud"][key] = "****" if getattr(config.cloud, key) is not None else None
-    data["cloud"]["endpoint"] = config.cloud.endpoint_url
+    # SecretStr fields (AK/SK, tokens, passwords, the proxy URL) dump as "**********": shown as "****".
+    data: dict[str, Any] = _short_masks(config.model_dump(mode="json", exclude={"channels"}))
+    data["projects"] = [
+        {
+            "account": spec.account,
+            "region": spec.region,
+            "project_id": spec.project_id,
+            "endpoint": spec.endpoint,
+            "credentials": spec.credentials.type,
+            "instances": "discovered" if spec.discover else len(spec.instances),
+        }
+        for spec in config.projects()
+    ]
     data["redis"]["url"] = mask_redis_url(config.redis.url.get_secret_value())
     data["channels"] = {name: masked_config(cfg) for name, cfg in config.channels.items()}
     return data
@@ -116,11 +135,10 @@ def masked(config: Config) -> dict[str, Any]:
 def cmd_check_config(args: argparse.Namespace) -> int:
     config = _load(args)
     print(yaml.safe_dump(masked(config), sort_keys=False, allow_unicode=True), end="")
-    missing = [k for k in ("ak", "sk") if getattr(config.cloud, k) is None]
-    if missing:
-        print(
-            f"warning: cloud.{'/'.join(missing)} not set (and no CLOUD_SDK_AK/CLOUD_SDK_SK)", file=sys.stderr
-        )
+    problems = credential_problems(config)
+    for problem in problems:
+        print(f"warning: {problem}", file=sys.stderr)
+    if problems:
         return 2
     print("config OK", file=sys.stderr)
     return 0
@@ -152,7 +170,8 @@ async def _once(config: Config) -> int:
 
 def test_notification(config: Config, channel: str, now: datetime) -> Notification:
     """A realistic, clearly marked test event: a switchover that just succeeded."""
-    inst = config.instances[0]
+    spec = config.projects()[0]
+    inst = spec.instances[0] if spec.instances else InstanceConfig(id="dcs-notifier-test", name="test")
     task = Task.model_validate(
         {
             "id": f"dcs-notifier-test-{int(now.timestamp())}",
@@ -166,8 +185,8 @@ def test_notification(config: Config, channel: str, now: datetime) -> Notificati
     event = Event(
         id=event_id(inst.id, task.id, EventType.SUCCEEDED, task.status),
         type=EventType.SUCCEEDED,
-        project_id=config.cloud.project_id,
-        region=config.cloud.region,
+        project_id=spec.project_id,
+        region=spec.region,
         instance=InstanceRef(id=inst.id, name=inst.name, labels=inst.labels),
         task=task,
         previous_status="RUNNING",
@@ -196,23 +215,30 @@ async def _send_test(config: Config, channel_name: str) -> int:
 
 
 async def _list_instances(config: Config) -> int:
-    client = dcs_client(config)
+    cloud = Cloud(config)
+    failed = 0
     try:
-        instances = await client.list_instances()
-    except DcsApiError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        for spec in config.projects():
+            try:
+                instances = await cloud.clients[spec.project_id].list_instances()
+            except DcsApiError as exc:
+                print(f"error: project {spec.project_id}: {exc}", file=sys.stderr)
+                failed += 1
+                continue
+            print(f"# account {spec.account}, region {spec.region}, project {spec.project_id}")
+            print("instances:")
+            for inst in instances:
+                details = ", ".join(
+                    str(inst[k]) for k in ("status", "engine", "engine_version", "spec_code") if inst.get(k)
+                )
+                tags = tags_of(inst)
+                if tags:
+                    details += " tags " + ", ".join(f"{k}={v}" for k, v in sorted(tags.items()))
+                name = json.dumps(inst.get("name", ""))
+                print(f'  - {{id: "{inst.get("instance_id")}", name: {name}}}  # {details}')
     finally:
-        await client.aclose()
-    print("instances:")
-    for inst in instances:
-        details = ", ".join(
-            str(inst[k]) for k in ("status", "engine", "engine_version", "spec_code") if inst.get(k)
-        )
-        print(
-            f'  - {{id: "{inst.get("instance_id")}", name: {json.dumps(inst.get("name", ""))}}}  # {details}'
-        )
-    return 0
+        await cloud.aclose()
+    return 1 if failed else 0
 
 
 async def _health(config: Config) -> int:

@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -47,30 +48,73 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class CloudConfig(_Model):
-    region: str = Field(default="cn-north-4", min_length=1)
-    endpoint: str | None = None
-    project_id: str = Field(min_length=1)
+_URL = re.compile(r"^https?://[^/\s]+")
+
+
+def _url_or_none(v: str | None, example: str) -> str | None:
+    if v is None or v == "":
+        return None
+    if not _URL.match(v):
+        raise ValueError(f"must be an http:// or https:// URL, e.g. {example}")
+    return v.rstrip("/")
+
+
+class AkSkCredentials(_Model):
+    """Permanent AK/SK, or temporary AK/SK with their security token (``X-Security-Token``, signed).
+
+    Left out, ``ak``/``sk`` come from the environment variables CLOUD_SDK_AK/CLOUD_SDK_SK.
+    """
+
+    type: Literal["aksk"] = "aksk"
     ak: SecretStr | None = None
     sk: SecretStr | None = None
-    timeout: float = Field(default=10.0, gt=0, le=300)
-    page_size: int = Field(default=100, ge=1, le=1000)
-    max_concurrency: int = Field(default=16, ge=1, le=256)
+    security_token: SecretStr | None = None
 
-    @field_validator("endpoint")
+
+class FileCredentials(_Model):
+    """AK/SK (and a security token) read from a file, re-read whenever the file changes.
+
+    JSON or YAML (``ak``, ``sk``, ``security_token``; or Huawei's temporary-credential shape
+    ``{"credential": {"access", "secret", "securitytoken"}}``), or the console's ``credentials.csv``.
+    """
+
+    type: Literal["file"] = "file"
+    path: Path
+
+
+class IamCredentials(_Model):
+    """An IAM user: a project-scoped token (``X-Auth-Token``) is obtained and refreshed before it expires."""
+
+    type: Literal["iam"] = "iam"
+    domain: str = Field(min_length=1, description="the account (domain) name")
+    user: str = Field(min_length=1)
+    password: SecretStr
+    #: Default: ``https://iam.{region}.myhuaweicloud.com`` of each project's region.
+    iam_endpoint: str | None = None
+    #: Get a new token this many seconds before the current one expires (tokens last 24 h).
+    refresh_before: float = Field(default=3600.0, ge=0, le=72_000)
+
+    @field_validator("iam_endpoint")
     @classmethod
-    def _endpoint_is_url(cls, v: str | None) -> str | None:
-        if v is None or v == "":
-            return None
-        if not re.match(r"^https?://[^/\s]+", v):
-            raise ValueError(
-                "must be an http:// or https:// URL, e.g. https://dcs.cn-north-4.myhuaweicloud.com"
-            )
-        return v.rstrip("/")
+    def _iam_url(cls, v: str | None) -> str | None:
+        return _url_or_none(v, "https://iam.cn-north-4.myhuaweicloud.com")
 
-    @property
-    def endpoint_url(self) -> str:
-        return self.endpoint or f"https://dcs.{self.region}.myhuaweicloud.com"
+    def endpoint_for(self, region: str) -> str:
+        return self.iam_endpoint or f"https://iam.{region}.myhuaweicloud.com"
+
+
+CredentialsConfig = Annotated[AkSkCredentials | FileCredentials | IamCredentials, Field(discriminator="type")]
+
+
+def _infer_credentials_type(value: Any) -> Any:
+    """``type`` may be left out when the keys say which kind is meant."""
+    if isinstance(value, dict) and "type" not in value:
+        if "path" in value:
+            return {"type": "file", **value}
+        if "password" in value or "user" in value:
+            return {"type": "iam", **value}
+        return {"type": "aksk", **value}
+    return value
 
 
 class InstanceConfig(_Model):
@@ -85,10 +129,141 @@ class InstanceConfig(_Model):
         return self
 
 
+class InstanceFilter(_Model):
+    """Which discovered instances are watched. Every given filter must match."""
+
+    #: Glob patterns (``orders-*``) on the instance name or id; an instance must match one.
+    names: list[str] = Field(default_factory=lambda: ["*"])
+    #: Glob patterns on the name or id; an instance matching one is not watched.
+    exclude: list[str] = Field(default_factory=list)
+    #: Instance statuses (RUNNING, EXTENDING...) to watch; empty: any status.
+    statuses: list[str] = Field(default_factory=list)
+    #: Tags the instance must carry; a value of ``*`` only requires the key.
+    tags: dict[str, str] = Field(default_factory=dict)
+
+
+class ProjectConfig(_Model):
+    project_id: str = Field(min_length=1)
+    #: Default: the account's region.
+    region: str | None = Field(default=None, min_length=1)
+    #: Default: ``https://dcs.{region}.myhuaweicloud.com``.
+    endpoint: str | None = None
+    #: Default: the account's credentials.
+    credentials: CredentialsConfig | None = None
+    #: List the project's instances (``GET /v2/{project_id}/instances``) instead of naming them.
+    discover: bool = False
+    filter: InstanceFilter = Field(default_factory=InstanceFilter)
+    instances: list[InstanceConfig] = Field(default_factory=list)
+    #: Labels every instance of this project carries (discovered instances add their tags).
+    labels: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("credentials", mode="before")
+    @classmethod
+    def _credentials_type(cls, v: Any) -> Any:
+        return _infer_credentials_type(v)
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint_is_url(cls, v: str | None) -> str | None:
+        return _url_or_none(v, "https://dcs.cn-north-4.myhuaweicloud.com")
+
+    @model_validator(mode="after")
+    def _something_to_watch(self) -> ProjectConfig:
+        if not self.discover and not self.instances:
+            raise ValueError("nothing to watch: list instances, or set discover: true")
+        return self
+
+
+class AccountConfig(_Model):
+    name: str = Field(default="default", pattern=r"^[A-Za-z0-9_.-]+$")
+    region: str = Field(default="cn-north-4", min_length=1)
+    credentials: CredentialsConfig = Field(default_factory=AkSkCredentials)
+    projects: list[ProjectConfig] = Field(min_length=1)
+
+    @field_validator("credentials", mode="before")
+    @classmethod
+    def _credentials_type(cls, v: Any) -> Any:
+        return _infer_credentials_type(v)
+
+
+@dataclass(frozen=True, slots=True)
+class ProjectSpec:
+    """One project as the poller sees it: account, region, endpoint and credentials resolved."""
+
+    account: str
+    region: str
+    project_id: str
+    endpoint: str
+    credentials: AkSkCredentials | FileCredentials | IamCredentials
+    discover: bool
+    filter: InstanceFilter
+    instances: tuple[InstanceConfig, ...]
+    labels: Mapping[str, str]
+    #: Where this project sits in the config file, for error messages (``cloud.0.projects.1``).
+    where: str
+
+    @property
+    def host(self) -> str:
+        return self.endpoint.split("://", 1)[1].split("/", 1)[0]
+
+
+class ApiConfig(_Model):
+    """How the DCS (and IAM) APIs are called: timeouts, paging, politeness, TLS and proxy."""
+
+    timeout: float = Field(default=10.0, gt=0, le=300)
+    page_size: int = Field(default=100, ge=1, le=1000)
+    #: At most this many API calls at once, over all projects and regions...
+    max_concurrency: int = Field(default=16, ge=1, le=1024)
+    #: ...and at most this many at once to one region.
+    region_concurrency: int = Field(default=8, ge=1, le=1024)
+    #: Requests per second to one endpoint at most (a token bucket); lowered on 429 and raised back (AIMD).
+    rate_limit: float = Field(default=20.0, gt=0)
+    #: The rate never drops below this, however often the API throttles.
+    min_rate: float = Field(default=0.2, gt=0)
+    #: A PEM file of CA certificates trusted in addition to the system's.
+    ca_bundle: Path | None = None
+    #: Endpoints (URLs or host[:port]) whose TLS certificate is NOT verified. Empty by default.
+    insecure_endpoints: list[str] = Field(default_factory=list)
+    #: An HTTP(S) proxy URL; default: HTTPS_PROXY / HTTP_PROXY / NO_PROXY from the environment.
+    proxy: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _min_rate(self) -> ApiConfig:
+        if self.min_rate > self.rate_limit:
+            raise ValueError("min_rate must not exceed rate_limit")
+        return self
+
+    @property
+    def insecure_hosts(self) -> list[str]:
+        return [e.split("://", 1)[-1].split("/", 1)[0] for e in self.insecure_endpoints]
+
+
+class DiscoveryConfig(_Model):
+    #: List each discovering project's instances this often (seconds).
+    interval: float = Field(default=300.0, gt=0)
+    #: A deleted instance's state is kept this long (seconds) after ``instance.removed``, then dropped.
+    removed_ttl: float = Field(default=7 * 86_400.0, gt=0)
+
+
+class HealthConfig(_Model):
+    """``poller.unhealthy`` once polling an instance has failed this long; ``poller.recovered`` after."""
+
+    after: float = Field(default=300.0, gt=0, description="seconds of continuous failure")
+    #: Channels that get poller health events in addition to what the rules route there.
+    channels: list[str] = Field(default_factory=list)
+
+
 class PollConfig(_Model):
     interval: float = Field(default=30.0, gt=0)
     baseline_grace: float = Field(default=900.0, ge=0)
-    window: float = Field(default=86_400.0, gt=0, description="how far back each poll looks, seconds")
+    #: How far back the first poll of an instance looks (seconds); later polls ask only for what is new.
+    window: float = Field(default=86_400.0, gt=0)
+    #: Margin for clock skew between us and the API: each window starts this long before the last poll.
+    skew: float = Field(default=300.0, ge=0, le=86_400)
+    #: Each poll is scheduled ``interval`` ± this fraction, so instances do not poll in lock-step.
+    jitter: float = Field(default=0.1, ge=0, le=0.5)
+    #: After a rejected credential or a missing instance, ask again only this often (seconds).
+    recheck: float = Field(default=300.0, gt=0)
 
 
 class RedisConfig(_Model):
@@ -134,30 +309,116 @@ class RuleConfig(_Model):
     channels: list[str] = Field(min_length=1)
 
 
+#: Keys of the single-project form of ``cloud`` (``cloud: {region, project_id, ak, sk}`` + ``instances``).
+_LEGACY_API_KEYS = ("timeout", "page_size", "max_concurrency")
+
+
+def _from_single_project_form(data: dict[str, Any]) -> dict[str, Any]:
+    """``cloud: {region, endpoint, project_id, ak, sk, ...}`` + top-level ``instances`` → the account list."""
+    cloud = dict(data["cloud"])
+    out = {k: v for k, v in data.items() if k not in ("cloud", "instances")}
+    api = dict(out.get("api") or {})
+    for key in _LEGACY_API_KEYS:
+        if key in cloud:
+            api.setdefault(key, cloud.pop(key))
+    if api:
+        out["api"] = api
+    credentials = {k: cloud.pop(k) for k in ("ak", "sk", "security_token") if k in cloud}
+    project: dict[str, Any] = {"instances": data.get("instances") or []}
+    for key in ("project_id", "endpoint"):
+        if key in cloud:
+            project[key] = cloud.pop(key)
+    if "project_id" not in project:
+        project["project_id"] = None  # reported as cloud.project_id
+    account: dict[str, Any] = {**cloud, "projects": [project]}
+    if credentials:
+        account["credentials"] = {"type": "aksk", **credentials}
+    out["cloud"] = [account]
+    out["single_project_form"] = True
+    return out
+
+
+#: Error locations of the single-project form, translated back to what the user wrote (first match wins).
+_SINGLE_FORM_LOCATIONS = [
+    ("cloud.0.projects.0.instances", "instances"),
+    ("cloud.0.projects.0.project_id", "cloud.project_id"),
+    ("cloud.0.projects.0.endpoint", "cloud.endpoint"),
+    ("cloud.0.projects.0", "instances"),
+    ("cloud.0.credentials.aksk", "cloud"),
+    ("cloud.0.credentials", "cloud"),
+    ("cloud.0", "cloud"),
+    *((f"api.{key}", f"cloud.{key}") for key in _LEGACY_API_KEYS),
+]
+
+
+def _single_form_location(loc: str) -> str:
+    for old, new in _SINGLE_FORM_LOCATIONS:
+        if loc == old or loc.startswith(old + "."):
+            return new + loc[len(old) :]
+    return loc
+
+
 class Config(_Model):
-    cloud: CloudConfig
-    instances: list[InstanceConfig] = Field(min_length=1)
+    #: One or more accounts. The single-project form (``cloud: {project_id, ...}`` + ``instances``) loads too.
+    cloud: list[AccountConfig] = Field(min_length=1)
+    api: ApiConfig = Field(default_factory=ApiConfig)
     poll: PollConfig = Field(default_factory=PollConfig)
+    discovery: DiscoveryConfig = Field(default_factory=DiscoveryConfig)
+    health: HealthConfig = Field(default_factory=HealthConfig)
     redis: RedisConfig = Field(default_factory=RedisConfig)
     channels: dict[str, ChannelConfig] = Field(min_length=1)
     rules: list[RuleConfig] = Field(default_factory=list)
     delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)
+    #: Set when the file used the single-project form (error messages then use its key names).
+    single_project_form: bool = Field(default=False, exclude=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _accounts(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        cloud = data.get("cloud")
+        if isinstance(cloud, dict) and "projects" not in cloud:
+            return _from_single_project_form(data)
+        if isinstance(cloud, dict):
+            data = {**data, "cloud": [cloud]}
+        if "instances" in data:
+            raise ValueError(
+                "instances: with accounts and projects in cloud, list instances under "
+                "cloud.N.projects.N.instances (or use discover: true)"
+            )
+        return data
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Config:
-        ids = [i.id for i in self.instances]
-        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        accounts = [a.name for a in self.cloud]
+        dupes = sorted({a for a in accounts if accounts.count(a) > 1})
         if dupes:
-            raise ValueError(f"instances: duplicate id {', '.join(dupes)}")
+            raise ValueError(f"cloud: duplicate account name {', '.join(dupes)} (give each a name)")
+        seen: dict[str, str] = {}
+        for spec in self.projects():
+            if spec.project_id in seen:
+                raise ValueError(
+                    f"{spec.where}.project_id: project {spec.project_id} "
+                    f"is already listed at {seen[spec.project_id]}"
+                )
+            seen[spec.project_id] = spec.where
+            ids = [i.id for i in spec.instances]
+            dupes = sorted({i for i in ids if ids.count(i) > 1})
+            if dupes:
+                raise ValueError(f"{spec.where}.instances: duplicate id {', '.join(dupes)}")
         names = [r.name for r in self.rules]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"rules: duplicate rule name {', '.join(dupes)}")
+        known = ", ".join(sorted(self.channels))
         for i, rule in enumerate(self.rules):
             for ch in rule.channels:
                 if ch not in self.channels:
-                    known = ", ".join(sorted(self.channels))
                     raise ValueError(f"rules.{i}.channels: unknown channel {ch!r} (known: {known})")
+        for ch in self.health.channels:
+            if ch not in self.channels:
+                raise ValueError(f"health.channels: unknown channel {ch!r} (known: {known})")
         for name in self.channels:
             if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
                 raise ValueError(
@@ -165,11 +426,54 @@ class Config(_Model):
                 )
         return self
 
+    def projects(self) -> list[ProjectSpec]:
+        """Every project of every account, with region, endpoint and credentials resolved."""
+        out: list[ProjectSpec] = []
+        for a, account in enumerate(self.cloud):
+            for p, project in enumerate(account.projects):
+                region = project.region or account.region
+                where = "cloud" if self.single_project_form else f"cloud.{a}.projects.{p}"
+                out.append(
+                    ProjectSpec(
+                        account=account.name,
+                        region=region,
+                        project_id=project.project_id,
+                        endpoint=project.endpoint or f"https://dcs.{region}.myhuaweicloud.com",
+                        credentials=project.credentials or account.credentials,
+                        discover=project.discover,
+                        filter=project.filter,
+                        instances=tuple(project.instances),
+                        labels=dict(project.labels),
+                        where=where,
+                    )
+                )
+        return out
+
+    @property
+    def instances(self) -> list[InstanceConfig]:
+        """Every instance named in the config (discovered ones are not known until the API is asked)."""
+        return [i for spec in self.projects() for i in spec.instances]
+
     def with_env_credentials(self, env: Environment) -> Config:
-        """Fill AK/SK from CLOUD_SDK_AK / CLOUD_SDK_SK where the file leaves them out."""
-        ak = self.cloud.ak or env.cloud_sdk_ak
-        sk = self.cloud.sk or env.cloud_sdk_sk
-        return self.model_copy(update={"cloud": self.cloud.model_copy(update={"ak": ak, "sk": sk})})
+        """Fill AK/SK from CLOUD_SDK_AK / CLOUD_SDK_SK wherever AK/SK credentials leave them out."""
+
+        def fill(c: Any) -> Any:
+            if isinstance(c, AkSkCredentials):
+                return c.model_copy(update={"ak": c.ak or env.cloud_sdk_ak, "sk": c.sk or env.cloud_sdk_sk})
+            return c
+
+        accounts = [
+            a.model_copy(
+                update={
+                    "credentials": fill(a.credentials),
+                    "projects": [
+                        p.model_copy(update={"credentials": fill(p.credentials)}) for p in a.projects
+                    ],
+                }
+            )
+            for a in self.cloud
+        ]
+        return self.model_copy(update={"cloud": accounts})
 
 
 def interpolate(value: Any, environ: Mapping[str, str], path: str = "") -> Any:
@@ -192,12 +496,14 @@ def interpolate(value: Any, environ: Mapping[str, str], path: str = "") -> Any:
     return _VAR.sub(repl, value)
 
 
-def _format_validation_error(source: str, exc: ValidationError) -> str:
+def _format_validation_error(source: str, exc: ValidationError, single_project_form: bool = False) -> str:
     lines = [f"{source}: invalid configuration ({exc.error_count()} problem(s)):"]
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "<root>"
+        loc = ".".join(str(p) for p in err["loc"])
+        if single_project_form:
+            loc = _single_form_location(loc)
         msg = err["msg"].removeprefix("Value error, ")
-        lines.append(f"  {loc}: {msg}")
+        lines.append(f"  {loc}: {msg}" if loc else f"  {msg}")
     return "\n".join(lines)
 
 
@@ -221,10 +527,11 @@ def parse_config(text: str, source: str = "<config>", environ: Mapping[str, str]
         resolved = interpolate(raw, env_map)
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
+    single = isinstance(resolved.get("cloud"), dict) and "projects" not in resolved["cloud"]
     try:
         config = Config.model_validate(resolved)
     except ValidationError as exc:
-        raise ConfigError(_format_validation_error(source, exc)) from None
+        raise ConfigError(_format_validation_error(source, exc, single)) from None
     try:
         env = Environment.model_validate(env_map)
     except ValidationError as exc:
@@ -249,15 +556,28 @@ def load_config(path: Path | str | None = None, environ: Mapping[str, str] | Non
     return parse_config(text, str(p), env_map)
 
 
-def require_credentials(config: Config) -> tuple[str, str]:
-    """The AK/SK pair, or a ConfigError saying where to put them."""
-    if config.cloud.ak is None or config.cloud.sk is None:
-        missing = " and ".join(n for n, v in (("ak", config.cloud.ak), ("sk", config.cloud.sk)) if v is None)
-        raise ConfigError(
-            f"cloud.{missing}: no credentials; set cloud.ak/cloud.sk in the config "
-            "or the environment variables CLOUD_SDK_AK/CLOUD_SDK_SK"
-        )
-    return config.cloud.ak.get_secret_value(), config.cloud.sk.get_secret_value()
+def credential_problems(config: Config) -> list[str]:
+    """What is missing from the credentials, one line per project, naming where to put it."""
+    problems = []
+    for spec in config.projects():
+        c = spec.credentials
+        if isinstance(c, AkSkCredentials) and (c.ak is None or c.sk is None):
+            missing = "/".join(n for n, v in (("ak", c.ak), ("sk", c.sk)) if v is None)
+            where = (
+                "cloud" if config.single_project_form else f"{spec.where.split('.projects')[0]}.credentials"
+            )
+            problems.append(
+                f"{where}.{missing}: no credentials for project {spec.project_id}; set them in the config "
+                "or the environment variables CLOUD_SDK_AK/CLOUD_SDK_SK"
+            )
+    return problems
+
+
+def require_credentials(config: Config) -> None:
+    """Raise a ConfigError when some project has no usable credentials."""
+    problems = credential_problems(config)
+    if problems:
+        raise ConfigError("; ".join(dict.fromkeys(problems)))
 
 
 def secret_values(config: Config) -> list[str]:

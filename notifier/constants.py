@@ -5,11 +5,19 @@ deployments can share one Redis database. ``{p}`` below is that prefix.
 
 ``{p}:snap:{project_id}:{instance_id}`` — HASH, no TTL.
     What was last seen of each task of one instance: field = task id, value = compact JSON
-    ``{"s": status, "u": updated_at, "c": created_at}`` (ISO 8601, "" when unknown). The reserved
-    field ``~meta`` holds ``{"baseline_at": ISO 8601}``: when the instance was first baselined. A
+    ``{"s": status, "u": updated_at, "c": created_at}`` (ISO 8601, "" when unknown). Reserved fields:
+    ``~meta`` holds ``{"baseline_at": ISO 8601, "removed_at": ISO 8601 (once instance.removed was
+    announced)}``; ``~polled`` the time of the last successful poll (written with a commit, or
+    pipelined with a read at most every minute), where a restarted daemon starts its next window. A
     hash without ``~meta`` means "never seen" and triggers a baseline (also after a Redis restart
-    that lost its data). Read with one HGETALL per poll; written only when something changed, in
-    the same MULTI/EXEC as the outbox entries that change causes.
+    that lost its data). Read with one round trip per poll; written only when something changed, in
+    the same MULTI/EXEC as the outbox entries that change causes. A removed instance's hash gets a
+    TTL of ``discovery.removed_ttl``.
+
+``{p}:health`` — HASH, no TTL.
+    Instances announced as ``poller.unhealthy`` and not yet recovered: field ``{project_id}/{instance_id}``,
+    value the PollProblem JSON (reason, message, code, since). Written in the same MULTI/EXEC as the
+    outbox entries of the announcement, so it is made exactly once.
 
 ``{p}:outbox:{channel}`` — STREAM, trimmed by delivery (XDEL after XACK).
     The transactional outbox, one stream per channel so that a dead channel never delays another.
@@ -38,6 +46,7 @@ from __future__ import annotations
 
 DEFAULT_PREFIX = "dcsn"
 META_FIELD = "~meta"
+POLLED_FIELD = "~polled"
 DELIVERED_TTL_SECONDS = 7 * 24 * 3600
 DEAD_LETTER_MAXLEN = 10_000
 
@@ -67,6 +76,10 @@ class Keys:
     @property
     def dead_letters(self) -> str:
         return f"{self.prefix}:dead"
+
+    @property
+    def health(self) -> str:
+        return f"{self.prefix}:health"
 
     @property
     def heartbeat(self) -> str:

@@ -21,9 +21,9 @@ from redis.backoff import ExponentialBackoff
 
 from notifier.channels import build_channel
 from notifier.channels.base import Channel
-from notifier.config import Config, require_credentials
+from notifier.cloud import Cloud
+from notifier.config import Config
 from notifier.constants import Keys
-from notifier.dcs.client import DcsClient
 from notifier.delivery import Deliverer, PassResult
 from notifier.errors import StateStoreError
 from notifier.poller import Poller, PollOutcome, utcnow
@@ -77,22 +77,7 @@ class OnceReport:
 def open_store(config: Config, redis_client: aioredis.Redis | None = None) -> StateStore:
     """The state store of a config, on ``redis_client`` or a new connection (closed with ``store.redis``)."""
     client = redis_client or connect_redis(config.redis.url.get_secret_value())
-    return StateStore(client, Keys(config.redis.key_prefix), config.cloud.project_id)
-
-
-def dcs_client(config: Config) -> DcsClient:
-    """The DCS API client of a config (AK/SK from the config or CLOUD_SDK_AK/CLOUD_SDK_SK)."""
-    ak, sk = require_credentials(config)
-    cloud = config.cloud
-    return DcsClient(
-        endpoint=cloud.endpoint_url,
-        project_id=cloud.project_id,
-        ak=ak,
-        sk=sk,
-        timeout=cloud.timeout,
-        page_size=cloud.page_size,
-        max_concurrency=cloud.max_concurrency,
-    )
+    return StateStore(client, Keys(config.redis.key_prefix))
 
 
 class Daemon:
@@ -105,20 +90,21 @@ class Daemon:
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.config = config
-        self.client = dcs_client(config)
+        self.cloud = Cloud(config)
         self._own_redis = redis_client is None
         self.store = open_store(config, redis_client)
         self.redis = self.store.redis
         self.channels = channels or {name: build_channel(name, cfg) for name, cfg in config.channels.items()}
         self.stop = asyncio.Event()
         self.deliverer = Deliverer(self.store, self.channels, config.delivery, stop=self.stop)
-        self.poller = Poller(config, self.client, self.store, clock=clock)
+        self.poller = Poller(config, self.cloud.clients, self.store, clock=clock)
 
     def request_stop(self) -> None:
         self.deliverer.request_stop()
 
     async def once(self) -> OnceReport:
         report = OnceReport()
+        await self.poller.load_health()
         report.polls = await self.poller.poll_all()
         # A consumer name of its own: beside a running daemon, `once` waits for the entries the daemon
         # holds instead of sending them a second time.
@@ -142,8 +128,11 @@ class Daemon:
     async def run(self) -> None:
         """Poll and deliver until ``request_stop()``; sends in flight finish first."""
         log.info(
-            "dcs-notifier running: %d instance(s), %d channel(s), poll every %g s",
-            len(self.config.instances),
+            "dcs-notifier running: %d project(s), %d instance(s) named, %d discovering, %d channel(s), "
+            "poll every %g s",
+            len(self.poller.projects),
+            len(self.poller.targets),
+            sum(1 for p in self.poller.projects if p.discover),
             len(self.channels),
             self.config.poll.interval,
         )
@@ -186,7 +175,7 @@ class Daemon:
         log.info("dcs-notifier stopped")
 
     async def aclose(self) -> None:
-        await self.client.aclose()
+        await self.cloud.aclose()
         for ch in self.channels.values():
             await ch.aclose()
         if self._own_redis:

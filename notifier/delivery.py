@@ -245,7 +245,7 @@ class Deliverer:
             event = entry.notification.event
             if verdict is Verdict.DELIVERED:
                 result.delivered += 1
-                log.info("delivered %s %s (%s) to %s", event.type.value, event.task.name, event.id, name)
+                log.info("delivered %s: %s (%s) to %s", event.type.value, event.summary, event.id, name)
             elif verdict is Verdict.DUPLICATE:
                 result.skipped_duplicates += 1
             elif verdict is Verdict.DEAD:

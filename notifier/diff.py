@@ -39,6 +39,10 @@ class Snapshot:
 
     baseline_at: datetime
     tasks: dict[str, SeenTask] = field(default_factory=dict)
+    #: When the instance was last polled successfully (as far as Redis knows; may lag a little).
+    polled_at: datetime | None = None
+    #: Set once ``instance.removed`` was announced; the state then expires.
+    removed_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +52,7 @@ class DiffContext:
     instance: InstanceRef
     now: datetime
     baseline_grace: timedelta
+    #: Where this poll's window started: tasks created before it that were not listed are forgotten.
     window_start: datetime
 
 

@@ -90,3 +90,36 @@ class DeliveryError(NotifierError):
 
 class StateStoreError(NotifierError):
     """Redis could not be reached or refused an operation; no state was advanced."""
+
+
+class CredentialsError(NotifierError):
+    """Credentials could not be obtained: a credentials file, or an IAM token request, failed.
+
+    ``source`` says where (``credentials file /path``, ``IAM iam.host as user@domain``); ``reason`` is AUTH
+    for rejected or invalid credentials, CONNECTION/TIMEOUT/SERVER_ERROR/RATE_LIMITED for an IAM endpoint
+    that cannot answer now, INVALID_RESPONSE for a bad IAM answer and CLIENT_ERROR for an unreadable or
+    malformed credentials file. Neither ``source`` nor ``message`` ever carries a secret.
+    """
+
+    RETRYABLE_REASONS = frozenset(
+        {Reason.RATE_LIMITED, Reason.SERVER_ERROR, Reason.TIMEOUT, Reason.CONNECTION}
+    )
+
+    def __init__(
+        self,
+        source: str,
+        reason: Reason,
+        message: str,
+        *,
+        retryable: bool | None = None,
+        http_status: int | None = None,
+    ) -> None:
+        self.source = source
+        self.reason = reason
+        self.message = message
+        self.http_status = http_status
+        if retryable is None:
+            retryable = reason in self.RETRYABLE_REASONS
+        self.retryable = retryable
+        kind = "retryable" if retryable else "permanent"
+        super().__init__(f"credentials from {source}: {message} ({kind}, {reason.value})")

@@ -21,6 +21,16 @@ class EventType(enum.StrEnum):
     SUCCEEDED = "task.succeeded"
     FAILED = "task.failed"
     UPDATED = "task.updated"
+    #: The instance was deleted (gone from the instance list, or its tasks answer 404 DCS.3022).
+    INSTANCE_REMOVED = "instance.removed"
+    #: Polling the instance has failed for longer than ``health.after``.
+    POLLER_UNHEALTHY = "poller.unhealthy"
+    #: Polling works again after ``poller.unhealthy``.
+    POLLER_RECOVERED = "poller.recovered"
+
+    @property
+    def is_task_event(self) -> bool:
+        return self.value.startswith("task.")
 
 
 class InstanceRef(BaseModel):
@@ -31,6 +41,19 @@ class InstanceRef(BaseModel):
     id: str
     name: str
     labels: dict[str, str] = Field(default_factory=dict)
+
+
+class PollProblem(BaseModel):
+    """Why polling an instance fails (``poller.*`` events): what the API or the network said."""
+
+    model_config = ConfigDict(frozen=True)
+
+    reason: str
+    message: str
+    http_status: int | None = None
+    error_code: str | None = None
+    #: When the failures began (this episode).
+    since: datetime
 
 
 def event_id(instance_id: str, task_id: str, type_: EventType, status: str) -> str:
@@ -49,15 +72,20 @@ class Event(BaseModel):
     project_id: str
     region: str
     instance: InstanceRef
-    task: Task
+    #: The task, for ``task.*`` events; None for ``instance.*`` and ``poller.*`` events.
+    task: Task | None = None
     previous_status: str | None = None
     detected_at: datetime
+    #: What failed, for ``poller.*`` events.
+    problem: PollProblem | None = None
 
     @property
     def summary(self) -> str:
         """One line a person reads first, e.g. ``Master/standby switchover succeeded on orders-cache``."""
-        what = self.task.display_name
         where = self.instance.name
+        if self.task is None:
+            return self._instance_summary(where)
+        what = self.task.display_name
         match self.type:
             case EventType.STARTED:
                 return f"{what} started on {where}"
@@ -68,6 +96,21 @@ class Event(BaseModel):
             case EventType.UPDATED:
                 before = self.previous_status or "unknown"
                 return f"{what} on {where} changed status {before} → {self.task.status}"
+            case _:
+                return f"{self.type.value} on {where}"
+
+    def _instance_summary(self, where: str) -> str:
+        problem = self.problem
+        match self.type:
+            case EventType.INSTANCE_REMOVED:
+                return f"Instance {where} was deleted"
+            case EventType.POLLER_UNHEALTHY if problem is not None:
+                code = f" {problem.error_code}" if problem.error_code else ""
+                return f"Cannot poll {where}: {problem.reason}{code}"
+            case EventType.POLLER_RECOVERED:
+                return f"Polling {where} works again"
+            case _:
+                return f"{self.type.value} on {where}"
 
 
 class Notification(BaseModel):

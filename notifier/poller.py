@@ -1,204 +1,493 @@
-"""The poller: for each instance, poll → diff → route → commit, on a schedule, surviving every error.
+"""The poller: for each watched instance, poll → diff → route → commit, on a schedule, surviving every error.
 
 One instance's failure never stops another's polling, and never advances its state. Errors are
-logged when they start or change, not on every poll; recovery is logged once.
+logged when they start or change, not on every poll; recovery is logged once. When an instance's polls
+keep failing for ``health.after`` seconds, ``poller.unhealthy`` is announced once (and
+``poller.recovered`` when they work again).
 
-Scheduling per instance, after a poll:
-* success → the next poll after ``poll.interval``;
-* throttling, 5xx, timeouts, connection errors, Redis down → capped exponential backoff
-  (honouring ``Retry-After``);
-* 401/403 (wrong credentials) and 404 (instance does not exist) → slow re-checks every
-  ``max(10 × interval, 5 min)``: not retried in a loop, reported once.
+The fleet is the instances named in the config plus, for projects with ``discover: true``, those the
+instance list returns (re-listed every ``discovery.interval``; see :mod:`notifier.discovery`).
+
+Windows are incremental: a poll asks only for tasks created since the last successful poll (minus
+``poll.skew``), or since the oldest task still in progress, so its cost does not grow with history.
+
+Scheduling per instance, after a poll (each delay jittered by ``poll.jitter``, first polls spread
+over one interval, so instances never poll in lock-step):
+* success, throttling (the shared rate limiter slows down instead), Redis down → ``poll.interval``;
+* 5xx, timeouts, connection errors, bad answers → capped exponential backoff (honouring ``Retry-After``);
+* 401/403 (credentials) and 404 (instance missing) → ``poll.recheck``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from notifier.config import Config, InstanceConfig
+from notifier.config import Config, InstanceConfig, ProjectSpec
 from notifier.dcs.client import DcsClient
 from notifier.dcs.models import IN_PROGRESS_STATUSES
 from notifier.diff import DiffContext, Snapshot, diff
+from notifier.discovery import select
 from notifier.errors import DcsApiError, Reason, StateStoreError
-from notifier.events import Event, InstanceRef, Notification
+from notifier.events import Event, EventType, InstanceRef, Notification, event_id
+from notifier.health import HealthTracker, Subject
 from notifier.rules import route
 from notifier.state import StateStore
 
 log = logging.getLogger(__name__)
 
-#: How far past "now" the query window reaches, for clock skew between us and the API.
-END_MARGIN = timedelta(minutes=1)
 MAX_BACKOFF_SECONDS = 600.0
-SLOW_RECHECK_SECONDS = 300.0
-#: How far back a poll may reach to follow a task that is still in progress.
+#: How far back a poll may reach: to follow a task still in progress, or after a long stop.
 MAX_LOOKBACK = timedelta(days=7)
+#: The time of the last successful poll is written to Redis (pipelined with a read) at most this often.
+TOUCH_EVERY_SECONDS = 60.0
+#: The 404 code of an instance that does not exist (any more).
+INSTANCE_GONE = "DCS.3022"
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One watched instance of one project."""
+
+    project: ProjectSpec
+    instance: InstanceConfig
+    discovered: bool = False
+
+    @property
+    def key(self) -> str:
+        return f"{self.project.project_id}/{self.instance.id}"
+
+    @property
+    def subject(self) -> Subject:
+        ref = InstanceRef(id=self.instance.id, name=self.instance.name, labels=self.instance.labels)
+        return Subject(self.key, self.project.project_id, self.project.region, ref)
 
 
 @dataclass
 class PollOutcome:
-    instance: InstanceConfig
+    target: Target
     events: list[Event] = field(default_factory=list)
     notifications: list[Notification] = field(default_factory=list)
     error: Exception | None = None
+
+    @property
+    def instance(self) -> InstanceConfig:
+        return self.target.instance
 
     @property
     def ok(self) -> bool:
         return self.error is None
 
 
+@dataclass(slots=True)
+class _Control:
+    """A running target's switches: ``wake`` cuts its wait short, ``retired`` ends its loop."""
+
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    retired: bool = False
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def query_start(previous: Snapshot | None, window_start: datetime, now: datetime) -> datetime:
-    """Where a poll's window starts: ``poll.window`` back, or earlier to keep a long task in view.
+def query_start(
+    previous: Snapshot | None,
+    last_polled: datetime | None,
+    now: datetime,
+    *,
+    window: timedelta,
+    skew: timedelta,
+) -> datetime:
+    """Where a poll's window starts.
 
-    A task still in progress when last seen must stay in the window until it finishes, or its end
-    would never be noticed; the window reaches back to it, but never more than MAX_LOOKBACK. Only the
-    documented in-progress statuses count here: an unknown status that is really final must not make
-    every poll page through a week of tasks.
+    * First poll (no state): ``poll.window`` back, for the baseline.
+    * Later: the last successful poll minus ``skew`` (from memory, or ``~polled`` in Redis after a
+      restart) — or earlier, to keep a task still in progress in view until it finishes. Only the
+      documented in-progress statuses count: an unknown status that is really final must not make
+      every poll page through a week of tasks. Never more than MAX_LOOKBACK back.
     """
     if previous is None:
-        return window_start
+        return now - window
     floor = now - MAX_LOOKBACK
+    anchor = last_polled or previous.polled_at
+    start = anchor - skew if anchor is not None else now - window
     running = [
         s.created_at
         for s in previous.tasks.values()
         if s.created_at is not None and s.status.upper() in IN_PROGRESS_STATUSES and s.created_at >= floor
     ]
-    return min([window_start, *running])
+    return max(floor, min([start, *running]))
+
+
+def _phase(key: str) -> float:
+    """A stable number in [0, 1) per instance: where in the interval its polls fall."""
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=4).digest(), "big") / 2**32
 
 
 class Poller:
     def __init__(
         self,
         config: Config,
-        client: DcsClient,
+        clients: Mapping[str, DcsClient],
         store: StateStore,
         *,
         clock: Callable[[], datetime] = utcnow,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
-        self.client = client
+        self.clients = clients
         self.store = store
         self.clock = clock
+        self._monotonic = monotonic
+        self.projects = config.projects()
+        #: Every watched instance, by key ``{project_id}/{instance_id}``.
+        self.targets: dict[str, Target] = {
+            t.key: t for spec in self.projects for t in (Target(spec, i) for i in spec.instances)
+        }
         #: ``time.monotonic()`` of the last successful poll of any instance (the heartbeat's source).
         self.last_success: float | None = None
+        self.health = HealthTracker(config.health.after, monotonic=monotonic, clock=clock)
         self._channels = list(config.channels)
-        self._reported: dict[str, tuple[object, ...]] = {}  # instance id → last error reported
+        self._reported: dict[str, tuple[object, ...]] = {}  # key (or project id) → last error reported
         self._failures: dict[str, int] = {}
+        self._last_polled: dict[str, datetime] = {}
+        self._touched: dict[str, float] = {}
+        self._unlisted: dict[str, int] = {}  # discovered instances missing from consecutive listings
+        self._controls: dict[str, _Control] = {}
+        self._tg: asyncio.TaskGroup | None = None
+        self._stop: asyncio.Event | None = None
         # At most this many polls at once (each holds a Redis connection and an HTTP request).
-        self._slots = asyncio.Semaphore(config.cloud.max_concurrency)
+        self._slots = asyncio.Semaphore(config.api.max_concurrency)
+
+    # -- one poll --------------------------------------------------------------------------------
 
     async def poll_instance(self, inst: InstanceConfig) -> PollOutcome:
+        """Poll a configured instance by its config entry (looked up among the targets)."""
+        for target in self.targets.values():
+            if target.instance.id == inst.id:
+                return await self.poll_target(target)
+        raise KeyError(f"instance {inst.id} is not watched")
+
+    async def poll_target(self, target: Target) -> PollOutcome:
         """Poll one instance once. Never raises: the error, if any, is in the outcome."""
         async with self._slots:
-            return await self._poll(inst)
+            return await self._poll(target)
 
-    async def _poll(self, inst: InstanceConfig) -> PollOutcome:
-        outcome = PollOutcome(inst)
+    async def _poll(self, target: Target) -> PollOutcome:
+        outcome = PollOutcome(target)
+        key, spec, inst = target.key, target.project, target.instance
+        poll = self.config.poll
         now = self.clock()
-        window_start = now - timedelta(seconds=self.config.poll.window)
+        last = self._last_polled.get(key)
+        touch = None
+        if last is not None and self._monotonic() - self._touched.get(key, 0.0) >= TOUCH_EVERY_SECONDS:
+            touch = last
+        previous: Snapshot | None = None
         try:
-            previous = await self.store.load(inst.id)
-            start = query_start(previous, window_start, now)
-            tasks = await self.client.list_tasks(inst.id, start, now + END_MARGIN)
+            previous = await self.store.load(spec.project_id, inst.id, touch=touch)
+            if touch is not None:
+                self._touched[key] = self._monotonic()
+            start = query_start(
+                previous, last, now, window=timedelta(seconds=poll.window), skew=timedelta(seconds=poll.skew)
+            )
+            tasks = await self.clients[spec.project_id].list_tasks(
+                inst.id, start, now + timedelta(seconds=max(poll.skew, 60.0))
+            )
             ctx = DiffContext(
-                project_id=self.config.cloud.project_id,
-                region=self.config.cloud.region,
-                instance=InstanceRef(id=inst.id, name=inst.name, labels=inst.labels),
+                project_id=spec.project_id,
+                region=spec.region,
+                instance=target.subject.instance,
                 now=now,
-                baseline_grace=timedelta(seconds=self.config.poll.baseline_grace),
-                window_start=window_start,
+                baseline_grace=timedelta(seconds=poll.baseline_grace),
+                window_start=start,
             )
             result = diff(previous, tasks, ctx)
-            notifications = [n for ev in result.events for n in route(ev, self.config.rules, self._channels)]
-            await self.store.commit(inst.id, result, notifications)
-        except (DcsApiError, StateStoreError) as exc:
+            notifications = [n for ev in result.events for n in self._route(ev)]
+            await self.store.commit(
+                spec.project_id,
+                inst.id,
+                result,
+                notifications,
+                baseline_at=previous.baseline_at if previous is not None else now,
+                polled_at=now,
+                revived=previous is not None and previous.removed_at is not None,
+            )
+        except DcsApiError as exc:
             outcome.error = exc
-            self._report(inst, exc)
+            if exc.reason is Reason.NOT_FOUND and previous is not None:
+                await self._instance_gone(target, previous, exc)
+            else:
+                self._report(target, exc)
+                await self._announce(target, self.health.failed(target.subject, exc))
             return outcome
+        except StateStoreError as exc:
+            outcome.error = exc
+            self._report(target, exc)
+            return outcome
+        self._last_polled[key] = now
+        self._touched.setdefault(key, self._monotonic())
+        self._unlisted.pop(key, None)
         outcome.events = result.events
         outcome.notifications = notifications
-        self._recovered(inst)
+        self._recovered(target)
         self.last_success = time.monotonic()
         if result.baseline_at is not None:
             log.info("baseline of %s (%s): %d task(s) recorded", inst.name, inst.id, len(result.upserts))
         for ev in result.events:
-            log.info("%s: %s [%s]", ev.type.value, ev.summary, ev.task.id)
+            log.info("%s: %s [%s]", ev.type.value, ev.summary, ev.task.id if ev.task else "-")
+        await self._announce(target, self.health.succeeded(target.subject))
         return outcome
 
-    def _report(self, inst: InstanceConfig, exc: Exception) -> None:
+    def _route(self, event: Event) -> list[Notification]:
+        return route(event, self.config.rules, self._channels, self.config.health.channels)
+
+    # -- removed instances and health --------------------------------------------------------------
+
+    async def _instance_gone(self, target: Target, previous: Snapshot, exc: DcsApiError | None) -> None:
+        """The instance was deleted: announce ``instance.removed`` once, keep its state for a TTL."""
+        inst = target.instance
+        if exc is not None and exc.error_code not in (None, INSTANCE_GONE):
+            self._report(target, exc)  # a 404 of another kind (a wrong URL?): not proof of deletion
+            return
+        if previous.removed_at is None:
+            now = self.clock()
+            event = Event(
+                id=event_id(inst.id, "", EventType.INSTANCE_REMOVED, ""),
+                type=EventType.INSTANCE_REMOVED,
+                project_id=target.project.project_id,
+                region=target.project.region,
+                instance=target.subject.instance,
+                detected_at=now,
+            )
+            try:
+                await self.store.mark_removed(
+                    target.project.project_id,
+                    inst.id,
+                    self._route(event),
+                    removed_at=now,
+                    baseline_at=previous.baseline_at,
+                    ttl_seconds=int(self.config.discovery.removed_ttl),
+                )
+            except StateStoreError:
+                return  # announced on a later attempt
+            log.warning("instance.removed: %s", event.summary)
+        self._failures.pop(target.key, None)
+        self.health.forget(target.key)
+        if target.discovered:
+            self.retire(target.key)
+
+    async def _announce(self, target: Target, event: Event | None) -> None:
+        """Record a ``poller.*`` event with its outbox entries; confirmed only once it is in Redis."""
+        if event is None:
+            return
+        try:
+            problem = event.problem if event.type is EventType.POLLER_UNHEALTHY else None
+            await self.store.record_health(target.key, problem, self._route(event))
+        except StateStoreError:
+            return  # not confirmed: the next poll announces it again (same event id)
+        self.health.confirm(event, target.key)
+        level = logging.WARNING if event.type is EventType.POLLER_UNHEALTHY else logging.INFO
+        log.log(level, "%s: %s", event.type.value, event.summary)
+
+    async def load_health(self) -> None:
+        """Which instances were announced unhealthy before a restart (so that recovery is announced)."""
+        # Redis down at start: logged by the store; announcements resume when it returns.
+        with contextlib.suppress(StateStoreError):
+            self.health.announced.update(await self.store.load_health())
+
+    # -- error reporting -------------------------------------------------------------------------
+
+    def _report(self, target: Target, exc: Exception) -> None:
+        name = target.instance.name
         if isinstance(exc, StateStoreError):
             # Not the API's fault: no backoff (polling resumes as soon as Redis does), and an outage
             # is logged once by the store, not once per poll.
             if not self.store.down:
-                log.error("poll of %s failed: %s", inst.name, exc)
+                log.error("poll of %s failed: %s", name, exc)
             return
-        self._failures[inst.id] = self._failures.get(inst.id, 0) + 1
+        self._failures[target.key] = self._failures.get(target.key, 0) + 1
+        if isinstance(exc, DcsApiError) and exc.reason is Reason.RATE_LIMITED:
+            # The endpoint's rate limiter logs each slow-down once; per instance, it is routine.
+            log.debug("poll of %s throttled: %s", name, exc)
+            return
         fingerprint = exc.fingerprint if isinstance(exc, DcsApiError) else (str(exc),)
-        if self._reported.get(inst.id) != fingerprint:
-            self._reported[inst.id] = fingerprint
-            log.error("poll of %s failed: %s", inst.name, exc)
+        if self._reported.get(target.key) != fingerprint:
+            self._reported[target.key] = fingerprint
+            log.error("poll of %s failed: %s", name, exc)
         else:
-            log.debug("poll of %s still failing: %s", inst.name, exc)
+            log.debug("poll of %s still failing: %s", name, exc)
 
-    def _recovered(self, inst: InstanceConfig) -> None:
-        self._failures.pop(inst.id, None)
-        if self._reported.pop(inst.id, None) is not None:
-            log.info("poll of %s recovered", inst.name)
+    def _recovered(self, target: Target) -> None:
+        self._failures.pop(target.key, None)
+        if self._reported.pop(target.key, None) is not None:
+            log.info("poll of %s recovered", target.instance.name)
+
+    # -- scheduling ------------------------------------------------------------------------------
+
+    def _jittered(self, seconds: float) -> float:
+        j = self.config.poll.jitter
+        return seconds * random.uniform(1 - j, 1 + j) if j else seconds
 
     def next_delay(self, outcome: PollOutcome) -> float:
         interval = self.config.poll.interval
         exc = outcome.error
         if exc is None or isinstance(exc, StateStoreError):
-            return interval
+            return self._jittered(interval)
         if isinstance(exc, DcsApiError) and exc.reason in (
             Reason.AUTH,
             Reason.NOT_FOUND,
             Reason.CLIENT_ERROR,
         ):
-            return max(10 * interval, SLOW_RECHECK_SECONDS)
-        n = self._failures.get(outcome.instance.id, 1)
+            return self._jittered(max(self.config.poll.recheck, interval))
+        if isinstance(exc, DcsApiError) and exc.reason is Reason.RATE_LIMITED:
+            # The endpoint's rate limiter has slowed down for everyone; this instance keeps its turn.
+            return max(self._jittered(interval), exc.retry_after or 0.0)
+        n = self._failures.get(outcome.target.key, 1)
         delay: float = min(MAX_BACKOFF_SECONDS, interval * 2.0 ** min(n - 1, 10))
         if isinstance(exc, DcsApiError) and exc.retry_after is not None:
             delay = max(delay, exc.retry_after)
         return delay
 
     async def poll_all(self) -> list[PollOutcome]:
-        return list(await asyncio.gather(*(self.poll_instance(i) for i in self.config.instances)))
+        """Discover, then poll every watched instance once (``dcs-notifier once``)."""
+        await asyncio.gather(*(self.discover(spec) for spec in self.projects if spec.discover))
+        targets = list(self.targets.values())
+        return list(await asyncio.gather(*(self.poll_target(t) for t in targets)))
 
-    async def run_instance(
-        self, inst: InstanceConfig, stop: asyncio.Event, initial_delay: float = 0.0
-    ) -> None:
-        delay = initial_delay
-        while not stop.is_set():
+    def add(self, target: Target) -> None:
+        """Watch ``target`` (a running poller starts polling it within one interval)."""
+        is_new = target.key not in self.targets
+        self.targets[target.key] = target
+        if is_new and self._tg is not None and self._stop is not None:
+            delay = _phase(target.key) * self.config.poll.interval
+            self._start(target.key, delay)
+
+    def retire(self, key: str) -> None:
+        """Stop watching one instance (its state stays in Redis)."""
+        self.targets.pop(key, None)
+        self._unlisted.pop(key, None)
+        self.health.forget(key)
+        control = self._controls.pop(key, None)
+        if control is not None:
+            control.retired = True
+            control.wake.set()
+
+    def wake(self, key: str) -> None:
+        control = self._controls.get(key)
+        if control is not None:
+            control.wake.set()
+
+    def _start(self, key: str, delay: float) -> None:
+        assert self._tg is not None and self._stop is not None
+        control = self._controls[key] = _Control()
+        self._tg.create_task(self._run_target(key, control, self._stop, delay), name=f"poll:{key}")
+
+    async def _run_target(self, key: str, control: _Control, stop: asyncio.Event, delay: float) -> None:
+        while not stop.is_set() and not control.retired:
             if delay > 0:
-                try:
-                    await asyncio.wait_for(stop.wait(), timeout=delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(control.wake.wait(), timeout=delay)
+                control.wake.clear()
+                if stop.is_set() or control.retired:
                     return
-                except TimeoutError:
-                    pass
+            target = self.targets.get(key)
+            if target is None:
+                return
             try:
-                outcome = await self.poll_instance(inst)
+                outcome = await self.poll_target(target)
             except Exception:
                 # A bug must not stop this instance's polling, nor the daemon: log it whole, back off.
-                log.exception("poll of %s failed unexpectedly", inst.name)
-                outcome = PollOutcome(inst, error=RuntimeError("unexpected error"))
-                self._failures[inst.id] = self._failures.get(inst.id, 0) + 1
+                log.exception("poll of %s failed unexpectedly", target.instance.name)
+                outcome = PollOutcome(target, error=RuntimeError("unexpected error"))
+                self._failures[key] = self._failures.get(key, 0) + 1
             delay = self.next_delay(outcome)
+
+    # -- discovery -------------------------------------------------------------------------------
+
+    async def discover(self, spec: ProjectSpec) -> bool:
+        """List ``spec``'s instances and update the fleet; False when the listing failed."""
+        try:
+            raw = await self.clients[spec.project_id].list_instances()
+        except DcsApiError as exc:
+            fingerprint = ("discovery", *exc.fingerprint)
+            if self._reported.get(spec.project_id) != fingerprint:
+                self._reported[spec.project_id] = fingerprint
+                log.error("discovery of project %s (%s) failed: %s", spec.project_id, spec.account, exc)
+            return False
+        if self._reported.pop(spec.project_id, None) is not None:
+            log.info("discovery of project %s recovered", spec.project_id)
+        listing = select(raw, spec)
+        for inst in listing.watched.values():
+            target = Target(spec, inst, discovered=inst.id not in {i.id for i in spec.instances})
+            known = self.targets.get(target.key)
+            if known is None:
+                log.info("discovered instance %s (%s) in project %s", inst.name, inst.id, spec.project_id)
+            if known != target:
+                self.add(target)
+            self._unlisted.pop(target.key, None)
+        for key, target in list(self.targets.items()):
+            if target.project.project_id != spec.project_id or not target.discovered:
+                continue
+            if target.instance.id in listing.watched:
+                continue
+            if target.instance.id in listing.listed:
+                log.info(
+                    "instance %s no longer matches the discovery filter; not watched", target.instance.name
+                )
+                self.retire(key)
+                continue
+            missing = self._unlisted[key] = self._unlisted.get(key, 0) + 1
+            if missing == 1:
+                self.wake(key)  # confirm at once: its tasks answer 404 DCS.3022 if it was deleted
+            else:
+                await self._gone_from_list(target)
+        return True
+
+    async def _gone_from_list(self, target: Target) -> None:
+        try:
+            previous = await self.store.load(target.project.project_id, target.instance.id)
+        except StateStoreError:
+            return
+        if previous is None:
+            self.retire(target.key)  # never baselined: nothing to announce
+            return
+        await self._instance_gone(target, previous, None)
+
+    async def _discovery_loop(self, spec: ProjectSpec, stop: asyncio.Event) -> None:
+        interval = self.config.discovery.interval
+        while not stop.is_set():
+            try:
+                await self.discover(spec)
+            except Exception:
+                log.exception("discovery of project %s failed unexpectedly", spec.project_id)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=self._jittered(interval))
 
     async def run(self, stop: asyncio.Event) -> None:
         """Poll every instance until ``stop`` is set, spreading first polls over one interval."""
-        n = len(self.config.instances)
-        spread = self.config.poll.interval
-        async with asyncio.TaskGroup() as tg:
-            for i, inst in enumerate(self.config.instances):
-                jitter = (i / n) * spread * 0.5 + random.uniform(0, spread * 0.05) if n > 1 else 0.0
-                tg.create_task(self.run_instance(inst, stop, jitter), name=f"poll:{inst.id}")
+        await self.load_health()
+        self._stop = stop
+        try:
+            async with asyncio.TaskGroup() as tg:
+                self._tg = tg
+                for key in list(self.targets):
+                    self._start(key, _phase(key) * self.config.poll.interval)
+                for spec in self.projects:
+                    if spec.discover:
+                        tg.create_task(self._discovery_loop(spec, stop), name=f"discover:{spec.project_id}")
+                tg.create_task(self._wake_all_on(stop), name="poller-stop")
+        finally:
+            self._tg = None
+
+    async def _wake_all_on(self, stop: asyncio.Event) -> None:
+        await stop.wait()
+        for control in self._controls.values():
+            control.wake.set()

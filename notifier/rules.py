@@ -5,7 +5,8 @@ first rule (in file order) that sent it there. With no rules at all, every event
 channel. A rule matches when each of its filters matches:
 
 * ``tasks``: task names as the API reports them (``masterStandbySwapJob``, ``EXTEND``...) or ``*``;
-  ``EXTEND`` and ``ChangeInstanceSpec`` name the same kind.
+  ``EXTEND`` and ``ChangeInstanceSpec`` name the same kind. Events without a task (``instance.removed``,
+  ``poller.*``) only match ``*``.
 * ``events``: event types (``task.started``...) or ``*``.
 * ``instances``: instance ids or configured names, or ``*``.
 * ``labels``: every given label must equal the instance's label.
@@ -26,9 +27,9 @@ def _canonical_task(name: str) -> str:
 
 
 def rule_matches(rule: RuleConfig, event: Event) -> bool:
-    if "*" not in rule.tasks and _canonical_task(event.task.name) not in {
-        _canonical_task(t) for t in rule.tasks
-    }:
+    if "*" not in rule.tasks and (
+        event.task is None or _canonical_task(event.task.name) not in {_canonical_task(t) for t in rule.tasks}
+    ):
         return False
     if "*" not in rule.events and event.type not in rule.events:
         return False
@@ -41,13 +42,24 @@ def rule_matches(rule: RuleConfig, event: Event) -> bool:
     return all(event.instance.labels.get(k) == v for k, v in rule.labels.items())
 
 
-def route(event: Event, rules: Sequence[RuleConfig], channels: Sequence[str]) -> list[Notification]:
-    """The notifications one event causes, one per channel, in a stable order."""
+def route(
+    event: Event,
+    rules: Sequence[RuleConfig],
+    channels: Sequence[str],
+    health_channels: Sequence[str] = (),
+) -> list[Notification]:
+    """The notifications one event causes, one per channel, in a stable order.
+
+    ``poller.*`` events also go to ``health_channels`` (``health.channels``, the ops channel).
+    """
+    chosen: dict[str, str | None] = {}
     if not rules:
-        return [Notification(event=event, channel=ch, rule=None) for ch in channels]
-    chosen: dict[str, str] = {}
+        chosen = dict.fromkeys(channels)
     for rule in rules:
         if rule_matches(rule, event):
             for ch in rule.channels:
                 chosen.setdefault(ch, rule.name)
+    if event.type.value.startswith("poller."):
+        for ch in health_channels:
+            chosen.setdefault(ch, "health")
     return [Notification(event=event, channel=ch, rule=name) for ch, name in chosen.items()]

@@ -19,10 +19,10 @@ import redis.asyncio as aioredis
 import redis.exceptions
 from redis.typing import EncodableT, FieldT
 
-from notifier.constants import DEAD_LETTER_MAXLEN, DELIVERED_TTL_SECONDS, META_FIELD, Keys
+from notifier.constants import DEAD_LETTER_MAXLEN, DELIVERED_TTL_SECONDS, META_FIELD, POLLED_FIELD, Keys
 from notifier.diff import DiffResult, SeenTask, Snapshot
 from notifier.errors import StateStoreError
-from notifier.events import Notification
+from notifier.events import Notification, PollProblem
 
 log = logging.getLogger(__name__)
 
@@ -84,10 +84,9 @@ class DeadLetter:
 class StateStore:
     """Everything dcs-notifier keeps in Redis, behind one small API."""
 
-    def __init__(self, client: aioredis.Redis, keys: Keys, project_id: str) -> None:
+    def __init__(self, client: aioredis.Redis, keys: Keys) -> None:
         self.redis = client
         self.keys = keys
-        self.project_id = project_id
         self._groups: set[str] = set()
         self.down = False  # True from the first failed call of an outage until a later call succeeds
         self._failed_at = 0.0
@@ -117,37 +116,124 @@ class StateStore:
 
     # -- snapshots -------------------------------------------------------------------------------
 
-    async def load(self, instance_id: str) -> Snapshot | None:
-        """The instance's snapshot, or None when it was never baselined (or Redis lost it): one HGETALL."""
+    async def load(
+        self, project_id: str, instance_id: str, *, touch: datetime | None = None
+    ) -> Snapshot | None:
+        """The instance's snapshot, or None when it was never baselined (or Redis lost it).
+
+        One round trip: an HGETALL, pipelined after an HSET of ``~polled`` when ``touch`` is given (the
+        time of the previous successful poll, so a restarted daemon knows where to start its window).
+        """
+        key = self.keys.snapshot(project_id, instance_id)
         async with self._op("read of instance state"):
-            key = self.keys.snapshot(self.project_id, instance_id)
-            raw: dict[str, str] = await self.redis.hgetall(key)  # type: ignore[assignment]
+            if touch is None:
+                raw: dict[str, str] = await self.redis.hgetall(key)  # type: ignore[assignment]
+            else:
+                pipe = self.redis.pipeline(transaction=False)
+                pipe.hset(key, POLLED_FIELD, _iso(touch))
+                pipe.hgetall(key)
+                raw = (await pipe.execute())[1]
         meta = raw.pop(META_FIELD, None)
+        polled = _dt(raw.pop(POLLED_FIELD, ""))
         if meta is None:
             return None
-        baseline_at = _dt(json.loads(meta).get("baseline_at", ""))
+        data = json.loads(meta)
+        baseline_at = _dt(data.get("baseline_at", ""))
         if baseline_at is None:
             return None
-        return Snapshot(baseline_at=baseline_at, tasks={tid: decode_seen(v) for tid, v in raw.items()})
+        return Snapshot(
+            baseline_at=baseline_at,
+            tasks={tid: decode_seen(v) for tid, v in raw.items()},
+            polled_at=polled,
+            removed_at=_dt(data.get("removed_at", "")),
+        )
 
     async def commit(
-        self, instance_id: str, result: DiffResult, notifications: Iterable[Notification]
+        self,
+        project_id: str,
+        instance_id: str,
+        result: DiffResult,
+        notifications: Iterable[Notification],
+        *,
+        baseline_at: datetime | None = None,
+        polled_at: datetime | None = None,
+        revived: bool = False,
     ) -> None:
-        """Write the new snapshot and its outbox entries in one MULTI/EXEC: both or neither."""
-        if not result.changed:
+        """Write the new snapshot and its outbox entries in one MULTI/EXEC: both or neither.
+
+        ``baseline_at`` (default: the result's, for a baseline) rewrites the meta field, dropping a
+        ``removed_at``; ``polled_at`` is stored as ``~polled``. ``revived``: the instance had been announced
+        as removed and answers again (its key loses its TTL).
+        """
+        if not result.changed and not revived:
             return
-        key = self.keys.snapshot(self.project_id, instance_id)
+        key = self.keys.snapshot(project_id, instance_id)
         async with self._op("commit of instance state and outbox"):
             pipe = self.redis.pipeline(transaction=True)
             mapping: dict[FieldT, EncodableT] = {tid: encode_seen(s) for tid, s in result.upserts.items()}
-            if result.baseline_at is not None:
-                mapping[META_FIELD] = json.dumps({"baseline_at": _iso(result.baseline_at)})
+            baseline_at = baseline_at or result.baseline_at
+            if baseline_at is not None:
+                mapping[META_FIELD] = json.dumps({"baseline_at": _iso(baseline_at)})
+            if polled_at is not None:
+                mapping[POLLED_FIELD] = _iso(polled_at)
             if mapping:
                 pipe.hset(key, mapping=mapping)
             if result.removals:
                 pipe.hdel(key, *result.removals)
-            for n in notifications:
-                pipe.xadd(self.keys.outbox(n.channel), {"n": n.model_dump_json(), "k": n.key})
+            if revived:
+                pipe.persist(key)
+            self._queue(pipe, notifications)
+            await pipe.execute()
+
+    async def mark_removed(
+        self,
+        project_id: str,
+        instance_id: str,
+        notifications: Iterable[Notification],
+        *,
+        removed_at: datetime,
+        baseline_at: datetime,
+        ttl_seconds: int,
+    ) -> None:
+        """Record ``instance.removed`` (announced once): outbox entries, the mark, and a TTL on the state."""
+        key = self.keys.snapshot(project_id, instance_id)
+        async with self._op("record of a removed instance"):
+            pipe = self.redis.pipeline(transaction=True)
+            meta = {"baseline_at": _iso(baseline_at), "removed_at": _iso(removed_at)}
+            pipe.hset(key, META_FIELD, json.dumps(meta))
+            pipe.expire(key, ttl_seconds)
+            self._queue(pipe, notifications)
+            await pipe.execute()
+
+    def _queue(self, pipe: Any, notifications: Iterable[Notification]) -> None:
+        for n in notifications:
+            pipe.xadd(self.keys.outbox(n.channel), {"n": n.model_dump_json(), "k": n.key})
+
+    # -- poller health -----------------------------------------------------------------------------
+
+    async def load_health(self) -> dict[str, PollProblem]:
+        """Instances announced as ``poller.unhealthy`` and not yet recovered: key → problem."""
+        async with self._op("read of poller health"):
+            raw: dict[str, str] = await self.redis.hgetall(self.keys.health)  # type: ignore[assignment]
+        out = {}
+        for key, value in raw.items():
+            try:
+                out[key] = PollProblem.model_validate_json(value)
+            except ValueError:
+                log.warning("poller health entry %s is unreadable; forgetting it", key)
+        return out
+
+    async def record_health(
+        self, key: str, problem: PollProblem | None, notifications: Iterable[Notification]
+    ) -> None:
+        """Announce unhealthy (``problem``) or recovered (None), with its outbox entries, atomically."""
+        async with self._op("record of poller health"):
+            pipe = self.redis.pipeline(transaction=True)
+            if problem is None:
+                pipe.hdel(self.keys.health, key)
+            else:
+                pipe.hset(self.keys.health, key, problem.model_dump_json())
+            self._queue(pipe, notifications)
             await pipe.execute()
 
     # -- outbox ----------------------------------------------------------------------------------

@@ -140,7 +140,10 @@ async def test_broken_config_is_exit_2_naming_file_and_key(cli: Cli) -> None:
 async def test_list_instances_prints_config_lines(cli: Cli) -> None:
     code, out, err = await cli.run("list-instances")
     assert code == 0, err
-    assert out.splitlines()[0] == "instances:"
+    assert out.splitlines()[:2] == [
+        f"# account default, region cn-north-4, project {PROJECT_ID}",
+        "instances:",
+    ]
     assert f'  - {{id: "{ORDERS}", name: "orders-cache"}}  # RUNNING, Redis' in out
     cli.env["CLOUD_SDK_SK"] = "wrong"
     code, _, err = await cli.run("list-instances")

@@ -4,7 +4,14 @@ from pathlib import Path
 
 import pytest
 
-from notifier.config import load_config, parse_config, require_credentials, secret_values
+from notifier.config import (
+    AkSkCredentials,
+    Config,
+    load_config,
+    parse_config,
+    require_credentials,
+    secret_values,
+)
 from notifier.errors import ConfigError
 
 ISSUE_EXAMPLE = """
@@ -20,6 +27,12 @@ rules:
   - {name: switchovers, tasks: [masterStandbySwapJob], events: [task.started, task.succeeded, task.failed], channels: [oncall, audit]}
   - {name: everything, tasks: ["*"], channels: [audit]}
 """
+def aksk(cfg: Config) -> tuple[str, str]:
+    creds = cfg.projects()[0].credentials
+    assert isinstance(creds, AkSkCredentials) and creds.ak is not None and creds.sk is not None
+    return creds.ak.get_secret_value(), creds.sk.get_secret_value()
+
+
 ENV = {
     "CLOUD_SDK_AK": "AKEXAMPLE123",
     "CLOUD_SDK_SK": "SKEXAMPLEsecret456",
@@ -29,8 +42,8 @@ ENV = {
 
 def test_issue_example_loads_as_written() -> None:
     cfg = parse_config(ISSUE_EXAMPLE, "config.yaml", ENV)
-    assert cfg.cloud.endpoint_url == "http://127.0.0.1:8080"
-    assert require_credentials(cfg) == ("AKEXAMPLE123", "SKEXAMPLEsecret456")
+    assert cfg.projects()[0].endpoint == "http://127.0.0.1:8080"
+    assert aksk(cfg) == ("AKEXAMPLE123", "SKEXAMPLEsecret456")
     assert cfg.instances[0].labels == {"env": "prod"}
     assert [r.name for r in cfg.rules] == ["switchovers", "everything"]
     assert cfg.poll.interval == 30 and cfg.poll.baseline_grace == 900
@@ -54,8 +67,8 @@ def test_endpoint_defaults_from_region_and_credentials_from_env() -> None:
         .replace("region: cn-north-4, ", "")
     )
     cfg = parse_config(text, "c.yaml", ENV)
-    assert cfg.cloud.endpoint_url == "https://dcs.ap-southeast-1.myhuaweicloud.com"
-    assert require_credentials(cfg) == ("AKEXAMPLE123", "SKEXAMPLEsecret456")
+    assert cfg.projects()[0].endpoint == "https://dcs.ap-southeast-1.myhuaweicloud.com"
+    assert aksk(cfg) == ("AKEXAMPLE123", "SKEXAMPLEsecret456")
 
 
 def test_missing_env_var_names_file_and_key() -> None:
@@ -110,7 +123,7 @@ def test_config_path_from_environment(tmp_path: Path) -> None:
     p = tmp_path / "c.yaml"
     p.write_text(ISSUE_EXAMPLE)
     cfg = load_config(None, {**ENV, "DCS_NOTIFIER_CONFIG": str(p)})
-    assert cfg.cloud.project_id == "p1"
+    assert cfg.projects()[0].project_id == "p1"
 
 
 def test_missing_credentials_message() -> None:

@@ -38,7 +38,7 @@ async def queue(store: StateStore, n: int, channel: str = "audit") -> list[Notif
     ctx = DiffContext("p", "r", INSTANCE, now, timedelta(minutes=15), now - timedelta(days=1))
     result = diff(None, [task(f"t{i}", created=T0 + timedelta(seconds=i)) for i in range(n)], ctx)
     notes = [x for e in result.events for x in route(e, [], [channel])]
-    await store.commit(INSTANCE.id, result, notes)
+    await store.commit("p", INSTANCE.id, result, notes)
     return notes
 
 
@@ -55,7 +55,7 @@ def webhook(receiver: WebhookReceiver, rate: float | None = None) -> WebhookChan
 async def test_entries_of_a_dead_consumer_are_claimed(
     redis_client: aioredis.Redis, receiver: WebhookReceiver
 ) -> None:
-    store = StateStore(redis_client, Keys("d"), "p")
+    store = StateStore(redis_client, Keys("d"))
     notes = await queue(store, 2)
     taken = await store.read("audit", "dead-worker", count=10)  # read, never acknowledged: it "died"
     assert len(taken) == 2
@@ -79,7 +79,7 @@ async def test_entries_of_a_dead_consumer_are_claimed(
 async def test_notification_log_stops_a_second_send_of_a_claimed_entry(
     redis_client: aioredis.Redis, receiver: WebhookReceiver
 ) -> None:
-    store = StateStore(redis_client, Keys("d"), "p")
+    store = StateStore(redis_client, Keys("d"))
     await queue(store, 1)
     [slow_worker_copy] = await store.read("audit", "slow-worker", count=1)
     [claimed] = await store.claim_stale("audit", "alive", min_idle_ms=0, count=1)
@@ -117,7 +117,7 @@ def retryable(retry_after: float | None = None) -> DeliveryError:
 async def test_retries_then_gives_up_into_dead_letters_with_the_attempt_count(
     redis_client: aioredis.Redis,
 ) -> None:
-    store = StateStore(redis_client, Keys("d"), "p")
+    store = StateStore(redis_client, Keys("d"))
     [note] = await queue(store, 1)
     channel = ScriptedChannel([retryable()] * 5)
     result = await Deliverer(store, {"audit": channel}, FAST).drain("audit")
@@ -130,7 +130,7 @@ async def test_retries_then_gives_up_into_dead_letters_with_the_attempt_count(
 
 
 async def test_permanent_error_is_not_retried(redis_client: aioredis.Redis) -> None:
-    store = StateStore(redis_client, Keys("d"), "p")
+    store = StateStore(redis_client, Keys("d"))
     notes = await queue(store, 2)
     channel = ScriptedChannel([DeliveryError("audit", False, Reason.NOT_FOUND, "HTTP 404")])
     result = await Deliverer(store, {"audit": channel}, FAST).drain("audit")
@@ -144,7 +144,7 @@ async def test_permanent_error_is_not_retried(redis_client: aioredis.Redis) -> N
 async def test_attempts_survive_a_restart_and_the_budget_leaves_entries_queued(
     redis_client: aioredis.Redis,
 ) -> None:
-    store = StateStore(redis_client, Keys("d"), "p")
+    store = StateStore(redis_client, Keys("d"))
     notes = await queue(store, 2)
     cfg = FAST.model_copy(update={"max_attempts": 4})
     first = await Deliverer(store, {"audit": ScriptedChannel([retryable()] * 2)}, cfg).drain(
@@ -160,7 +160,7 @@ async def test_attempts_survive_a_restart_and_the_budget_leaves_entries_queued(
 
 
 async def test_too_old_entries_become_dead_letters(redis_client: aioredis.Redis) -> None:
-    store = StateStore(redis_client, Keys("d"), "p")
+    store = StateStore(redis_client, Keys("d"))
     [note] = await queue(store, 1)
     await store.ensure_group("audit")
     # Written a day ago (stream ids carry the write time): older than max_age.
@@ -176,7 +176,7 @@ async def test_too_old_entries_become_dead_letters(redis_client: aioredis.Redis)
 
 
 async def test_unreadable_outbox_entry_does_not_block_the_stream(redis_client: aioredis.Redis) -> None:
-    store = StateStore(redis_client, Keys("d"), "p")
+    store = StateStore(redis_client, Keys("d"))
     await store.ensure_group("audit")
     await redis_client.xadd("d:outbox:audit", {"n": "{not json", "k": "x"})
     [note] = await queue(store, 1)
@@ -190,7 +190,7 @@ async def test_unreadable_outbox_entry_does_not_block_the_stream(redis_client: a
 
 
 async def test_replay_and_purge(redis_client: aioredis.Redis) -> None:
-    store = StateStore(redis_client, Keys("d"), "p")
+    store = StateStore(redis_client, Keys("d"))
     await queue(store, 2)
     channel = ScriptedChannel([DeliveryError("audit", False, Reason.AUTH, "HTTP 403")] * 2)
     await Deliverer(store, {"audit": channel}, FAST).drain("audit")
@@ -207,7 +207,7 @@ async def test_replay_and_purge(redis_client: aioredis.Redis) -> None:
 
 
 async def test_channel_pacing(redis_client: aioredis.Redis, receiver: WebhookReceiver) -> None:
-    store = StateStore(redis_client, Keys("d"), "p")
+    store = StateStore(redis_client, Keys("d"))
     await queue(store, 4)
     channel = webhook(receiver, rate=5)
     try:
@@ -221,7 +221,7 @@ async def test_channel_pacing(redis_client: aioredis.Redis, receiver: WebhookRec
 
 async def test_a_send_acknowledged_after_a_redis_outage_is_not_repeated(own_redis: RedisServer) -> None:
     client = connect_redis(own_redis.url)
-    store = StateStore(client, Keys("d"), "p")
+    store = StateStore(client, Keys("d"))
 
     class RedisDiesOnSend(ScriptedChannel):
         async def send(self, notification: Notification) -> None:
@@ -256,7 +256,7 @@ def test_backoff_policy() -> None:
 
 async def test_a_new_consumer_waits_for_older_entries_another_holds(redis_client: aioredis.Redis) -> None:
     """A restart under a new consumer name must not send a task's "finished" before its "started"."""
-    store = StateStore(redis_client, Keys("d"), "p")
+    store = StateStore(redis_client, Keys("d"))
     [started] = await queue(store, 1)
     await store.read("audit", "old-host", count=10)  # held by a consumer that died
     done = started.event.model_copy(update={"id": "evt_done"})
@@ -278,7 +278,7 @@ async def test_a_new_consumer_waits_for_older_entries_another_holds(redis_client
 async def test_an_entry_taken_over_while_retrying_is_left_to_its_new_owner(
     redis_client: aioredis.Redis,
 ) -> None:
-    store = StateStore(redis_client, Keys("d"), "p")
+    store = StateStore(redis_client, Keys("d"))
     await queue(store, 1)
     [entry] = await store.read("audit", "alive", count=1)
 
@@ -295,7 +295,7 @@ async def test_an_entry_taken_over_while_retrying_is_left_to_its_new_owner(
 
 
 async def test_a_channel_bug_becomes_a_dead_letter_not_a_wedge(redis_client: aioredis.Redis) -> None:
-    store = StateStore(redis_client, Keys("d"), "p")
+    store = StateStore(redis_client, Keys("d"))
     notes = await queue(store, 2)
 
     class Buggy(ScriptedChannel):

@@ -16,7 +16,7 @@ import os
 import signal
 import sys
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -32,6 +32,7 @@ from notifier.standins.slack import SlackStandIn
 from notifier.standins.webhook import WebhookReceiver
 from tests.conftest import AK, ORDERS, PROJECT_ID, SESSIONS, SK
 from tests.support.redis_server import RedisServer
+from tests.support.wait import until
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
@@ -88,16 +89,6 @@ def task_order(requests: list[RecordedRequest]) -> dict[str, list[str]]:
         payload = json.loads(r.body)
         order.setdefault(payload["data"]["task"]["id"], []).append(payload["type"])
     return order
-
-
-async def until(predicate: Callable[[], bool], within: float, what: str) -> None:
-    """Wait for a condition with a deadline (polling at 20 ms), failing with ``what``."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {within} s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 @dataclass

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 from huaweicloudsdkcore.auth.credentials import BasicCredentials  # type: ignore[import-untyped]
+from huaweicloudsdkcore.http.http_client import HttpClient  # type: ignore[import-untyped]
+from huaweicloudsdkcore.http.http_config import HttpConfig  # type: ignore[import-untyped]
 from huaweicloudsdkcore.sdk_request import SdkRequest  # type: ignore[import-untyped]
 from huaweicloudsdkcore.signer.signer import Signer  # type: ignore[import-untyped]
 
@@ -256,3 +259,59 @@ def test_verify_clock_skew() -> None:
     verify(method, path, query, headers, body, _lookup, now=NOW + timedelta(minutes=14), max_skew=skew)
     late = {"now": NOW + timedelta(minutes=16), "max_skew": skew}
     assert _problem(method, path, query, headers, body, _lookup, **late) is SignatureProblem.EXPIRED
+
+
+# --- temporary credentials (X-Security-Token) -----------------------------------------------------------
+
+SECURITY_TOKEN = "gQpjbi1ub3J0aC00+temporary/Security=Token_0123456789"
+
+
+def test_security_token_identical_to_official_temporary_credentials() -> None:
+    """``BasicCredentials(...).with_security_token(t).process_auth_request(request, http_client)``."""
+    case = CASES[1]  # a GET with a query
+    headers = {**case.headers, "Host": case.host, "X-Sdk-Date": SDK_DATE}
+    request = SdkRequest(
+        method=case.method,
+        schema=case.schema,
+        host=case.host,
+        resource_path=case.path,
+        query_params=list(case.query),
+        header_params=dict(headers),
+        body=None,
+    )
+    credentials = BasicCredentials(AK, SK, PROJECT).with_security_token(SECURITY_TOKEN)
+    http_client = HttpClient(HttpConfig.get_default_config(), None, None, logging.getLogger("sdk-peer"))
+    try:
+        official = credentials.process_auth_request(request, http_client).result(timeout=10)
+    finally:
+        http_client.close()
+        http_client.executor.shutdown(wait=True)
+
+    query = canonical_query(case.query)
+    url = f"{case.schema}://{case.host}{case.path}?{query}"
+    ours = sign(case.method, url, headers, b"", ak=AK, sk=SK, security_token=SECURITY_TOKEN)
+    for name in ("Authorization", "X-Sdk-Date", "X-Security-Token"):
+        assert ours[name].encode() == official.header_params[name].encode(), name
+    assert ours == dict(official.header_params)
+    assert "x-security-token" in ours["Authorization"].split("SignedHeaders=", 1)[1].split(",", 1)[0]
+    assert url == official.url
+
+
+def test_security_token_is_signed_and_replaces_a_given_one() -> None:
+    url = "http://127.0.0.1:8080/v2/p/instances?limit=1"
+    given = {**BASE_HEADERS, "x-security-token": "stale"}
+    out = sign("GET", url, given, ak=AK, sk=SK, now=NOW, security_token=SECURITY_TOKEN)
+    assert [k for k in out if k.lower() == "x-security-token"] == ["X-Security-Token"]
+    assert out["X-Security-Token"] == SECURITY_TOKEN
+    result = verify("GET", "/v2/p/instances", [("limit", "1")], out, b"", _lookup)
+    assert "x-security-token" in result.signed_headers
+    tampered = {**out, "X-Security-Token": SECURITY_TOKEN + "x"}
+    assert _problem("GET", "/v2/p/instances", [("limit", "1")], tampered, b"", _lookup) is (
+        SignatureProblem.MISMATCH
+    )
+    without = sign("GET", url, BASE_HEADERS, ak=AK, sk=SK, now=NOW)
+    assert "X-Security-Token" not in without
+    assert without["Authorization"] != out["Authorization"]
+    with pytest.raises(ValueError, match="security_token") as excinfo:
+        sign("GET", url, BASE_HEADERS, ak=AK, sk=SK, security_token="")
+    assert SK not in str(excinfo.value)

@@ -6,9 +6,11 @@ import asyncio
 import json
 import os
 import sys
-from collections.abc import AsyncIterator, Sequence
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -30,6 +32,7 @@ from notifier.dcs.simulator import (
     Scenario,
     SetStatus,
     Simulator,
+    SkewedClock,
     StartTask,
     Step,
     default_demo_scenario,
@@ -564,3 +567,463 @@ async def test_standalone_module_requires_keys() -> None:
     _, err = await asyncio.wait_for(proc.communicate(), 15)
     assert proc.returncode == 2
     assert b"CLOUD_SDK_AK" in err
+
+
+# --- projects, instances per project -------------------------------------------------------------------
+
+PROJECT_B = "1b2c3d4e5f60718293a4b5c6d7e8f9a0"
+AK_B = "SIMTESTAK0000000002"
+SK_B = "sim-test-secret-key-project-b-987"
+IID_B = "7780f038-e0d1-4695-b7f3-f3d795e38a9b"
+
+
+def url_for(sim: Simulator, path: str, params: Sequence[tuple[str, str]] = ()) -> str:
+    assert sim.base_url is not None
+    query = canonical_query(params)
+    return f"{sim.base_url}{path}" + (f"?{query}" if query else "")
+
+
+def plain_headers(sim: Simulator, project: str = PROJECT) -> dict[str, str]:
+    assert sim.base_url is not None
+    return {
+        "Content-Type": "application/json",
+        "X-Project-Id": project,
+        "Host": urlsplit(sim.base_url).netloc,
+        "User-Agent": "dcs-notifier-tests",
+    }
+
+
+async def fetch(session: aiohttp.ClientSession, url: str, headers: Mapping[str, str]) -> Answer:
+    async with session.get(URL(url, encoded=True), headers=dict(headers)) as resp:
+        return Answer(resp.status, CIMultiDict(resp.headers), await resp.text())
+
+
+async def test_projects_have_their_own_access_keys(sim: Simulator, session: aiohttp.ClientSession) -> None:
+    sim.add_project(PROJECT_B, {AK_B: SK_B})
+    sim.add_instance(IID_B, "b-cache", project_id=PROJECT_B)
+    assert sim.project_ids == [PROJECT, PROJECT_B]
+    mismatch = error("DCS.1004", "The project ID does not match the token.")
+
+    own_b = await call(session, sim, tasks_path(IID_B, PROJECT_B), ak=AK_B, sk=SK_B, project_header=PROJECT_B)
+    assert (own_b.status, own_b.json["task_count"]) == (200, 0)
+    own_a = await call(session, sim, tasks_path())
+    assert own_a.status == 200
+
+    a_on_b = await call(session, sim, tasks_path(IID_B, PROJECT_B), project_header=PROJECT_B)
+    assert (a_on_b.status, a_on_b.json) == (401, mismatch)
+    b_on_a = await call(session, sim, tasks_path(), ak=AK_B, sk=SK_B)
+    assert (b_on_a.status, b_on_a.json) == (401, mismatch)
+    b_on_a_listing = await call(session, sim, f"/v2/{PROJECT}/instances", ak=AK_B, sk=SK_B)
+    assert (b_on_a_listing.status, b_on_a_listing.json) == (401, mismatch)
+
+    # an instance is only found under its own project
+    b_instance_under_a = await call(session, sim, tasks_path(IID_B, PROJECT))
+    assert (b_instance_under_a.status, b_instance_under_a.json) == (
+        404,
+        error("DCS.3022", "instance does not exist"),
+    )
+    listing_a = (await call(session, sim, f"/v2/{PROJECT}/instances")).json
+    assert [i["instance_id"] for i in listing_a["instances"]] == [IID, OTHER]
+    listing_b = await call(
+        session, sim, f"/v2/{PROJECT_B}/instances", ak=AK_B, sk=SK_B, project_header=PROJECT_B
+    )
+    assert (listing_b.json["instance_num"], listing_b.json["instances"][0]["instance_id"]) == (1, IID_B)
+    assert sim.instances[IID_B].project_id == PROJECT_B
+    assert sim.instances[IID].project_id == PROJECT
+
+
+async def test_one_access_key_in_two_projects_revoke_and_set_credentials(
+    sim: Simulator, session: aiohttp.ClientSession
+) -> None:
+    sim.add_project(PROJECT_B, {AK: SK})  # the same user's key, valid in both projects
+    sim.add_instance(IID_B, "b-cache", project_id=PROJECT_B)
+    assert (await call(session, sim, tasks_path(IID_B, PROJECT_B), project_header=PROJECT_B)).status == 200
+    assert (await call(session, sim, tasks_path())).status == 200
+    with pytest.raises(ValueError, match=AK) as conflict:
+        sim.add_project(PROJECT_B, {AK: "a-different-secret"})
+    assert "a-different-secret" not in str(conflict.value) and SK not in str(conflict.value)
+
+    sim.revoke(AK)
+    unknown = error("DCS.1001", "Invalid authentication information: unknown access key.")
+    for path, project in ((tasks_path(), PROJECT), (tasks_path(IID_B, PROJECT_B), PROJECT_B)):
+        answer = await call(session, sim, path, project_header=project)
+        assert (answer.status, answer.json) == (401, unknown)
+    assert sim.lookup_sk(AK) is None
+
+    sim.add_project(PROJECT_B, {AK: SK})  # re-added to project B only
+    assert (await call(session, sim, tasks_path(IID_B, PROJECT_B), project_header=PROJECT_B)).status == 200
+    assert (await call(session, sim, tasks_path())).json["error_code"] == "DCS.1004"
+
+    sim.set_credentials({AK_B: SK_B})  # replaces the primary project's keys
+    assert (await call(session, sim, tasks_path(), ak=AK_B, sk=SK_B)).status == 200
+    assert (await call(session, sim, tasks_path())).json["error_code"] == "DCS.1004"
+
+
+async def test_instance_tags_and_changes_in_listing(sim: Simulator, session: aiohttp.ClientSession) -> None:
+    sim.add_instance("tagged", "catalog-cache", tags={"env": "prod", "team": "payments"}, status="CREATING")
+    body = (await call(session, sim, f"/v2/{PROJECT}/instances", [("limit", "100")])).json
+    by_id = {i["instance_id"]: i for i in body["instances"]}
+    assert by_id["tagged"]["tags"] == [{"key": "env", "value": "prod"}, {"key": "team", "value": "payments"}]
+    assert by_id["tagged"]["status"] == "CREATING"
+    assert "tags" not in by_id[IID]
+
+    sim.set_instance("tagged", status="RUNNING", name="catalog-cache-2", tags={"env": "staging"})
+    body = (await call(session, sim, f"/v2/{PROJECT}/instances", [("status", "RUNNING")])).json
+    changed = {i["instance_id"]: i for i in body["instances"]}["tagged"]
+    assert (changed["name"], changed["status"], changed["tags"]) == (
+        "catalog-cache-2",
+        "RUNNING",
+        [{"key": "env", "value": "staging"}],
+    )
+    sim.set_instance("tagged", project_id=PROJECT_B)  # moved to another project
+    body = (await call(session, sim, f"/v2/{PROJECT}/instances")).json
+    assert "tagged" not in {i["instance_id"] for i in body["instances"]}
+    with pytest.raises(KeyError):
+        sim.set_instance("nope", status="ERROR")
+    with pytest.raises(TypeError, match="colour"):
+        sim.set_instance(IID, colour="blue")
+
+
+async def test_remove_instance(sim: Simulator, session: aiohttp.ClientSession) -> None:
+    sim.start_task(IID, "modify")
+    assert (await call(session, sim, tasks_path())).json["task_count"] == 1
+    sim.remove_instance(IID)
+    body = (await call(session, sim, f"/v2/{PROJECT}/instances")).json
+    assert [i["instance_id"] for i in body["instances"]] == [OTHER]
+    gone = await call(session, sim, tasks_path())
+    assert (gone.status, gone.json) == (404, error("DCS.3022", "instance does not exist"))
+    with pytest.raises(KeyError):
+        sim.start_task(IID, "modify")
+    with pytest.raises(KeyError):
+        sim.remove_instance(IID)
+    sim.add_instance(IID, "orders-cache")  # back, without its old tasks
+    assert (await call(session, sim, tasks_path())).json == {"task_count": 0, "tasks": []}
+
+
+# --- temporary credentials -----------------------------------------------------------------------------
+
+TEMP_AK = "SIMTEMPAK0000000001"
+TEMP_SK = "sim-temporary-secret-key-000000001"
+SECURITY_TOKEN = "gQpzdHM-security-token-0123456789abcdef"
+
+
+async def temporary_call(
+    session: aiohttp.ClientSession,
+    sim: Simulator,
+    *,
+    token: str | None = SECURITY_TOKEN,
+    signed: bool = True,
+    project: str = PROJECT,
+    path: str | None = None,
+) -> Answer:
+    url = url_for(sim, path or tasks_path(project_id=project))
+    headers = plain_headers(sim, project)
+    if token is not None and signed:
+        headers["X-Security-Token"] = token
+    out = sign("GET", url, headers, ak=TEMP_AK, sk=TEMP_SK)
+    if token is not None and not signed:
+        out["X-Security-Token"] = token  # sent, but not among SignedHeaders
+    return await fetch(session, url, out)
+
+
+async def test_temporary_credentials_with_signed_token(
+    sim: Simulator, clock: ManualClock, session: aiohttp.ClientSession
+) -> None:
+    sim.add_temporary_credentials(TEMP_AK, TEMP_SK, SECURITY_TOKEN, expires_at=T0 + timedelta(hours=1))
+    answer = await temporary_call(session, sim)
+    assert (answer.status, answer.json["task_count"]) == (200, 0)
+    assert "x-security-token" in sim.requests[-1].headers["Authorization"]
+    listing = await temporary_call(session, sim, path=f"/v2/{PROJECT}/instances")
+    assert listing.status == 200
+    sim.add_project(PROJECT_B)
+    other = await temporary_call(session, sim, project=PROJECT_B)
+    assert (other.status, other.json["error_code"]) == (401, "DCS.1004")
+
+
+@pytest.mark.parametrize(
+    ("token", "signed"),
+    [(None, True), ("not-the-token", True), (SECURITY_TOKEN, False), ("", True)],
+    ids=["missing", "wrong", "unsigned", "empty"],
+)
+async def test_temporary_credentials_need_the_signed_token(
+    sim: Simulator, session: aiohttp.ClientSession, token: str | None, signed: bool
+) -> None:
+    sim.add_temporary_credentials(TEMP_AK, TEMP_SK, SECURITY_TOKEN)
+    answer = await temporary_call(session, sim, token=token, signed=signed)
+    assert answer.status == 401
+    assert answer.json == error(
+        "DCS.1001", "Invalid authentication information: the security token is invalid."
+    )
+    assert SECURITY_TOKEN not in answer.text
+
+
+async def test_temporary_credentials_expire_by_the_simulator_clock(
+    sim: Simulator, clock: ManualClock, session: aiohttp.ClientSession
+) -> None:
+    sim.add_project(PROJECT_B)
+    sim.add_instance(IID_B, "b-cache", project_id=PROJECT_B)
+    sim.add_temporary_credentials(
+        TEMP_AK, TEMP_SK, SECURITY_TOKEN, project_ids=[PROJECT_B], expires_at=T0 + timedelta(minutes=15)
+    )
+    path = tasks_path(IID_B, PROJECT_B)
+    assert (await temporary_call(session, sim, project=PROJECT_B, path=path)).status == 200
+    clock.advance(15 * 60)
+    expired = await temporary_call(session, sim, project=PROJECT_B, path=path)
+    assert (expired.status, expired.json) == (401, error("DCS.1002", "The token has expired."))
+    sim.revoke(TEMP_AK)
+    revoked = await temporary_call(session, sim, project=PROJECT_B, path=path)
+    assert (revoked.status, revoked.json["error_msg"]) == (
+        401,
+        "Invalid authentication information: unknown access key.",
+    )
+
+
+def test_temporary_and_permanent_keys_do_not_mix() -> None:
+    simulator = Simulator(project_id=PROJECT, credentials={AK: SK})
+    with pytest.raises(ValueError, match="permanent"):
+        simulator.add_temporary_credentials(AK, SK, SECURITY_TOKEN)
+    simulator.add_temporary_credentials(TEMP_AK, TEMP_SK, SECURITY_TOKEN)
+    with pytest.raises(ValueError, match="temporary"):
+        simulator.add_project(PROJECT_B, {TEMP_AK: TEMP_SK})
+    creds = simulator.temporary_credentials(TEMP_AK)
+    assert creds is not None and creds.project_ids == {PROJECT}
+    for text in (repr(simulator), repr(creds)):
+        assert TEMP_SK not in text and SECURITY_TOKEN not in text and SK not in text
+
+
+# --- IAM tokens ----------------------------------------------------------------------------------------
+
+DOMAIN = "acme-cloud"
+IAM_USER = "dcs-notifier"
+IAM_PASSWORD = "iam-Passw0rd-never-logged"
+
+
+def password_body(
+    *, user: str = IAM_USER, password: str = IAM_PASSWORD, domain: str = DOMAIN, project: str = PROJECT
+) -> dict[str, Any]:
+    return {
+        "auth": {
+            "identity": {
+                "methods": ["password"],
+                "password": {"user": {"name": user, "password": password, "domain": {"name": domain}}},
+            },
+            "scope": {"project": {"id": project}},
+        }
+    }
+
+
+async def post_token(
+    session: aiohttp.ClientSession, sim: Simulator, body: Any, *, nocatalog: bool = True
+) -> Answer:
+    url = url_for(sim, "/v3/auth/tokens", [("nocatalog", "true")] if nocatalog else [])
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    headers = {"Content-Type": "application/json;charset=utf8"}
+    async with session.post(URL(url, encoded=True), data=data, headers=headers) as resp:
+        return Answer(resp.status, CIMultiDict(resp.headers), await resp.text())
+
+
+async def token_call(
+    session: aiohttp.ClientSession, sim: Simulator, token: str, path: str, project: str
+) -> Answer:
+    return await fetch(session, url_for(sim, path), {**plain_headers(sim, project), "X-Auth-Token": token})
+
+
+async def test_iam_token_issued(sim: Simulator, clock: ManualClock, session: aiohttp.ClientSession) -> None:
+    sim.add_iam_user(DOMAIN, IAM_USER, IAM_PASSWORD)
+    clock.advance(0.25)
+    answer = await post_token(session, sim, password_body())
+    assert answer.status == 201
+    token = answer.headers["X-Subject-Token"]
+    assert len(token) >= 32 and IAM_PASSWORD not in token
+    assert answer.json == {
+        "token": {
+            "expires_at": "2024-06-02T12:00:00.250000Z",
+            "issued_at": "2024-06-01T12:00:00.250000Z",
+            "methods": ["password"],
+            "project": {"id": PROJECT, "name": PROJECT},
+            "user": {"name": IAM_USER, "domain": {"name": DOMAIN}},
+        }
+    }
+    sim.iam_token_ttl = timedelta(hours=1)
+    second = await post_token(session, sim, password_body(), nocatalog=False)
+    assert second.json["token"]["expires_at"] == "2024-06-01T13:00:00.250000Z"
+    assert second.json["token"]["catalog"] == []
+    assert second.headers["X-Subject-Token"] != token
+    assert [(r.method, r.status, r.query.get("nocatalog")) for r in sim.iam_requests] == [
+        ("POST", 201, "true"),
+        ("POST", 201, None),
+    ]
+    assert all(IAM_PASSWORD not in repr(r) and IAM_PASSWORD not in str(r.headers) for r in sim.requests)
+    assert token not in repr(sim)
+
+
+async def test_iam_rejects_bad_credentials_and_bodies(sim: Simulator, session: aiohttp.ClientSession) -> None:
+    sim.add_iam_user(DOMAIN, IAM_USER, IAM_PASSWORD, project_ids=[PROJECT])
+    wrong = {"error": {"code": 401, "message": "The username or password is wrong.", "title": "Unauthorized"}}
+    for body in (
+        password_body(password="guess"),
+        password_body(user="someone-else"),
+        password_body(domain="other-domain"),
+    ):
+        answer = await post_token(session, sim, body)
+        assert (answer.status, answer.json) == (401, wrong)
+        assert "X-Subject-Token" not in answer.headers
+    forbidden = await post_token(session, sim, password_body(project=PROJECT_B))
+    assert (forbidden.status, forbidden.json["error"]["code"], forbidden.json["error"]["title"]) == (
+        403,
+        403,
+        "Forbidden",
+    )
+    no_scope = password_body()
+    del no_scope["auth"]["scope"]
+    token_method = password_body()
+    token_method["auth"]["identity"]["methods"] = ["token"]
+    for bad in (b"{not json", b"[]", no_scope, token_method):
+        answer = await post_token(session, sim, bad)
+        assert (answer.status, answer.json["error"]["code"]) == (400, 400)
+    assert all(IAM_PASSWORD not in a for a in (repr(sim), repr(sim.requests)))
+
+
+async def test_iam_token_authenticates_dcs_requests(
+    sim: Simulator, clock: ManualClock, session: aiohttp.ClientSession
+) -> None:
+    sim.add_project(PROJECT_B)
+    sim.add_instance(IID_B, "b-cache", project_id=PROJECT_B)
+    sim.add_iam_user(DOMAIN, IAM_USER, IAM_PASSWORD, project_ids=[PROJECT, PROJECT_B])
+    token = (await post_token(session, sim, password_body())).headers["X-Subject-Token"]
+    sim.start_task(IID, "modify")
+
+    ok = await token_call(session, sim, token, tasks_path(), PROJECT)
+    assert (ok.status, ok.json["task_count"]) == (200, 1)
+    listing = await token_call(session, sim, token, f"/v2/{PROJECT}/instances", PROJECT)
+    assert (listing.status, listing.json["instance_num"]) == (200, 2)
+
+    other = await token_call(session, sim, token, tasks_path(IID_B, PROJECT_B), PROJECT_B)
+    assert (other.status, other.json) == (401, error("DCS.1004", "The project ID does not match the token."))
+    token_b = (await post_token(session, sim, password_body(project=PROJECT_B))).headers["X-Subject-Token"]
+    assert (await token_call(session, sim, token_b, tasks_path(IID_B, PROJECT_B), PROJECT_B)).status == 200
+
+    unknown = await token_call(session, sim, "MIIforged", tasks_path(), PROJECT)
+    assert (unknown.status, unknown.json) == (
+        401,
+        error("DCS.1001", "Invalid authentication information: the token is invalid."),
+    )
+
+    clock.advance(24 * 3600 - 1)
+    assert (await token_call(session, sim, token, tasks_path(), PROJECT)).status == 200
+    clock.advance(1)
+    expired = await token_call(session, sim, token, tasks_path(), PROJECT)
+    assert (expired.status, expired.json) == (401, error("DCS.1002", "The token has expired."))
+    assert token not in expired.text
+
+    fresh = (await post_token(session, sim, password_body())).headers["X-Subject-Token"]
+    assert (await token_call(session, sim, fresh, tasks_path(), PROJECT)).status == 200
+    sim.revoke_iam_tokens()
+    revoked = await token_call(session, sim, fresh, tasks_path(), PROJECT)
+    assert (revoked.status, revoked.json["error_code"]) == (401, "DCS.1001")
+    assert len([r for r in sim.iam_requests if r.status == 201]) == 3
+    assert all(fresh not in repr(r) and token not in repr(r) for r in sim.requests)
+
+
+async def test_iam_is_neither_throttled_nor_faulted(sim: Simulator, session: aiohttp.ClientSession) -> None:
+    sim.add_iam_user(DOMAIN, IAM_USER, IAM_PASSWORD)
+    sim.rate_limit, sim.rate_burst = 0.001, 1
+    assert (await call(session, sim, tasks_path())).status == 200
+    assert (await call(session, sim, tasks_path())).status == 429
+    sim.inject(Fault.server_error())
+    for _ in range(3):
+        assert (await post_token(session, sim, password_body())).status == 201
+    assert len(sim.faults) == 1  # still pending: IAM did not use it
+
+
+# --- API gateway rate limit ----------------------------------------------------------------------------
+
+
+async def test_rate_limit_burst_then_refill(session: aiohttp.ClientSession) -> None:
+    async with Simulator(project_id=PROJECT, credentials={AK: SK}, rate_limit=2, rate_burst=10) as sim:
+        sim.add_instance(IID, "orders-cache")
+        url = url_for(sim, tasks_path())
+        signed = [sign("GET", url, plain_headers(sim), ak=AK, sk=SK) for _ in range(30)]
+        answers = await asyncio.gather(*(fetch(session, url, headers) for headers in signed))
+        assert sorted(a.status for a in answers) == [200] * 10 + [429] * 20
+        throttled = [a for a in answers if a.status == 429]
+        assert all(
+            a.json
+            == {
+                "error_code": "APIG.0308",
+                "error_msg": "The throttling threshold has been reached: policy user over ratelimit,"
+                "limit:2,time:1 second",
+            }
+            for a in throttled
+        )
+        assert all("Retry-After" not in a.headers and "X-Request-Id" in a.headers for a in throttled)
+        assert sorted(r.status or 0 for r in sim.task_requests()) == [200] * 10 + [429] * 20
+        first_at = min(r.at for r in sim.requests)
+
+        deadline = time.monotonic() + 5
+        while True:  # a throttled request takes no token: poll until the bucket holds one again
+            answer = await call(session, sim, tasks_path())
+            if answer.status == 200 or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.05)
+        assert answer.status == 200
+        # 10 tokens at first, then 2 per second: the 11th pass is at least 0.5 s after the first request
+        assert sim.requests[-1].at - first_at >= 0.5 - 1e-6
+        assert all(a.at <= b.at for a, b in zip(sim.requests, sim.requests[1:], strict=False))
+
+
+async def test_rate_limit_retry_after_only_when_configured(
+    sim: Simulator, session: aiohttp.ClientSession
+) -> None:
+    sim.rate_limit = 0.5
+    assert sim.effective_rate_burst == 1
+    assert (await call(session, sim, tasks_path())).status == 200
+    plain = await call(session, sim, f"/v2/{PROJECT}/instances")  # one bucket for every DCS route
+    assert (plain.status, "Retry-After" in plain.headers) == (429, False)
+    assert plain.json["error_msg"].endswith("limit:0.5,time:1 second")
+    sim.rate_limit_retry_after = 3
+    answer = await call(session, sim, tasks_path())
+    assert (answer.status, answer.headers["Retry-After"]) == (429, "3")
+    sim.rate_limit = None
+    assert (await call(session, sim, tasks_path())).status == 200
+    sim.rate_limit = 10
+    assert sim.effective_rate_burst == 10
+    sim.rate_burst = 25
+    assert sim.effective_rate_burst == 25
+
+
+# --- clocks --------------------------------------------------------------------------------------------
+
+
+async def test_skewed_clock_checks_signatures_against_the_simulator_clock(
+    session: aiohttp.ClientSession,
+) -> None:
+    async with Simulator(
+        project_id=PROJECT, credentials={AK: SK}, clock=SkewedClock(timedelta(minutes=20))
+    ) as sim:
+        sim.add_instance(IID, "orders-cache")
+        wall = await call(session, sim, tasks_path())
+        assert (wall.status, wall.json["error_code"]) == (401, "DCS.1002")
+        served = parsedate_to_datetime(wall.headers["Date"])
+        assert abs(served - (datetime.now(UTC) + timedelta(minutes=20))) < timedelta(seconds=5)
+        ok = await call(session, sim, tasks_path(), now=sim.clock())
+        assert ok.status == 200
+        behind = await call(session, sim, tasks_path(), now=sim.clock() - timedelta(minutes=14))
+        assert behind.status == 200
+
+
+async def test_date_header_from_the_gateway_clock(clock: ManualClock, session: aiohttp.ClientSession) -> None:
+    async with Simulator(project_id=PROJECT, credentials={AK: SK}, clock=clock, gateway_clock=clock) as sim:
+        sim.add_instance(IID, "orders-cache")
+        stale = await call(session, sim, tasks_path())  # wall clock: years after T0
+        assert (stale.status, stale.headers["Date"]) == (401, "Sat, 01 Jun 2024 12:00:00 GMT")
+        clock.advance(90)
+        ok = await call(session, sim, tasks_path(), now=clock())
+        assert (ok.status, ok.headers["Date"]) == (200, "Sat, 01 Jun 2024 12:01:30 GMT")
+        missing = await call(session, sim, "/nowhere")
+        assert missing.headers["Date"] == "Sat, 01 Jun 2024 12:01:30 GMT"
+    # a ManualClock alone is task time: the gateway keeps the wall clock (clients sign with it)
+    async with Simulator(project_id=PROJECT, credentials={AK: SK}, clock=clock) as sim:
+        answer = await call(session, sim, f"/v2/{PROJECT}/instances")
+        assert answer.status == 200
+        assert abs(parsedate_to_datetime(answer.headers["Date"]) - datetime.now(UTC)) < timedelta(seconds=5)

@@ -19,13 +19,13 @@ def ctx() -> DiffContext:
 
 
 async def test_snapshot_roundtrip_and_outbox_written_atomically(redis_client: aioredis.Redis) -> None:
-    store = StateStore(redis_client, Keys("t"), "p")
-    assert await store.load(INSTANCE.id) is None
+    store = StateStore(redis_client, Keys("t"))
+    assert await store.load("p", INSTANCE.id) is None
     result = diff(None, [task("a", status="RUNNING"), task("b", status="SUCCESS", updated=T0)], ctx())
     notes = [Notification(event=e, channel="oncall", rule="r1") for e in result.events]
-    await store.commit(INSTANCE.id, result, notes)
+    await store.commit("p", INSTANCE.id, result, notes)
 
-    snap = await store.load(INSTANCE.id)
+    snap = await store.load("p", INSTANCE.id)
     assert snap is not None
     assert snap.baseline_at == T0 + timedelta(seconds=30)
     assert {k: v.status for k, v in snap.tasks.items()} == {"a": "RUNNING", "b": "SUCCESS"}
@@ -43,13 +43,13 @@ async def test_snapshot_roundtrip_and_outbox_written_atomically(redis_client: ai
 
 
 async def test_unchanged_poll_costs_one_round_trip(redis_client: aioredis.Redis) -> None:
-    store = StateStore(redis_client, Keys("t"), "p")
+    store = StateStore(redis_client, Keys("t"))
     first = diff(None, [task("a")], ctx())
-    await store.commit(INSTANCE.id, first, [])
+    await store.commit("p", INSTANCE.id, first, [])
     await redis_client.config_resetstat()
-    snap = await store.load(INSTANCE.id)
+    snap = await store.load("p", INSTANCE.id)
     result = diff(snap, [task("a")], ctx())
-    await store.commit(INSTANCE.id, result, [])
+    await store.commit("p", INSTANCE.id, result, [])
     info = await redis_client.info("commandstats")
     # Only the HGETALL of load() (plus the INFO/CONFIG calls of this test itself).
     commands = {
@@ -60,10 +60,10 @@ async def test_unchanged_poll_costs_one_round_trip(redis_client: aioredis.Redis)
 
 
 async def test_dead_letter_moves_entry(redis_client: aioredis.Redis) -> None:
-    store = StateStore(redis_client, Keys("t"), "p")
+    store = StateStore(redis_client, Keys("t"))
     ev = event(EventType.STARTED)
     result = diff(None, [ev.task], ctx())
-    await store.commit(INSTANCE.id, result, [Notification(event=ev, channel="audit")])
+    await store.commit("p", INSTANCE.id, result, [Notification(event=ev, channel="audit")])
     [entry] = await store.read("audit", "c1", count=10)
     await store.dead_letter(entry, "channel 'audit': HTTP 404 (permanent)", 1)
     dead = await redis_client.xrange("t:dead")
@@ -75,9 +75,9 @@ async def test_redis_down_is_a_typed_error_without_the_url() -> None:
     client = aioredis.from_url(
         "redis://:hunter2pass@127.0.0.1:1/0", decode_responses=True, socket_connect_timeout=0.5
     )
-    store = StateStore(client, Keys(), "p")
+    store = StateStore(client, Keys())
     with pytest.raises(StateStoreError) as info:
-        await store.load("i")
+        await store.load("p", "i")
     assert "hunter2pass" not in str(info.value)
     assert "Redis read of instance state failed" in str(info.value)
     await client.aclose()

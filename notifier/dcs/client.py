@@ -1,6 +1,8 @@
 """Async client of the DCS List Background Tasks API: signing, paging, windows, typed errors.
 
-Each call signs with AK/SK (``notifier.dcs.signer``), reads every page of the window, and turns
+Each call is authenticated by a credential provider (``notifier.dcs.credentials``: AK/SK signing,
+temporary credentials, files, IAM tokens), passes the process's politeness gate (``notifier.dcs.limits``:
+concurrency per region, an adaptive rate limit per endpoint), reads every page of the window, and turns
 anything but a good answer into a :class:`~notifier.errors.DcsApiError` that names the instance, the
 HTTP status, the Huawei error code and message, and the ``X-Request-Id``. The client does not retry:
 the poller decides when to ask again, from the error's reason.
@@ -8,11 +10,11 @@ the poller decides when to ask again, from the error's reason.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime
+from ssl import SSLContext
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -20,9 +22,12 @@ import aiohttp
 from pydantic import ValidationError
 from yarl import URL
 
+from notifier.dcs.credentials import AkSkCredentials, CredentialProvider
+from notifier.dcs.http import describe_client_error
+from notifier.dcs.limits import ApiGate
 from notifier.dcs.models import ApiErrorBody, Task, TaskList, format_query_time
-from notifier.dcs.signer import canonical_query, sign
-from notifier.errors import DcsApiError, Reason
+from notifier.dcs.signer import canonical_query
+from notifier.errors import CredentialsError, DcsApiError, Reason
 
 log = logging.getLogger(__name__)
 
@@ -57,33 +62,56 @@ def _retry_after(value: str | None) -> float | None:
 
 
 class DcsClient:
-    """One project's DCS endpoint. Share one instance across all polls; close it with ``aclose()``."""
+    """One project's DCS endpoint. Share one instance across all polls; close it with ``aclose()``.
+
+    Give either ``credentials`` (any :class:`CredentialProvider`) or ``ak``/``sk`` (permanent AK/SK).
+    Clients of one process share ``session`` (TLS, proxy, connection pool) and ``gate`` (politeness).
+    """
 
     def __init__(
         self,
         *,
         endpoint: str,
         project_id: str,
-        ak: str,
-        sk: str,
+        credentials: CredentialProvider | None = None,
+        ak: str | None = None,
+        sk: str | None = None,
+        region: str = "",
         timeout: float = 10.0,
         page_size: int = 100,
         max_concurrency: int = 16,
         session: aiohttp.ClientSession | None = None,
+        gate: ApiGate | None = None,
+        ssl: SSLContext | bool = True,
     ) -> None:
         self._endpoint = endpoint.rstrip("/")
         split = urlsplit(self._endpoint)
         if split.scheme not in ("http", "https") or not split.hostname:
             raise ValueError(f"DCS endpoint must be an http(s) URL, got {self._endpoint!r}")
+        if credentials is None:
+            if not ak or not sk:
+                raise ValueError("DcsClient needs credentials, or ak and sk")
+            credentials = AkSkCredentials(ak, sk)
         self._host = split.netloc
         self._project_id = project_id
-        self._ak = ak
-        self._sk = sk
+        self._credentials = credentials
+        self._region = region or split.hostname
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._page_size = page_size
-        self._limit = asyncio.Semaphore(max_concurrency)
+        self._gate = gate or ApiGate(
+            max_concurrency=max_concurrency, region_concurrency=max_concurrency, rate=1e6, min_rate=1e6
+        )
+        self._ssl = ssl
         self._session = session
         self._own_session = session is None
+
+    @property
+    def project_id(self) -> str:
+        return self._project_id
+
+    @property
+    def credentials(self) -> CredentialProvider:
+        return self._credentials
 
     def __repr__(self) -> str:
         return f"<DcsClient {self._endpoint} project={self._project_id}>"
@@ -146,39 +174,20 @@ class DcsClient:
     ) -> dict[str, Any]:
         query = canonical_query(params)
         url = f"{self._endpoint}{path}?{query}" if query else f"{self._endpoint}{path}"
-        headers = sign(
-            "GET",
-            url,
-            {
-                "Content-Type": "application/json",
-                "Host": self._host,
-                "User-Agent": USER_AGENT,
-                "X-Project-Id": self._project_id,
-            },
-            b"",
-            ak=self._ak,
-            sk=self._sk,
-            now=datetime.now(UTC),
-        )
-        session = self._get_session()
+        base_headers = {
+            "Content-Type": "application/json",
+            "Host": self._host,
+            "User-Agent": USER_AGENT,
+            "X-Project-Id": self._project_id,
+        }
         try:
-            async with (
-                self._limit,
-                session.get(URL(url, encoded=True), headers=headers, timeout=self._timeout) as resp,
-            ):
-                raw = await resp.read()
-                request_id = resp.headers.get("X-Request-Id")
-                if resp.status != 200:
-                    raise self._http_error(instance_id, resp.status, raw, request_id, resp.headers)
-        except TimeoutError:
-            raise DcsApiError(
-                instance_id, Reason.TIMEOUT, f"no answer within {self._timeout.total:g} s"
-            ) from None
-        except aiohttp.ClientError as exc:
-            # The exception text may carry the URL; name only the endpoint host.
-            raise DcsApiError(
-                instance_id, Reason.CONNECTION, f"cannot reach {self._host}: {type(exc).__name__}"
-            ) from None
+            raw, request_id = await self._send(instance_id, url, base_headers)
+        except DcsApiError as exc:
+            if exc.http_status != 401 or isinstance(self._credentials, AkSkCredentials):
+                raise
+            # A rejected IAM token or a rotated credentials file: the provider now has fresh ones.
+            self._credentials.invalidate(self._project_id)
+            raw, request_id = await self._send(instance_id, url, base_headers)
         try:
             body = json.loads(raw)
         except ValueError:
@@ -199,6 +208,48 @@ class DcsClient:
                 request_id=request_id,
             )
         return body
+
+    async def _send(
+        self, instance_id: str, url: str, base_headers: dict[str, str]
+    ) -> tuple[bytes, str | None]:
+        """One request through the gate: the body of a 200, or a DcsApiError."""
+        session = self._get_session()
+        limiter = self._gate.limiter(self._host)
+        try:
+            async with self._gate.slot(self._region, self._host):
+                # Authenticated as late as possible: a request that waited for its slot is not stale.
+                headers = await self._credentials.apply(
+                    "GET", url, base_headers, b"", project_id=self._project_id, session=session
+                )
+                async with session.get(
+                    URL(url, encoded=True),
+                    headers=headers,
+                    timeout=self._timeout,
+                    ssl=self._ssl,
+                    allow_redirects=False,  # a redirect would carry the signature (and ssl=) elsewhere
+                ) as resp:
+                    raw = await resp.read()
+                    request_id = resp.headers.get("X-Request-Id")
+                    if resp.status == 200:
+                        limiter.on_success()
+                        return raw, request_id
+                    error = self._http_error(instance_id, resp.status, raw, request_id, resp.headers)
+                    if error.reason is Reason.RATE_LIMITED:
+                        limiter.on_throttled()
+                        if error.retry_after:
+                            limiter.pause(error.retry_after)
+                    raise error
+        except CredentialsError as exc:
+            raise DcsApiError(instance_id, exc.reason, str(exc)) from None
+        except TimeoutError:
+            raise DcsApiError(
+                instance_id, Reason.TIMEOUT, f"no answer within {self._timeout.total:g} s"
+            ) from None
+        except aiohttp.ClientError as exc:
+            # The exception text may carry the URL; name only the endpoint host.
+            raise DcsApiError(
+                instance_id, Reason.CONNECTION, describe_client_error(exc, self._host)
+            ) from None
 
     def _http_error(
         self, instance_id: str, status: int, raw: bytes, request_id: str | None, headers: Any

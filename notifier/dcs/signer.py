@@ -29,6 +29,7 @@ DATE_FORMAT = "%Y%m%dT%H%M%SZ"
 HEADER_DATE = "X-Sdk-Date"
 HEADER_AUTHORIZATION = "Authorization"
 HEADER_CONTENT_SHA256 = "X-Sdk-Content-Sha256"
+HEADER_SECURITY_TOKEN = "X-Security-Token"  # noqa: S105 (a header name)
 UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
 EMPTY_BODY_SHA256 = hashlib.sha256(b"").hexdigest()
 
@@ -121,17 +122,25 @@ def sign(
     ak: str,
     sk: str,
     now: datetime | None = None,
+    security_token: str | None = None,
 ) -> dict[str, str]:
     """Return a new header dict: ``headers`` (values trimmed) + ``X-Sdk-Date`` + ``Authorization``.
 
     ``url`` is the full URL including its query string; send the query as :func:`canonical_query` builds
     it. ``Host`` is added from the URL when absent; an ``X-Sdk-Date`` already in ``headers`` is kept.
     A non-JSON ``Content-Type`` makes the payload unsigned, as the official SDK does.
+    ``security_token`` (temporary credentials) is sent and signed as ``X-Security-Token``, replacing any
+    such header in ``headers``, as the official SDK does.
     """
     if not ak or not sk:
         raise ValueError("ak and sk are required")
+    if security_token is not None and not security_token:
+        raise ValueError("security_token must not be empty")
     parts = urlsplit(url)
     out = {key: str(value).strip() for key, value in headers.items()}
+    if security_token is not None:
+        out = {key: value for key, value in out.items() if key.lower() != HEADER_SECURITY_TOKEN.lower()}
+        out[HEADER_SECURITY_TOKEN] = security_token.strip()
     content_type = _get(out, "Content-Type")
     if content_type and not content_type.startswith(("application/json", "application/bson")):
         out[HEADER_CONTENT_SHA256] = UNSIGNED_PAYLOAD

@@ -22,7 +22,7 @@ from slack_sdk.models.blocks import (
     SectionBlock,
 )
 
-from notifier.dcs.models import Outcome, TaskDetails
+from notifier.dcs.models import Outcome, Task, TaskDetails
 from notifier.events import Event, EventType, Notification
 
 # Block Kit limits (https://docs.slack.dev/reference/block-kit/blocks).
@@ -43,6 +43,9 @@ EVENT_EMOJI: Final[dict[EventType, str]] = {
     EventType.SUCCEEDED: ":white_check_mark:",
     EventType.FAILED: ":x:",
     EventType.UPDATED: ":information_source:",
+    EventType.INSTANCE_REMOVED: ":wastebasket:",
+    EventType.POLLER_UNHEALTHY: ":rotating_light:",
+    EventType.POLLER_RECOVERED: ":large_green_circle:",
 }
 
 OUTCOME_EMOJI: Final[dict[Outcome, str]] = {
@@ -179,8 +182,7 @@ def detail_lines(details: TaskDetails) -> list[str]:
     return [line for line in lines if line is not None]
 
 
-def _status_field(event: Event) -> str:
-    task = event.task
+def _status_field(event: Event, task: Task) -> str:
     status = code(task.status or "unknown", 100)
     emoji = OUTCOME_EMOJI[task.outcome]
     if event.type is EventType.UPDATED:
@@ -189,8 +191,24 @@ def _status_field(event: Event) -> str:
     return f"*Status*\n{emoji} {status}"
 
 
-def _fields(event: Event) -> list[str]:
-    task = event.task
+def _instance_fields(event: Event) -> list[str]:
+    """Fields of an ``instance.*`` / ``poller.*`` event: the instance, and what fails."""
+    instance = event.instance
+    fields = [f"*Instance*\n{value(instance.name)} ({code(instance.id, 100)})"]
+    problem = event.problem
+    if problem is not None:
+        what = value(problem.reason, 100)
+        if problem.http_status is not None:
+            what += f", HTTP {problem.http_status}"
+        if problem.error_code:
+            what += f" {code(problem.error_code, 100)}"
+        fields.append(f"*Problem*\n{what}")
+        fields.append(f"*Failing since*\n{slack_date(problem.since)}")
+    fields.append(f"*Region*\n{value(event.region, 100)}")
+    return [clip(f, FIELD_TEXT_MAX) for f in fields]
+
+
+def _fields(event: Event, task: Task) -> list[str]:
     instance = event.instance
     what = value(task.display_name)
     if task.name and task.display_name != task.name:
@@ -198,7 +216,7 @@ def _fields(event: Event) -> list[str]:
     fields = [
         f"*Instance*\n{value(instance.name)} ({code(instance.id, 100)})",
         f"*Task*\n{what}",
-        _status_field(event),
+        _status_field(event, task),
     ]
     if task.user_name:
         fields.append(f"*Started by*\n{value(task.user_name)}")
@@ -218,7 +236,8 @@ def _context(notification: Notification) -> str:
     if notification.rule:
         parts.append(f"Rule *{value(notification.rule, 200)}*")
     parts.append(f"Event {code(event.id, 100)} ({event.type.value})")
-    parts.append(f"Task {code(event.task.id, 100)}")
+    if event.task is not None:
+        parts.append(f"Task {code(event.task.id, 100)}")
     parts.append(f"Project {code(event.project_id, 100)}")
     return clip(" · ".join(parts), CONTEXT_TEXT_MAX)
 
@@ -229,15 +248,20 @@ def format_slack(notification: Notification) -> SlackMessage:
     emoji = EVENT_EMOJI[event.type]
     headline = f"{emoji} {event.summary}"
 
+    task = event.task
+    fields = _instance_fields(event) if task is None else _fields(event, task)
     blocks: list[Block] = [
         HeaderBlock(text=PlainTextObject(text=clip(headline, HEADER_MAX), emoji=True)),
-        SectionBlock(fields=[MarkdownTextObject(text=f) for f in _fields(event)]),
+        SectionBlock(fields=[MarkdownTextObject(text=f) for f in fields]),
     ]
-    if event.task.details is not None:
-        lines = detail_lines(event.task.details)
+    if task is not None and task.details is not None:
+        lines = detail_lines(task.details)
         if lines:
             text = clip("\n".join(lines), SECTION_TEXT_MAX)
             blocks.append(SectionBlock(text=MarkdownTextObject(text=text)))
+    if event.problem is not None:
+        text = clip(f"*Error:* {value(event.problem.message, 1000)}", SECTION_TEXT_MAX)
+        blocks.append(SectionBlock(text=MarkdownTextObject(text=text)))
     blocks.append(DividerBlock())
     blocks.append(ContextBlock(elements=[MarkdownTextObject(text=_context(notification))]))
 

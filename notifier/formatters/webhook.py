@@ -21,27 +21,30 @@ from notifier.events import Notification
 def format_webhook(notification: Notification) -> dict[str, Any]:
     """The Standard Webhooks payload of one notification."""
     event = notification.event
-    task: dict[str, Any] = event.task.to_api_dict()
-    task["display_name"] = event.task.display_name
-    task["previous_status"] = event.previous_status
-    task["duration_seconds"] = event.task.duration_seconds
-    return {
-        "type": event.type.value,
-        "timestamp": format_api_time(event.detected_at),
-        "data": {
-            "event_id": event.id,
-            "project_id": event.project_id,
-            "region": event.region,
-            "instance": {
-                "id": event.instance.id,
-                "name": event.instance.name,
-                "labels": dict(event.instance.labels),
-            },
-            "task": task,
-            "rule": notification.rule,
-            "summary": event.summary,
+    task: dict[str, Any] | None = None  # null for instance.* and poller.* events
+    if event.task is not None:
+        task = event.task.to_api_dict()
+        task["display_name"] = event.task.display_name
+        task["previous_status"] = event.previous_status
+        task["duration_seconds"] = event.task.duration_seconds
+    data: dict[str, Any] = {
+        "event_id": event.id,
+        "project_id": event.project_id,
+        "region": event.region,
+        "instance": {
+            "id": event.instance.id,
+            "name": event.instance.name,
+            "labels": dict(event.instance.labels),
         },
+        "task": task,
+        "rule": notification.rule,
+        "summary": event.summary,
     }
+    if event.problem is not None:  # poller.* events: what fails, since when
+        problem = event.problem.model_dump(mode="json")
+        problem["since"] = format_api_time(event.problem.since)
+        data["problem"] = problem
+    return {"type": event.type.value, "timestamp": format_api_time(event.detected_at), "data": data}
 
 
 def webhook_body(notification: Notification) -> bytes:

@@ -1,6 +1,8 @@
 """A local, faithful stand-in for the Huawei Cloud DCS API (List Background Tasks, List Instances).
 
 Used by the tests and by ``dcs-notifier demo``; runs standalone with ``python -m notifier.dcs.simulator``.
+Also covers several projects, temporary AK/SK with a security token, IAM password-method tokens
+(``POST /v3/auth/tokens``), API gateway throttling (429 ``APIG.0308``) and a skewed service clock.
 """
 
 from notifier.dcs.simulator.app import Simulator
@@ -18,14 +20,28 @@ from notifier.dcs.simulator.scenario import (
     install_instances,
     run_scenario,
 )
-from notifier.dcs.simulator.state import Fault, ManualClock, RecordedRequest, SimInstance, error_body
+from notifier.dcs.simulator.state import (
+    IAM_TOKENS_PATH,
+    Fault,
+    IamToken,
+    IamUser,
+    ManualClock,
+    RecordedRequest,
+    SimInstance,
+    SkewedClock,
+    TemporaryCredentials,
+    error_body,
+)
 
 __all__ = [
     "CATALOG_CACHE",
+    "IAM_TOKENS_PATH",
     "ORDERS_CACHE",
     "SESSIONS_CACHE",
     "Fault",
     "FinishTask",
+    "IamToken",
+    "IamUser",
     "InstanceSpec",
     "ManualClock",
     "RecordedRequest",
@@ -33,8 +49,10 @@ __all__ = [
     "SetStatus",
     "SimInstance",
     "Simulator",
+    "SkewedClock",
     "StartTask",
     "Step",
+    "TemporaryCredentials",
     "default_demo_scenario",
     "error_body",
     "install_instances",

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
+import hmac
 import json
-from collections.abc import Callable, Mapping
+import secrets
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -15,6 +19,7 @@ from notifier.dcs.models import Outcome, TaskDetails, classify_status, format_ap
 Clock = Callable[[], datetime]
 DEFAULT_USER_ID = "d53977d1adfb49c5b025ba7d33a13fd7"
 DEFAULT_USER_NAME = "dcs_ops"
+IAM_TOKENS_PATH = "/v3/auth/tokens"
 
 
 def wall_clock() -> datetime:
@@ -33,6 +38,19 @@ class ManualClock:
     def advance(self, seconds: float) -> datetime:
         self.now += timedelta(seconds=seconds)
         return self.now
+
+
+class SkewedClock:
+    """The wall clock shifted by a fixed ``offset`` (a service whose clock runs ahead or behind)."""
+
+    def __init__(self, offset: timedelta) -> None:
+        self.offset = offset
+
+    def __call__(self) -> datetime:
+        return datetime.now(UTC) + self.offset
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.offset!r})"
 
 
 def error_body(code: str, message: str) -> dict[str, Any]:
@@ -90,18 +108,70 @@ class PendingFault:
     instance_id: str | None  # None: every API request
 
 
+SECRET_HEADERS = frozenset({"x-auth-token", "x-security-token", "x-subject-token"})
+
+
 @dataclass
 class RecordedRequest:
+    """One request as received (never its body); ``at`` is ``time.monotonic()`` at arrival.
+
+    The repr hides the values of token headers (``X-Auth-Token``, ``X-Security-Token``).
+    """
+
     method: str
     path: str
     query_pairs: list[tuple[str, str]]
-    headers: dict[str, str]
+    headers: dict[str, str] = field(repr=False)
     instance_id: str | None
     status: int | None = None
+    at: float = field(default_factory=time.monotonic)
+    project_id: str | None = None
 
     @property
     def query(self) -> dict[str, str]:
         return dict(self.query_pairs)
+
+    @property
+    def safe_headers(self) -> dict[str, str]:
+        """The headers with token values replaced by ``***``."""
+        return {k: "***" if k.lower() in SECRET_HEADERS else v for k, v in self.headers.items()}
+
+    def __repr__(self) -> str:
+        return (
+            f"RecordedRequest(method={self.method!r}, path={self.path!r}, query_pairs={self.query_pairs!r}, "
+            f"headers={self.safe_headers!r}, instance_id={self.instance_id!r}, status={self.status!r}, "
+            f"at={self.at!r})"
+        )
+
+
+@dataclass(frozen=True)
+class TemporaryCredentials:
+    """An AK/SK pair that is only valid with its security token (``X-Security-Token``, signed)."""
+
+    ak: str
+    sk: str = field(repr=False)
+    security_token: str = field(repr=False)
+    project_ids: frozenset[str]
+    expires_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class IamUser:
+    domain: str
+    name: str
+    password: str = field(repr=False)
+    project_ids: frozenset[str]
+
+
+@dataclass(frozen=True)
+class IamToken:
+    """What an issued IAM token stands for (the token itself is only the key it is stored under)."""
+
+    domain: str
+    user_name: str
+    project_id: str
+    issued_at: datetime
+    expires_at: datetime
 
 
 @dataclass
@@ -117,6 +187,8 @@ class SimInstance:
     port: int = 6379
     az_codes: list[str] = field(default_factory=lambda: ["az1"])
     extra: dict[str, Any] = field(default_factory=dict)
+    project_id: str = ""
+    tags: dict[str, str] = field(default_factory=dict)
 
     def to_api(self) -> dict[str, Any]:
         whole = int(self.capacity_gb)
@@ -134,6 +206,8 @@ class SimInstance:
             "port": self.port,
             "az_codes": list(self.az_codes),
         }
+        if self.tags:  # Huawei's shape; absent when the instance has no tags
+            data["tags"] = [{"key": key, "value": value} for key, value in self.tags.items()]
         data.update(self.extra)
         return data
 
@@ -150,7 +224,10 @@ class SimTask:
 
 
 class SimulatorState:
-    """Instances, tasks, faults and the request log; every method is synchronous and deterministic."""
+    """Projects, credentials, instances, tasks, faults and the request log.
+
+    Every method is synchronous and deterministic.
+    """
 
     def __init__(
         self,
@@ -162,7 +239,11 @@ class SimulatorState:
         omit_unfinished_updated_at: bool = False,
     ) -> None:
         self.project_id = project_id
-        self._credentials = dict(credentials)
+        self._projects: dict[str, dict[str, str]] = {project_id: {}}
+        self._temporary: dict[str, TemporaryCredentials] = {}
+        self._iam_users: dict[tuple[str, str], IamUser] = {}
+        self._iam_tokens: dict[str, IamToken] = {}
+        self.iam_token_ttl = timedelta(hours=24)
         self.clock = clock
         self.task_count_as_string = task_count_as_string
         self.omit_unfinished_updated_at = omit_unfinished_updated_at
@@ -172,17 +253,141 @@ class SimulatorState:
         self.faults: list[PendingFault] = []
         self._seq = 0
         self._changed = asyncio.Event()
+        self.set_credentials(credentials)
 
     def __repr__(self) -> str:  # never show the secret keys
-        return f"<{type(self).__name__} project_id={self.project_id!r} instances={len(self.instances)}>"
+        return (
+            f"<{type(self).__name__} project_id={self.project_id!r} projects={len(self._projects)} "
+            f"instances={len(self.instances)}>"
+        )
 
-    # --- credentials --------------------------------------------------------------------------------
+    # --- projects and credentials -------------------------------------------------------------------
 
-    def lookup_sk(self, ak: str) -> str | None:
-        return self._credentials.get(ak)
+    @property
+    def project_ids(self) -> list[str]:
+        """The known projects, the primary one first."""
+        return list(self._projects)
+
+    def _check_sk(self, ak: str, sk: str, *, ignore_project: str | None = None) -> None:
+        """An AK stands for one secret key everywhere: refuse a second, different one."""
+        if not ak or not sk:
+            raise ValueError("access keys and secret keys must be non-empty")
+        if ak in self._temporary:
+            raise ValueError(f"access key {ak!r} is already temporary credentials")
+        for project_id, credentials in self._projects.items():
+            if project_id != ignore_project and credentials.get(ak, sk) != sk:
+                raise ValueError(f"access key {ak!r} already has another secret key (project {project_id!r})")
+
+    def add_project(self, project_id: str, credentials: Mapping[str, str] | None = None) -> None:
+        """Add a project (if new) and AK→SK pairs valid for that project only (merged with its others)."""
+        if not project_id:
+            raise ValueError("project_id must be non-empty")
+        for ak, sk in (credentials or {}).items():
+            self._check_sk(ak, sk)
+        self._projects.setdefault(project_id, {}).update(credentials or {})
+        self.notify()
 
     def set_credentials(self, credentials: Mapping[str, str]) -> None:
-        self._credentials = dict(credentials)
+        """Replace the primary project's AK→SK pairs."""
+        for ak, sk in credentials.items():
+            self._check_sk(ak, sk, ignore_project=self.project_id)
+        self._projects[self.project_id] = dict(credentials)
+
+    def revoke(self, ak: str) -> None:
+        """Remove ``ak`` from every project (and its temporary credentials): it is then unknown."""
+        for credentials in self._projects.values():
+            credentials.pop(ak, None)
+        self._temporary.pop(ak, None)
+        self.notify()
+
+    def lookup_sk(self, ak: str) -> str | None:
+        """The secret key of ``ak`` in any project (permanent or temporary); the project is checked apart."""
+        for credentials in self._projects.values():
+            sk = credentials.get(ak)
+            if sk is not None:
+                return sk
+        temporary = self._temporary.get(ak)
+        return temporary.sk if temporary is not None else None
+
+    def projects_of(self, ak: str) -> frozenset[str]:
+        """The projects ``ak`` is valid for (empty: unknown access key)."""
+        temporary = self._temporary.get(ak)
+        if temporary is not None:
+            return temporary.project_ids
+        return frozenset(pid for pid, credentials in self._projects.items() if ak in credentials)
+
+    def temporary_credentials(self, ak: str) -> TemporaryCredentials | None:
+        return self._temporary.get(ak)
+
+    def add_temporary_credentials(
+        self,
+        ak: str,
+        sk: str,
+        security_token: str,
+        *,
+        project_ids: Sequence[str] | None = None,
+        expires_at: datetime | None = None,
+    ) -> None:
+        """Temporary AK/SK (as from STS): requests must carry ``X-Security-Token``, signed.
+
+        ``project_ids`` None: the primary project. ``expires_at`` is compared with the simulator clock.
+        """
+        if not security_token:
+            raise ValueError("security_token must be non-empty")
+        if isinstance(project_ids, str):
+            raise TypeError("project_ids is a sequence of project ids, not one string")
+        if self.projects_of(ak) and ak not in self._temporary:
+            raise ValueError(f"access key {ak!r} is already permanent credentials")
+        if not ak or not sk:
+            raise ValueError("access keys and secret keys must be non-empty")
+        pids = frozenset([self.project_id] if project_ids is None else project_ids)
+        for pid in pids:
+            self._projects.setdefault(pid, {})
+        self._temporary[ak] = TemporaryCredentials(ak, sk, security_token, pids, expires_at)
+        self.notify()
+
+    # --- IAM users and tokens -----------------------------------------------------------------------
+
+    def add_iam_user(
+        self, domain: str, name: str, password: str, project_ids: Sequence[str] | None = None
+    ) -> None:
+        """An IAM user (password method) who may get tokens scoped to ``project_ids`` (None: primary)."""
+        if isinstance(project_ids, str):
+            raise TypeError("project_ids is a sequence of project ids, not one string")
+        pids = frozenset([self.project_id] if project_ids is None else project_ids)
+        for pid in pids:
+            self._projects.setdefault(pid, {})
+        self._iam_users[(domain, name)] = IamUser(domain, name, password, pids)
+        self.notify()
+
+    def check_iam_user(self, domain: str, name: str, password: str) -> IamUser | None:
+        user = self._iam_users.get((domain, name))
+        if user is None or not hmac.compare_digest(user.password.encode(), password.encode()):
+            return None
+        return user
+
+    def issue_iam_token(self, user: IamUser, project_id: str) -> tuple[str, IamToken]:
+        """A new opaque token for ``user`` scoped to ``project_id``, valid ``iam_token_ttl`` from now."""
+        issued = self.clock().astimezone(UTC)
+        token = IamToken(user.domain, user.name, project_id, issued, issued + self.iam_token_ttl)
+        value = "MII" + secrets.token_urlsafe(96)
+        self._iam_tokens[value] = token
+        self.notify()
+        return value, token
+
+    def iam_token(self, value: str) -> IamToken | None:
+        """What token ``value`` stands for (None: never issued or revoked); expiry is not checked here."""
+        return self._iam_tokens.get(value)
+
+    def revoke_iam_tokens(self) -> None:
+        """Every token issued so far becomes invalid."""
+        self._iam_tokens.clear()
+        self.notify()
+
+    @property
+    def iam_requests(self) -> list[RecordedRequest]:
+        """Recorded IAM token requests (``POST /v3/auth/tokens``), whatever their outcome."""
+        return [r for r in self.requests if r.path == IAM_TOKENS_PATH]
 
     # --- change notification ------------------------------------------------------------------------
 
@@ -204,13 +409,60 @@ class SimulatorState:
 
     # --- instances ----------------------------------------------------------------------------------
 
-    def add_instance(self, instance_id: str, name: str, **attrs: Any) -> SimInstance:
-        """Add (or replace) an instance; ``attrs`` are :class:`SimInstance` fields."""
-        instance = SimInstance(instance_id, name, **attrs)
+    def add_instance(
+        self,
+        instance_id: str,
+        name: str,
+        *,
+        project_id: str | None = None,
+        tags: Mapping[str, str] | None = None,
+        **attrs: Any,
+    ) -> SimInstance:
+        """Add (or replace) an instance of ``project_id`` (default: the primary project).
+
+        ``attrs`` are other :class:`SimInstance` fields. Its tasks are kept when it is replaced.
+        """
+        pid = project_id or self.project_id
+        self._projects.setdefault(pid, {})
+        instance = SimInstance(instance_id, name, **attrs, project_id=pid, tags=dict(tags or {}))
         self.instances[instance_id] = instance
         self.tasks.setdefault(instance_id, [])
         self.notify()
         return instance
+
+    def set_instance(self, instance_id: str, **changes: Any) -> SimInstance:
+        """Change fields of an existing instance (``status``, ``name``, ``tags``, ``project_id``…)."""
+        instance = self.instances.get(instance_id)
+        if instance is None:
+            raise KeyError(f"unknown instance {instance_id!r}")
+        names = {f.name for f in dataclasses.fields(SimInstance)}
+        unknown = sorted(set(changes) - names)
+        if unknown:
+            raise TypeError(f"unknown SimInstance fields: {', '.join(unknown)}")
+        if changes.get("instance_id", instance_id) != instance_id:
+            raise ValueError("the instance id cannot change (remove it and add another)")
+        if "tags" in changes:
+            changes["tags"] = dict(changes["tags"] or {})
+        if changes.get("project_id"):
+            self._projects.setdefault(changes["project_id"], {})
+        elif "project_id" in changes:
+            changes["project_id"] = self.project_id
+        for key, value in changes.items():
+            setattr(instance, key, value)
+        self.notify()
+        return instance
+
+    def remove_instance(self, instance_id: str) -> None:
+        """Delete an instance and its tasks: gone from listings, its tasks URL answers 404 DCS.3022."""
+        if instance_id not in self.instances:
+            raise KeyError(f"unknown instance {instance_id!r}")
+        del self.instances[instance_id]
+        self.tasks.pop(instance_id, None)
+        self.notify()
+
+    def instances_of(self, project_id: str) -> list[SimInstance]:
+        """The instances of one project, in insertion order."""
+        return [i for i in self.instances.values() if i.project_id == project_id]
 
     def _instance_tasks(self, instance_id: str) -> list[SimTask]:
         if instance_id not in self.instances:
