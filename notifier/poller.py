@@ -48,6 +48,8 @@ MAX_BACKOFF_SECONDS = 600.0
 MAX_LOOKBACK = timedelta(days=7)
 #: The time of the last successful poll is written to Redis (pipelined with a read) at most this often.
 TOUCH_EVERY_SECONDS = 60.0
+#: Margin added to a measured clock offset (the Date header has 1 s resolution, plus latency).
+SKEW_SLACK_SECONDS = 60.0
 #: The 404 code of an instance that does not exist (any more).
 INSTANCE_GONE = "DCS.3022"
 
@@ -162,6 +164,7 @@ class Poller:
         self._touched: dict[str, float] = {}
         self._unlisted: dict[str, int] = {}  # discovered instances missing from consecutive listings
         self._controls: dict[str, _Control] = {}
+        self._skew_warned: set[str] = set()
         self._tg: asyncio.TaskGroup | None = None
         self._stop: asyncio.Event | None = None
         # At most this many polls at once (each holds a Redis connection and an HTTP request).
@@ -195,12 +198,10 @@ class Poller:
             previous = await self.store.load(spec.project_id, inst.id, touch=touch)
             if touch is not None:
                 self._touched[key] = self._monotonic()
-            start = query_start(
-                previous, last, now, window=timedelta(seconds=poll.window), skew=timedelta(seconds=poll.skew)
-            )
-            tasks = await self.clients[spec.project_id].list_tasks(
-                inst.id, start, now + timedelta(seconds=max(poll.skew, 60.0))
-            )
+            client = self.clients[spec.project_id]
+            skew = timedelta(seconds=self._skew(spec, client))
+            start = query_start(previous, last, now, window=timedelta(seconds=poll.window), skew=skew)
+            tasks = await client.list_tasks(inst.id, start, now + max(skew, timedelta(seconds=60)))
             ctx = DiffContext(
                 project_id=spec.project_id,
                 region=spec.region,
@@ -245,6 +246,23 @@ class Poller:
             log.info("%s: %s [%s]", ev.type.value, ev.summary, ev.task.id if ev.task else "-")
         await self._announce(target, self.health.succeeded(target.subject))
         return outcome
+
+    def _skew(self, spec: ProjectSpec, client: DcsClient) -> float:
+        """``poll.skew``, widened when the API's clock (its ``Date`` header) is further off than that."""
+        margin = self.config.poll.skew
+        offset = client.clock_offset
+        if offset is None or abs(offset) + SKEW_SLACK_SECONDS <= margin:
+            return margin
+        if spec.host not in self._skew_warned:
+            self._skew_warned.add(spec.host)
+            log.warning(
+                "the clock of %s differs from ours by %+.0f s, more than poll.skew (%g s): "
+                "poll windows are widened to cover it; check NTP on this host",
+                spec.host,
+                offset,
+                margin,
+            )
+        return abs(offset) + SKEW_SLACK_SECONDS
 
     def _route(self, event: Event) -> list[Notification]:
         return route(event, self.config.rules, self._channels, self.config.health.channels)

@@ -410,3 +410,24 @@ async def test_rate_limited_api_is_polled_at_or_under_its_limit_without_losing_t
         started.values()
     )
     assert len(webhooks(fleet.audit, "task.succeeded")) == 12
+
+
+async def test_clock_skew_beyond_the_margin_is_measured_and_covered(
+    fleet: Fleet, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The API's clock is 10 minutes behind ours; poll.skew is only 60 s. Its Date header tells.
+    sim = Simulator(project_id=P1, credentials={AK: SK}, clock=SkewedClock(timedelta(minutes=-10)))
+    sim.add_instance("i-k", "late-cache")
+    async with sim:
+        fleet.sim = sim
+        project = f"""      - {{project_id: "{P1}", endpoint: "${{SIM_URL}}", instances: [{{id: i-k}}]}}"""
+        async with running(fleet.config(account(projects=project), poll="interval: 0.2, skew: 60")):
+            await until(lambda: polled(sim, "i-k")() >= 2, 10, "baseline")
+            tid = sim.start_task("i-k", "masterStandbySwapJob")  # created "10 minutes ago" by our clock
+            await until(lambda: len(webhooks(fleet.audit, "task.started")) >= 1, 10, "task.started")
+            sim.finish_task("i-k", tid)
+            await until(lambda: len(webhooks(fleet.audit, "task.succeeded")) >= 1, 10, "task.succeeded")
+        start = window_start(sim.task_requests("i-k")[-1])
+        assert datetime.now(UTC) - start > timedelta(minutes=10)  # the window covered the offset
+    warnings = [r.getMessage() for r in caplog.records if "differs from ours" in r.getMessage()]
+    assert len(warnings) == 1 and "-600 s" in warnings[0], warnings

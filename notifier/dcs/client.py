@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from ssl import SSLContext
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -32,6 +34,8 @@ from notifier.errors import CredentialsError, DcsApiError, Reason
 log = logging.getLogger(__name__)
 
 USER_AGENT = "dcs-notifier/0.1"
+#: How often the API's clock is measured from the ``Date`` header of an answer.
+DATE_CHECK_SECONDS = 60.0
 MAX_PAGES = 1000
 _MAX_ERROR_TEXT = 300
 
@@ -104,6 +108,9 @@ class DcsClient:
         self._ssl = ssl
         self._session = session
         self._own_session = session is None
+        #: The API's clock minus ours, in seconds, from the ``Date`` of its answers (None: not seen yet).
+        self.clock_offset: float | None = None
+        self._next_date_check = 0.0
 
     @property
     def project_id(self) -> str:
@@ -232,6 +239,8 @@ class DcsClient:
                     request_id = resp.headers.get("X-Request-Id")
                     if resp.status == 200:
                         limiter.on_success()
+                        if time.monotonic() >= self._next_date_check:
+                            self._observe_date(resp.headers.get("Date"))
                         return raw, request_id
                     error = self._http_error(instance_id, resp.status, raw, request_id, resp.headers)
                     if error.reason is Reason.RATE_LIMITED:
@@ -250,6 +259,19 @@ class DcsClient:
             raise DcsApiError(
                 instance_id, Reason.CONNECTION, describe_client_error(exc, self._host)
             ) from None
+
+    def _observe_date(self, value: str | None) -> None:
+        """Measure the API's clock from a ``Date`` header (once a minute; it has 1 s resolution)."""
+        self._next_date_check = time.monotonic() + DATE_CHECK_SECONDS
+        if not value:
+            return
+        try:
+            server = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return
+        if server.tzinfo is None:
+            return
+        self.clock_offset = (server - datetime.now(UTC)).total_seconds()
 
     def _http_error(
         self, instance_id: str, status: int, raw: bytes, request_id: str | None, headers: Any
