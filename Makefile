@@ -58,6 +58,7 @@ test: lint typecheck unit
 # Speed is measured here, never in timed tests: prints a table, writes bench/results/*.json.
 bench: $(VENV)/.dev-deps redis-server
 	$(BIN)/python -m bench.poll_cost
+	$(BIN)/python -m bench.history_cost
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -320,7 +320,9 @@ def _from_single_project_form(data: dict[str, Any]) -> dict[str, Any]:
     api = dict(out.get("api") or {})
     for key in _LEGACY_API_KEYS:
         if key in cloud:
-            api.setdefault(key, cloud.pop(key))
+            if key in api:
+                raise ValueError(f"cloud.{key} and api.{key} are both set: keep one (api.{key})")
+            api[key] = cloud.pop(key)
     if api:
         out["api"] = api
     credentials = {k: cloud.pop(k) for k in ("ak", "sk", "security_token") if k in cloud}
@@ -328,8 +330,6 @@ def _from_single_project_form(data: dict[str, Any]) -> dict[str, Any]:
     for key in ("project_id", "endpoint"):
         if key in cloud:
             project[key] = cloud.pop(key)
-    if "project_id" not in project:
-        project["project_id"] = None  # reported as cloud.project_id
     account: dict[str, Any] = {**cloud, "projects": [project]}
     if credentials:
         account["credentials"] = {"type": "aksk", **credentials}
@@ -347,15 +347,28 @@ _SINGLE_FORM_LOCATIONS = [
     ("cloud.0.credentials.aksk", "cloud"),
     ("cloud.0.credentials", "cloud"),
     ("cloud.0", "cloud"),
-    *((f"api.{key}", f"cloud.{key}") for key in _LEGACY_API_KEYS),
 ]
 
 
-def _single_form_location(loc: str) -> str:
-    for old, new in _SINGLE_FORM_LOCATIONS:
-        if loc == old or loc.startswith(old + "."):
-            return new + loc[len(old) :]
-    return loc
+def _location_translator(raw: Mapping[str, Any]) -> Callable[[str], str]:
+    """Error locations in the words of the file: ``cloud.0.projects.0.project_id`` → ``cloud.project_id``."""
+    cloud = raw.get("cloud")
+    table: list[tuple[str, str]] = []
+    if isinstance(cloud, dict) and "projects" not in cloud:
+        table = [
+            *_SINGLE_FORM_LOCATIONS,
+            *((f"api.{k}", f"cloud.{k}") for k in _LEGACY_API_KEYS if k in cloud),
+        ]
+    elif isinstance(cloud, dict):
+        table = [("cloud.0", "cloud")]  # one account written as a mapping
+
+    def translate(loc: str) -> str:
+        for old, new in table:
+            if loc == old or loc.startswith(old + "."):
+                return new + loc[len(old) :]
+        return loc
+
+    return translate
 
 
 class Config(_Model):
@@ -377,6 +390,8 @@ class Config(_Model):
     def _accounts(cls, data: Any) -> Any:
         if not isinstance(data, dict):
             return data
+        if "single_project_form" in data:
+            raise ValueError("single_project_form: Extra inputs are not permitted")
         cloud = data.get("cloud")
         if isinstance(cloud, dict) and "projects" not in cloud:
             return _from_single_project_form(data)
@@ -406,7 +421,8 @@ class Config(_Model):
             ids = [i.id for i in spec.instances]
             dupes = sorted({i for i in ids if ids.count(i) > 1})
             if dupes:
-                raise ValueError(f"{spec.where}.instances: duplicate id {', '.join(dupes)}")
+                where = "instances" if self.single_project_form else f"{spec.where}.instances"
+                raise ValueError(f"{where}: duplicate id {', '.join(dupes)}")
         names = [r.name for r in self.rules]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
@@ -496,12 +512,10 @@ def interpolate(value: Any, environ: Mapping[str, str], path: str = "") -> Any:
     return _VAR.sub(repl, value)
 
 
-def _format_validation_error(source: str, exc: ValidationError, single_project_form: bool = False) -> str:
+def _format_validation_error(source: str, exc: ValidationError, translate: Callable[[str], str] = str) -> str:
     lines = [f"{source}: invalid configuration ({exc.error_count()} problem(s)):"]
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"])
-        if single_project_form:
-            loc = _single_form_location(loc)
+        loc = translate(".".join(str(p) for p in err["loc"]))
         msg = err["msg"].removeprefix("Value error, ")
         lines.append(f"  {loc}: {msg}" if loc else f"  {msg}")
     return "\n".join(lines)
@@ -527,11 +541,10 @@ def parse_config(text: str, source: str = "<config>", environ: Mapping[str, str]
         resolved = interpolate(raw, env_map)
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
-    single = isinstance(resolved.get("cloud"), dict) and "projects" not in resolved["cloud"]
     try:
         config = Config.model_validate(resolved)
     except ValidationError as exc:
-        raise ConfigError(_format_validation_error(source, exc, single)) from None
+        raise ConfigError(_format_validation_error(source, exc, _location_translator(resolved))) from None
     try:
         env = Environment.model_validate(env_map)
     except ValidationError as exc:
@@ -559,15 +572,20 @@ def load_config(path: Path | str | None = None, environ: Mapping[str, str] | Non
 def credential_problems(config: Config) -> list[str]:
     """What is missing from the credentials, one line per project, naming where to put it."""
     problems = []
-    for spec in config.projects():
-        c = spec.credentials
-        if isinstance(c, AkSkCredentials) and (c.ak is None or c.sk is None):
+    for a, account in enumerate(config.cloud):
+        for p, project in enumerate(account.projects):
+            c = project.credentials or account.credentials
+            if not isinstance(c, AkSkCredentials) or (c.ak is not None and c.sk is not None):
+                continue
             missing = "/".join(n for n, v in (("ak", c.ak), ("sk", c.sk)) if v is None)
-            where = (
-                "cloud" if config.single_project_form else f"{spec.where.split('.projects')[0]}.credentials"
-            )
+            if config.single_project_form:
+                where = "cloud"
+            elif project.credentials is not None:
+                where = f"cloud.{a}.projects.{p}.credentials"
+            else:
+                where = f"cloud.{a}.credentials"
             problems.append(
-                f"{where}.{missing}: no credentials for project {spec.project_id}; set them in the config "
+                f"{where}.{missing}: no credentials for project {project.project_id}; set them in the config "
                 "or the environment variables CLOUD_SDK_AK/CLOUD_SDK_SK"
             )
     return problems

@@ -54,6 +54,10 @@ class DiffContext:
     baseline_grace: timedelta
     #: Where this poll's window started: tasks created before it that were not listed are forgotten.
     window_start: datetime
+    #: Where the next poll's window will start (last poll - skew). A baseline records finished tasks
+    #: created before it (and before every running task) only to announce them: the next poll would
+    #: not list them, and would forget them at once.
+    next_window_start: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,12 +125,20 @@ def diff(previous: Snapshot | None, tasks: list[Task], ctx: DiffContext) -> Diff
             )
         )
 
+    keep_from = None
+    if baseline and ctx.next_window_start is not None:
+        running = [
+            t.created_at for t in tasks if t.outcome is Outcome.IN_PROGRESS and t.created_at is not None
+        ]
+        keep_from = min([ctx.next_window_start, *running])
+
     # Oldest first, so that events of one poll come out in the order they happened.
     ordered = sorted(tasks, key=lambda t: (t.created_at is None, t.created_at or ctx.now, t.id))
     for task in ordered:
         seen = known.get(task.id)
         if seen is None:
-            upserts[task.id] = _seen(task)
+            if keep_from is None or task.created_at is None or task.created_at >= keep_from:
+                upserts[task.id] = _seen(task)
             if task.outcome is Outcome.IN_PROGRESS:
                 emit(EventType.STARTED, task, None)
             elif _recent(task, silent_before):

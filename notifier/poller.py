@@ -209,6 +209,7 @@ class Poller:
                 now=now,
                 baseline_grace=timedelta(seconds=poll.baseline_grace),
                 window_start=start,
+                next_window_start=now - skew,
             )
             result = diff(previous, tasks, ctx)
             notifications = [n for ev in result.events for n in self._route(ev)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -13,6 +13,7 @@ from notifier.dcs.models import Task
 from notifier.events import Event, EventType, InstanceRef, Notification, event_id
 from notifier.formatters import SlackMessage, format_slack, format_webhook, webhook_body
 from notifier.formatters.slack import clip, escape, format_duration, slack_date
+from tests.factories import T0, poller_event, problem, removed_event
 
 DETECTED = datetime(2020, 6, 17, 8, 18, 11, tzinfo=UTC)
 INSTANCE = InstanceRef(id="inst-1", name="orders-cache", labels={"env": "prod"})
@@ -412,3 +413,195 @@ def test_webhook_body_is_compact_utf8_and_stable() -> None:
     assert "updated_at" not in payload["data"]["task"]  # unfinished: the API sent none
     again = Notification.model_validate_json(n.model_dump_json())
     assert webhook_body(again) == body
+
+
+# --- events without a task: instance.removed, poller.unhealthy / poller.recovered -------------------------
+
+INST_ID = "5560df16-cebf-4473-95c4-d1b573c16e79"
+PROJECT = "a4d31cb6-3d72-4fdc-8ec9-6e3a41e47f71"
+ERROR = f"DCS API error for instance {INST_ID}, HTTP 503, DCS.5000: busy"
+REMOVED_ID = "evt_ee20ea7b8c1ac7a15c8cc87711b78684"
+UNHEALTHY_ID = "evt_7b7f6a46c13d4c4b8c25768db498f515"
+RECOVERED_ID = "evt_442eb69fd2f16830a1e0d8439142e90f"
+SINCE_DATE = "<!date^1795852800^{date_short_pretty} {time}|2026-11-28 08:00:00 UTC>"
+
+
+def mrkdwn(text: str) -> dict[str, Any]:
+    return {"type": "mrkdwn", "text": text}
+
+
+def routed(event: Event, rule: str | None = "health") -> Notification:
+    return Notification(event=event, channel="ops", rule=rule)
+
+
+def instance_blocks(headline: str, event_id_: str, kind: str, *, with_problem: bool) -> list[dict[str, Any]]:
+    fields_ = [mrkdwn(f"*Instance*\norders-cache (`{INST_ID}`)")]
+    if with_problem:
+        fields_ += [
+            mrkdwn("*Problem*\nserver_error, HTTP 503 `DCS.5000`"),
+            mrkdwn(f"*Failing since*\n{SINCE_DATE}"),
+        ]
+    fields_.append(mrkdwn("*Region*\ncn-north-4"))
+    blocks: list[dict[str, Any]] = [
+        {"type": "header", "text": {"type": "plain_text", "text": headline, "emoji": True}},
+        {"type": "section", "fields": fields_},
+    ]
+    if with_problem:
+        blocks.append({"type": "section", "text": mrkdwn(f"*Error:* {ERROR}")})
+    blocks += [
+        {"type": "divider"},
+        {
+            "type": "context",
+            "elements": [mrkdwn(f"Rule *health* · Event `{event_id_}` ({kind}) · Project `{PROJECT}`")],
+        },
+    ]
+    return blocks
+
+
+def test_slack_instance_removed() -> None:
+    n = routed(removed_event())
+    assert n.event.id == REMOVED_ID
+    m = format_slack(n)
+    assert m.text == ":wastebasket: Instance orders-cache was deleted"
+    assert m.blocks == instance_blocks(
+        ":wastebasket: Instance orders-cache was deleted", REMOVED_ID, "instance.removed", with_problem=False
+    )
+
+
+def test_slack_poller_unhealthy() -> None:
+    n = routed(poller_event(EventType.POLLER_UNHEALTHY))
+    assert n.event.id == UNHEALTHY_ID
+    m = format_slack(n)
+    assert m.text == ":rotating_light: Cannot poll orders-cache: server_error DCS.5000"
+    assert m.blocks == instance_blocks(
+        ":rotating_light: Cannot poll orders-cache: server_error DCS.5000",
+        UNHEALTHY_ID,
+        "poller.unhealthy",
+        with_problem=True,
+    )
+
+
+def test_slack_poller_recovered() -> None:
+    n = routed(poller_event(EventType.POLLER_RECOVERED, detected=T0 + timedelta(minutes=30)))
+    assert n.event.id == RECOVERED_ID
+    m = format_slack(n)
+    assert m.text == ":large_green_circle: Polling orders-cache works again"
+    assert m.blocks == instance_blocks(
+        ":large_green_circle: Polling orders-cache works again",
+        RECOVERED_ID,
+        "poller.recovered",
+        with_problem=True,
+    )
+
+
+def test_slack_poller_problem_without_status_or_code() -> None:
+    p = problem(reason="timeout", message="read timed out", http_status=None, error_code=None)
+    m = format_slack(routed(poller_event(p=p), rule=None))
+    assert m.text == ":rotating_light: Cannot poll orders-cache: timeout"
+    assert field(m, "Problem") == "timeout"
+    assert context(m) == f"Event `{poller_event(p=p).id}` (poller.unhealthy) · Project `{PROJECT}`"
+
+
+def test_slack_poller_event_escapes_the_error_message() -> None:
+    p = problem(reason="client_error", message="bad <!channel> & <@U1> > 0", error_code="DCS.<4>&")
+    m = format_slack(routed(poller_event(p=p)))
+    assert m.blocks[2] == {
+        "type": "section",
+        "text": mrkdwn("*Error:* bad &lt;!channel&gt; &amp; &lt;@U1&gt; &gt; 0"),
+    }
+    assert field(m, "Problem") == "client_error, HTTP 503 `DCS.&lt;4&gt;&amp;`"
+    assert m.text == ":rotating_light: Cannot poll orders-cache: client_error DCS.&lt;4&gt;&amp;"
+    assert header(m) == ":rotating_light: Cannot poll orders-cache: client_error DCS.<4>&"  # plain_text
+    assert "<!channel>" not in everything(m) and "<@U1>" not in everything(m)
+
+
+def test_slack_block_kit_limits_hold_for_a_huge_error_message() -> None:
+    huge = "x<&>" * 1250
+    assert len(huge) == 5000
+    p = problem(reason="r" * 5000, message=huge, error_code="E" * 5000)
+    instance = InstanceRef(id="i" * 5000, name="n&" * 2500, labels={})
+    m = format_slack(routed(poller_event(p=p, instance=instance), rule="r" * 5000))
+    assert len(header(m)) <= 150
+    assert len(m.text) <= 1000
+    assert 1 <= len(fields(m)) <= 10
+    for f in fields(m):
+        assert len(f) <= 2000
+    error = m.blocks[2]["text"]["text"]
+    assert error.startswith("*Error:* x&lt;&amp;&gt;x")
+    assert error.endswith("…")
+    assert len(error) <= 3000
+    assert len(context(m)) <= 2000
+    for text in [m.text, *fields(m), error, context(m)]:
+        assert not re.search(r"&(?!amp;|lt;|gt;)", text)
+        assert "<&" not in text
+    assert len(json.dumps(m.blocks)) < 40_000
+
+
+def test_webhook_instance_removed_body() -> None:
+    assert webhook_body(routed(removed_event(), rule="everything")) == (
+        b'{"data":{"event_id":"evt_ee20ea7b8c1ac7a15c8cc87711b78684",'
+        b'"instance":{"id":"5560df16-cebf-4473-95c4-d1b573c16e79","labels":{"env":"prod"},"name":"orders-cache"},'
+        b'"project_id":"a4d31cb6-3d72-4fdc-8ec9-6e3a41e47f71","region":"cn-north-4","rule":"everything",'
+        b'"summary":"Instance orders-cache was deleted","task":null},'
+        b'"timestamp":"2026-11-28T08:00:00.000Z","type":"instance.removed"}'
+    )
+
+
+def test_webhook_poller_unhealthy_body() -> None:
+    assert webhook_body(routed(poller_event())) == (
+        b'{"data":{"event_id":"evt_7b7f6a46c13d4c4b8c25768db498f515",'
+        b'"instance":{"id":"5560df16-cebf-4473-95c4-d1b573c16e79","labels":{"env":"prod"},"name":"orders-cache"},'
+        b'"problem":{"error_code":"DCS.5000","http_status":503,'
+        b'"message":"DCS API error for instance 5560df16-cebf-4473-95c4-d1b573c16e79, HTTP 503, DCS.5000: busy",'
+        b'"reason":"server_error","since":"2026-11-28T08:00:00.000Z"},'
+        b'"project_id":"a4d31cb6-3d72-4fdc-8ec9-6e3a41e47f71","region":"cn-north-4","rule":"health",'
+        b'"summary":"Cannot poll orders-cache: server_error DCS.5000","task":null},'
+        b'"timestamp":"2026-11-28T08:05:00.000Z","type":"poller.unhealthy"}'
+    )
+
+
+def test_webhook_poller_recovered_body() -> None:
+    n = routed(poller_event(EventType.POLLER_RECOVERED, detected=T0 + timedelta(minutes=30)))
+    assert webhook_body(n) == (
+        b'{"data":{"event_id":"evt_442eb69fd2f16830a1e0d8439142e90f",'
+        b'"instance":{"id":"5560df16-cebf-4473-95c4-d1b573c16e79","labels":{"env":"prod"},"name":"orders-cache"},'
+        b'"problem":{"error_code":"DCS.5000","http_status":503,'
+        b'"message":"DCS API error for instance 5560df16-cebf-4473-95c4-d1b573c16e79, HTTP 503, DCS.5000: busy",'
+        b'"reason":"server_error","since":"2026-11-28T08:00:00.000Z"},'
+        b'"project_id":"a4d31cb6-3d72-4fdc-8ec9-6e3a41e47f71","region":"cn-north-4","rule":"health",'
+        b'"summary":"Polling orders-cache works again","task":null},'
+        b'"timestamp":"2026-11-28T08:30:00.000Z","type":"poller.recovered"}'
+    )
+
+
+def test_webhook_problem_since_is_formatted_like_api_times() -> None:
+    since = datetime(2026, 11, 28, 16, 0, 1, 123456, tzinfo=timezone(timedelta(hours=8)))
+    p = problem(since=since, http_status=None, error_code=None, message="naïve → ünïcode")
+    payload = format_webhook(routed(poller_event(p=p)))
+    data = payload["data"]
+    assert data["task"] is None
+    assert data["problem"] == {
+        "reason": "server_error",
+        "message": "naïve → ünïcode",
+        "http_status": None,
+        "error_code": None,
+        "since": "2026-11-28T08:00:01.123Z",
+    }
+    assert set(data) == {"event_id", "project_id", "region", "instance", "task", "rule", "summary", "problem"}
+    body = webhook_body(routed(poller_event(p=p)))
+    assert "naïve → ünïcode".encode() in body
+    assert json.loads(body) == payload
+
+
+def test_webhook_instance_removed_has_no_problem_key() -> None:
+    data = format_webhook(routed(removed_event()))["data"]
+    assert data["task"] is None
+    assert "problem" not in data
+
+
+def test_events_without_a_task_are_deterministic() -> None:
+    for ev in (removed_event(), poller_event(), poller_event(EventType.POLLER_RECOVERED)):
+        n = routed(ev)
+        again = Notification.model_validate_json(n.model_dump_json())
+        assert format_slack(again) == format_slack(n)
+        assert webhook_body(again) == webhook_body(n)

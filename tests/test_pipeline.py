@@ -293,14 +293,17 @@ async def test_unknown_instance_is_reported_once(world: World, caplog: pytest.Lo
 
 
 async def test_throttling_backs_off_honouring_retry_after(world: World) -> None:
-    world.sim.inject(Fault.throttled(45), instance_id=ORDERS)
+    world.sim.inject(Fault.throttled(2), instance_id=ORDERS)
     async with world.daemon() as d:
         outcome = await d.poller.poll_instance(d.config.instances[0])
         assert isinstance(outcome.error, DcsApiError)
         assert outcome.error.retryable
-        assert d.poller.next_delay(outcome) == 45
+        assert d.poller.next_delay(outcome) == 2
+        # The endpoint's limiter holds every request to that endpoint for the Retry-After too.
         ok = await d.poller.poll_instance(d.config.instances[0])
         assert ok.ok
+        throttled, retried = world.sim.task_requests(ORDERS)
+        assert retried.at - throttled.at >= 2.0
         assert d.poller.next_delay(ok) == 0.2
 
 
@@ -384,7 +387,8 @@ async def test_many_instances_polled_at_once(world: World) -> None:
         world.sim.add_instance(iid, iid)
         world.sim.start_task(iid, "AddWhitelist")
         lines.append(f"  - {{id: {iid}}}\n")
-    cfg = world.config(text=CONFIG.replace("instances:\n", "instances:\n" + "".join(lines)))
+    text = CONFIG.replace("instances:\n", "instances:\n" + "".join(lines)) + "api: {rate_limit: 10000}\n"
+    cfg = world.config(text=text)
     async with Daemon(cfg) as d:
         report = await d.once()
     assert report.problems == []
