@@ -51,6 +51,7 @@ async def measure(instances: int, tasks: int, rounds: int) -> dict[str, float | 
                     f'cloud: {{endpoint: "{sim.base_url}", project_id: bench, ak: BENCHAK, sk: BENCHSK}}\n'
                     f"instances:\n{listed}\n"
                     f'redis: {{url: "{server.url}"}}\n'
+                    "api: {rate_limit: 100000}\n"
                     f'channels: {{audit: {{type: webhook, url: "{receiver.url}"}}}}\n',
                     "bench",
                     {},

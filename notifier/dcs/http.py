@@ -30,6 +30,7 @@ import errno
 import logging
 import socket
 import ssl
+import urllib.request
 import warnings
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -154,6 +155,9 @@ def make_session(
     """
     policy = TlsPolicy.build(ca_bundle, insecure_hosts)
     proxy_url, user, password = _split_proxy(proxy) if proxy else (None, None, None)
+    # aiohttp looks the environment's proxies up on every request (about half the CPU of a poll): only
+    # when some *_proxy variable is set is that worth it. They do not change while the process runs.
+    trust_env = trust_env and proxy_url is None and bool(urllib.request.getproxies())
     proxy_auth: aiohttp.BasicAuth | None = None
     with warnings.catch_warnings():
         # aiohttp 3.13+ deprecates BasicAuth and proxy_auth (for aiohttp 4) in favour of per-request
