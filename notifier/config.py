@@ -151,8 +151,10 @@ class ProjectConfig(_Model):
     #: Default: the account's credentials.
     credentials: CredentialsConfig | None = None
     #: List the project's instances (``GET /v2/{project_id}/instances``) instead of naming them.
-    discover: bool = False
-    filter: InstanceFilter = Field(default_factory=InstanceFilter)
+    #: Default: the account's ``discover``.
+    discover: bool | None = None
+    #: Default: the account's ``filter``.
+    filter: InstanceFilter | None = None
     instances: list[InstanceConfig] = Field(default_factory=list)
     #: Labels every instance of this project carries (discovered instances add their tags).
     labels: dict[str, str] = Field(default_factory=dict)
@@ -167,18 +169,23 @@ class ProjectConfig(_Model):
     def _endpoint_is_url(cls, v: str | None) -> str | None:
         return _url_or_none(v, "https://dcs.cn-north-4.myhuaweicloud.com")
 
-    @model_validator(mode="after")
-    def _something_to_watch(self) -> ProjectConfig:
-        if not self.discover and not self.instances:
-            raise ValueError("nothing to watch: list instances, or set discover: true")
-        return self
-
 
 class AccountConfig(_Model):
     name: str = Field(default="default", pattern=r"^[A-Za-z0-9_.-]+$")
     region: str = Field(default="cn-north-4", min_length=1)
     credentials: CredentialsConfig = Field(default_factory=AkSkCredentials)
+    #: Defaults for every project of the account (each project may say otherwise).
+    discover: bool = False
+    filter: InstanceFilter = Field(default_factory=InstanceFilter)
     projects: list[ProjectConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _something_to_watch(self) -> AccountConfig:
+        for p, project in enumerate(self.projects):
+            discover = self.discover if project.discover is None else project.discover
+            if not discover and not project.instances:
+                raise ValueError(f"projects.{p}: nothing to watch: list instances, or set discover: true")
+        return self
 
     @field_validator("credentials", mode="before")
     @classmethod
@@ -456,8 +463,8 @@ class Config(_Model):
                         project_id=project.project_id,
                         endpoint=project.endpoint or f"https://dcs.{region}.myhuaweicloud.com",
                         credentials=project.credentials or account.credentials,
-                        discover=project.discover,
-                        filter=project.filter,
+                        discover=account.discover if project.discover is None else project.discover,
+                        filter=project.filter or account.filter,
                         instances=tuple(project.instances),
                         labels=dict(project.labels),
                         where=where,
@@ -512,11 +519,18 @@ def interpolate(value: Any, environ: Mapping[str, str], path: str = "") -> Any:
     return _VAR.sub(repl, value)
 
 
+_RELATIVE_KEY = re.compile(r"^(projects\.\d+): (.*)$", re.S)
+
+
 def _format_validation_error(source: str, exc: ValidationError, translate: Callable[[str], str] = str) -> str:
     lines = [f"{source}: invalid configuration ({exc.error_count()} problem(s)):"]
     for err in exc.errors():
-        loc = translate(".".join(str(p) for p in err["loc"]))
+        loc = ".".join(str(p) for p in err["loc"])
         msg = err["msg"].removeprefix("Value error, ")
+        relative = _RELATIVE_KEY.match(msg) if err["type"] == "value_error" and loc else None
+        if relative:  # a model's own check naming one of its keys: "projects.1: ..."
+            loc, msg = f"{loc}.{relative.group(1)}", relative.group(2)
+        loc = translate(loc)
         lines.append(f"  {loc}: {msg}" if loc else f"  {msg}")
     return "\n".join(lines)
 

@@ -556,3 +556,24 @@ def test_single_project_form_setting_a_key_twice_is_an_error() -> None:
     text = ISSUE_EXAMPLE.replace("cloud: {", "api: {timeout: 5}\ncloud: {timeout: 20, ")
     with pytest.raises(ConfigError, match=r"cloud\.timeout and api\.timeout are both set"):
         parse_config(text, "c", ENV)
+
+
+def test_account_level_discovery_defaults_apply_to_its_projects() -> None:
+    text = """
+cloud:
+  - name: fleet
+    credentials: {ak: A, sk: B}
+    discover: true
+    filter: {tags: {env: prod}}
+    projects:
+      - {project_id: p1}
+      - {project_id: p2, filter: {names: ["orders-*"]}}
+      - {project_id: p3, discover: false, instances: [{id: i3}]}
+channels: {audit: {type: webhook, url: "https://audit.example.com/h"}}
+"""
+    p1, p2, p3 = parse_config(text, "c", {}).projects()
+    assert (p1.discover, p1.filter.tags) == (True, {"env": "prod"})
+    assert (p2.discover, p2.filter.names, p2.filter.tags) == (True, ["orders-*"], {})
+    assert (p3.discover, [i.id for i in p3.instances]) == (False, ["i3"])
+    with pytest.raises(ConfigError, match=r"cloud\.0\.projects\.0: nothing to watch"):
+        parse_config(text.replace("discover: true", "discover: false"), "c", {})
