@@ -47,7 +47,7 @@ class Cloud:
         api = config.api
         self.session = make_session(
             ca_bundle=api.ca_bundle,
-            insecure_hosts=api.insecure_hosts,
+            insecure_hosts=api.insecure_endpoints,
             proxy=api.proxy.get_secret_value() if api.proxy else None,
             user_agent=USER_AGENT,
         )

@@ -234,22 +234,34 @@ class ApiConfig(_Model):
     #: An HTTP(S) proxy URL; default: HTTPS_PROXY / HTTP_PROXY / NO_PROXY from the environment.
     proxy: SecretStr | None = None
 
+    @field_validator("ca_bundle")
+    @classmethod
+    def _ca_bundle_readable(cls, v: Path | None) -> Path | None:
+        if v is not None and not v.is_file():
+            raise ValueError(f"{v}: no such file (a PEM file of CA certificates)")
+        return v
+
+    @field_validator("insecure_endpoints")
+    @classmethod
+    def _endpoints_parse(cls, v: list[str]) -> list[str]:
+        from notifier.dcs.http import check_host_entry
+
+        for entry in v:
+            check_host_entry(entry)
+        return v
+
     @model_validator(mode="after")
     def _min_rate(self) -> ApiConfig:
         if self.min_rate > self.rate_limit:
             raise ValueError("min_rate must not exceed rate_limit")
         return self
 
-    @property
-    def insecure_hosts(self) -> list[str]:
-        return [e.split("://", 1)[-1].split("/", 1)[0] for e in self.insecure_endpoints]
-
 
 class DiscoveryConfig(_Model):
     #: List each discovering project's instances this often (seconds).
     interval: float = Field(default=300.0, gt=0)
     #: A deleted instance's state is kept this long (seconds) after ``instance.removed``, then dropped.
-    removed_ttl: float = Field(default=7 * 86_400.0, gt=0)
+    removed_ttl: float = Field(default=7 * 86_400.0, ge=1)
 
 
 class HealthConfig(_Model):

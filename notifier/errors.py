@@ -7,6 +7,7 @@ and DCS errors name the instance, HTTP status, Huawei error code and request id 
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 
 
 class NotifierError(Exception):
@@ -52,6 +53,8 @@ class DcsApiError(NotifierError):
         self.request_id = request_id
         self.retry_after = retry_after
         self.message = message
+        #: The headers a rejected (401) request carried; the client clears it at once (never logged).
+        self.sent_headers: Mapping[str, str] | None = None
         parts = [f"DCS API error for instance {instance_id}"]
         if http_status is not None:
             parts.append(f"HTTP {http_status}")

@@ -17,8 +17,9 @@ from datetime import UTC, datetime
 from notifier.errors import DcsApiError, Reason
 from notifier.events import Event, EventType, InstanceRef, PollProblem, event_id
 
-#: Failures that say nothing about polling health: a deleted instance is announced as instance.removed.
-_NOT_HEALTH = frozenset({Reason.NOT_FOUND})
+#: The 404 of a deleted instance: announced as instance.removed, not a polling problem. Any other 404
+#: (a wrong endpoint path, a proxy) is one.
+_INSTANCE_GONE = "DCS.3022"
 
 
 @dataclass(slots=True)
@@ -55,7 +56,7 @@ class HealthTracker:
 
     def failed(self, subject: Subject, error: DcsApiError) -> Event | None:
         """A poll failed: the ``poller.unhealthy`` event to announce now, if this crosses the threshold."""
-        if error.reason in _NOT_HEALTH:
+        if error.reason is Reason.NOT_FOUND and error.error_code == _INSTANCE_GONE:
             return None
         streak = self._streaks.get(subject.key)
         if streak is None:

@@ -32,7 +32,7 @@ from datetime import UTC, datetime, timedelta
 
 from notifier.config import Config, InstanceConfig, ProjectSpec
 from notifier.dcs.client import DcsClient
-from notifier.dcs.models import IN_PROGRESS_STATUSES
+from notifier.dcs.models import IN_PROGRESS_STATUSES, Outcome, classify_status
 from notifier.diff import DiffContext, Snapshot, diff
 from notifier.discovery import select
 from notifier.errors import DcsApiError, Reason, StateStoreError
@@ -94,6 +94,7 @@ class _Control:
 
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     retired: bool = False
+    task: asyncio.Task[None] | None = None
 
 
 def utcnow() -> datetime:
@@ -112,21 +113,32 @@ def query_start(
 
     * First poll (no state): ``poll.window`` back, for the baseline.
     * Later: the last successful poll minus ``skew`` (from memory, or ``~polled`` in Redis after a
-      restart) — or earlier, to keep a task still in progress in view until it finishes. Only the
-      documented in-progress statuses count: an unknown status that is really final must not make
-      every poll page through a week of tasks. Never more than MAX_LOOKBACK back.
+      restart) — or earlier, to keep a task still in progress in view until it finishes (up to
+      MAX_LOOKBACK for the documented in-progress statuses, ``poll.window`` for unknown ones).
     """
     if previous is None:
         return now - window
     floor = now - MAX_LOOKBACK
     anchor = last_polled or previous.polled_at
     start = anchor - skew if anchor is not None else now - window
-    running = [
-        s.created_at
-        for s in previous.tasks.values()
-        if s.created_at is not None and s.status.upper() in IN_PROGRESS_STATUSES and s.created_at >= floor
-    ]
+    running = []
+    for seen in previous.tasks.values():
+        if seen.created_at is None or classify_status(seen.status) is not Outcome.IN_PROGRESS:
+            continue
+        # An undocumented status counts as in progress (its end must be seen), but only within
+        # poll.window: a final status we do not know must not make every poll page through a week.
+        documented = seen.status.strip().upper() in IN_PROGRESS_STATUSES
+        if seen.created_at >= (floor if documented else now - window):
+            running.append(seen.created_at)
     return max(floor, min([start, *running]))
+
+
+def _discovery_subject(spec: ProjectSpec) -> Subject:
+    """The health subject of a project's instance listing (``poller.*`` events name it as the instance)."""
+    ref = InstanceRef(
+        id=f"instances-of:{spec.project_id}", name=f"the instance list of project {spec.project_id}"
+    )
+    return Subject(f"{spec.project_id}/~discovery", spec.project_id, spec.region, ref)
 
 
 def _phase(key: str) -> float:
@@ -167,8 +179,6 @@ class Poller:
         self._skew_warned: set[str] = set()
         self._tg: asyncio.TaskGroup | None = None
         self._stop: asyncio.Event | None = None
-        # At most this many polls at once (each holds a Redis connection and an HTTP request).
-        self._slots = asyncio.Semaphore(config.api.max_concurrency)
 
     # -- one poll --------------------------------------------------------------------------------
 
@@ -180,9 +190,12 @@ class Poller:
         raise KeyError(f"instance {inst.id} is not watched")
 
     async def poll_target(self, target: Target) -> PollOutcome:
-        """Poll one instance once. Never raises: the error, if any, is in the outcome."""
-        async with self._slots:
-            return await self._poll(target)
+        """Poll one instance once. Never raises: the error, if any, is in the outcome.
+
+        How many polls talk to the API at once is the gate's business (per region and overall, see
+        :class:`~notifier.dcs.limits.ApiGate`); Redis calls wait for a pooled connection.
+        """
+        return await self._poll(target)
 
     async def _poll(self, target: Target) -> PollOutcome:
         outcome = PollOutcome(target)
@@ -228,7 +241,7 @@ class Poller:
                 await self._instance_gone(target, previous, exc)
             else:
                 self._report(target, exc)
-                await self._announce(target, self.health.failed(target.subject, exc))
+                await self._announce(target.key, self.health.failed(target.subject, exc))
             return outcome
         except StateStoreError as exc:
             outcome.error = exc
@@ -245,7 +258,7 @@ class Poller:
             log.info("baseline of %s (%s): %d task(s) recorded", inst.name, inst.id, len(result.upserts))
         for ev in result.events:
             log.info("%s: %s [%s]", ev.type.value, ev.summary, ev.task.id if ev.task else "-")
-        await self._announce(target, self.health.succeeded(target.subject))
+        await self._announce(target.key, self.health.succeeded(target.subject))
         return outcome
 
     def _skew(self, spec: ProjectSpec, client: DcsClient) -> float:
@@ -273,13 +286,17 @@ class Poller:
     async def _instance_gone(self, target: Target, previous: Snapshot, exc: DcsApiError | None) -> None:
         """The instance was deleted: announce ``instance.removed`` once, keep its state for a TTL."""
         inst = target.instance
-        if exc is not None and exc.error_code not in (None, INSTANCE_GONE):
-            self._report(target, exc)  # a 404 of another kind (a wrong URL?): not proof of deletion
+        if exc is not None and exc.error_code != INSTANCE_GONE:
+            self._report(target, exc)  # a 404 of another kind (a wrong URL, a proxy?): not proof of deletion
             return
+        key = target.key
+        self._last_polled.pop(key, None)  # no more ~polled writes: the state is left to expire
+        self._touched.pop(key, None)
         if previous.removed_at is None:
             now = self.clock()
             event = Event(
-                id=event_id(inst.id, "", EventType.INSTANCE_REMOVED, ""),
+                # One announcement per deletion (an instance may come back, e.g. a wrong 404 cleared).
+                id=event_id(inst.id, "", EventType.INSTANCE_REMOVED, now.isoformat()),
                 type=EventType.INSTANCE_REMOVED,
                 project_id=target.project.project_id,
                 region=target.project.region,
@@ -298,21 +315,29 @@ class Poller:
             except StateStoreError:
                 return  # announced on a later attempt
             log.warning("instance.removed: %s", event.summary)
-        self._failures.pop(target.key, None)
-        self.health.forget(target.key)
+        self._failures.pop(key, None)
+        await self._close_health(key)
         if target.discovered:
-            self.retire(target.key)
+            self.retire(key)
 
-    async def _announce(self, target: Target, event: Event | None) -> None:
+    async def _close_health(self, key: str) -> None:
+        """An instance no longer watched (deleted, filtered out) has no health episode open any more."""
+        self.health.forget(key)
+        if key in self.health.announced:
+            with contextlib.suppress(StateStoreError):
+                await self.store.record_health(key, None, [])
+                self.health.announced.pop(key, None)
+
+    async def _announce(self, key: str, event: Event | None) -> None:
         """Record a ``poller.*`` event with its outbox entries; confirmed only once it is in Redis."""
         if event is None:
             return
         try:
             problem = event.problem if event.type is EventType.POLLER_UNHEALTHY else None
-            await self.store.record_health(target.key, problem, self._route(event))
+            await self.store.record_health(key, problem, self._route(event))
         except StateStoreError:
             return  # not confirmed: the next poll announces it again (same event id)
-        self.health.confirm(event, target.key)
+        self.health.confirm(event, key)
         level = logging.WARNING if event.type is EventType.POLLER_UNHEALTHY else logging.INFO
         log.log(level, "%s: %s", event.type.value, event.summary)
 
@@ -407,7 +432,9 @@ class Poller:
     def _start(self, key: str, delay: float) -> None:
         assert self._tg is not None and self._stop is not None
         control = self._controls[key] = _Control()
-        self._tg.create_task(self._run_target(key, control, self._stop, delay), name=f"poll:{key}")
+        control.task = self._tg.create_task(
+            self._run_target(key, control, self._stop, delay), name=f"poll:{key}"
+        )
 
     async def _run_target(self, key: str, control: _Control, stop: asyncio.Event, delay: float) -> None:
         while not stop.is_set() and not control.retired:
@@ -433,6 +460,7 @@ class Poller:
 
     async def discover(self, spec: ProjectSpec) -> bool:
         """List ``spec``'s instances and update the fleet; False when the listing failed."""
+        subject = _discovery_subject(spec)
         try:
             raw = await self.clients[spec.project_id].list_instances()
         except DcsApiError as exc:
@@ -440,9 +468,12 @@ class Poller:
             if self._reported.get(spec.project_id) != fingerprint:
                 self._reported[spec.project_id] = fingerprint
                 log.error("discovery of project %s (%s) failed: %s", spec.project_id, spec.account, exc)
+            # A project whose instance list keeps failing is watched by nobody: that is ops' business.
+            await self._announce(subject.key, self.health.failed(subject, exc))
             return False
         if self._reported.pop(spec.project_id, None) is not None:
             log.info("discovery of project %s recovered", spec.project_id)
+        await self._announce(subject.key, self.health.succeeded(subject))
         listing = select(raw, spec)
         for inst in listing.watched.values():
             target = Target(spec, inst, discovered=inst.id not in {i.id for i in spec.instances})
@@ -458,6 +489,7 @@ class Poller:
             if target.instance.id in listing.watched:
                 continue
             if target.instance.id in listing.listed:
+                await self._close_health(key)
                 log.info(
                     "instance %s no longer matches the discovery filter; not watched", target.instance.name
                 )
@@ -507,6 +539,13 @@ class Poller:
             self._tg = None
 
     async def _wake_all_on(self, stop: asyncio.Event) -> None:
+        """On stop, end every instance's loop at once, a poll in flight included.
+
+        A poll may be waiting out a throttled endpoint's pause; cancelling it is safe: a commit is one
+        MULTI/EXEC (applied whole or not at all) and a poll that did not commit is simply done again
+        after the restart, with the same event ids.
+        """
         await stop.wait()
         for control in self._controls.values():
-            control.wake.set()
+            if control.task is not None:
+                control.task.cancel()

@@ -108,6 +108,16 @@ async def test_list_instances(sim: Simulator) -> None:
     assert {i["name"] for i in instances} == {"orders-cache", "sessions-cache"}
 
 
+async def test_list_instances_reads_every_page(sim: Simulator) -> None:
+    for n in range(23):
+        sim.add_instance(f"bulk-{n:02d}", f"bulk-{n:02d}", tags={"n": str(n)})
+    async with client(sim) as c:
+        instances = await c.list_instances(limit=10)
+    assert len({i["instance_id"] for i in instances}) == 25
+    pages = [r.query for r in sim.requests if r.path.endswith("/instances")]
+    assert [(q["offset"], q["limit"]) for q in pages] == [("0", "10"), ("10", "10"), ("20", "10")]
+
+
 def test_endpoint_must_be_http() -> None:
     with pytest.raises(ValueError, match="http"):
         DcsClient(endpoint="ftp://x", project_id="p", ak="a", sk="s")

@@ -44,10 +44,10 @@ def tracker(clocks: Clocks, announced: dict[str, PollProblem] | None = None) -> 
     return HealthTracker(AFTER, announced=announced, monotonic=clocks.monotonic, clock=clocks.now)
 
 
-def error(reason: Reason = Reason.SERVER_ERROR, request_id: str = "req-1") -> DcsApiError:
-    return DcsApiError(
-        INSTANCE.id, reason, "busy", http_status=503, error_code="DCS.5000", request_id=request_id
-    )
+def error(
+    reason: Reason = Reason.SERVER_ERROR, request_id: str = "req-1", code: str = "DCS.5000"
+) -> DcsApiError:
+    return DcsApiError(INSTANCE.id, reason, "busy", http_status=503, error_code=code, request_id=request_id)
 
 
 def unhealthy_after_threshold(h: HealthTracker, clocks: Clocks) -> Event:
@@ -106,18 +106,22 @@ def test_unhealthy_repeats_only_until_confirmed(clocks: Clocks) -> None:
         assert h.failed(SUBJECT, error()) is None
 
 
-def test_not_found_errors_are_ignored(clocks: Clocks) -> None:
+def test_a_deleted_instance_is_not_a_health_problem_but_another_404_is(clocks: Clocks) -> None:
     h = tracker(clocks)
-    assert h.failed(SUBJECT, error(Reason.NOT_FOUND)) is None
+    assert h.failed(SUBJECT, error(Reason.NOT_FOUND, code="DCS.4001")) is None
+    clocks.advance(AFTER)
+    assert h.failed(SUBJECT, error(Reason.NOT_FOUND, code="DCS.4001")) is not None  # a wrong URL
+    h = tracker(clocks)
+    assert h.failed(SUBJECT, error(Reason.NOT_FOUND, code="DCS.3022")) is None
     clocks.advance(AFTER * 10)
-    assert h.failed(SUBJECT, error(Reason.NOT_FOUND)) is None
-    # A NOT_FOUND did not start the episode: the first real failure does.
+    assert h.failed(SUBJECT, error(Reason.NOT_FOUND, code="DCS.3022")) is None
+    # A DCS.3022 did not start the episode: the first real failure does.
     assert h.failed(SUBJECT, error()) is None
     clocks.advance(AFTER)
-    assert h.failed(SUBJECT, error(Reason.NOT_FOUND)) is None
+    assert h.failed(SUBJECT, error(Reason.NOT_FOUND, code="DCS.3022")) is None
     unhealthy = h.failed(SUBJECT, error())
     assert unhealthy is not None and unhealthy.problem is not None
-    assert unhealthy.problem.since == T0 + timedelta(seconds=AFTER * 10)
+    assert unhealthy.problem.since == T0 + timedelta(seconds=AFTER * 11)
 
 
 @pytest.mark.parametrize(

@@ -34,6 +34,9 @@ from notifier.errors import CredentialsError, DcsApiError, Reason
 log = logging.getLogger(__name__)
 
 USER_AGENT = "dcs-notifier/0.1"
+#: A ``Retry-After`` holds every request to the endpoint at most this long (the poller still waits
+#: the whole of it before polling that instance again).
+MAX_PAUSE_SECONDS = 120.0
 #: How often the API's clock is measured from the ``Date`` header of an answer.
 DATE_CHECK_SECONDS = 60.0
 MAX_PAGES = 1000
@@ -190,10 +193,11 @@ class DcsClient:
         try:
             raw, request_id = await self._send(instance_id, url, base_headers)
         except DcsApiError as exc:
-            if exc.http_status != 401 or isinstance(self._credentials, AkSkCredentials):
+            rejected = exc.sent_headers
+            exc.sent_headers = None
+            # A rejected IAM token or a rotated credentials file: the provider may have fresh ones.
+            if exc.http_status != 401 or not self._credentials.invalidate(self._project_id, rejected):
                 raise
-            # A rejected IAM token or a rotated credentials file: the provider now has fresh ones.
-            self._credentials.invalidate(self._project_id)
             raw, request_id = await self._send(instance_id, url, base_headers)
         try:
             body = json.loads(raw)
@@ -246,7 +250,9 @@ class DcsClient:
                     if error.reason is Reason.RATE_LIMITED:
                         limiter.on_throttled()
                         if error.retry_after:
-                            limiter.pause(error.retry_after)
+                            limiter.pause(min(error.retry_after, MAX_PAUSE_SECONDS))
+                    elif resp.status == 401:
+                        error.sent_headers = headers  # for invalidate(): which token was rejected
                     raise error
         except CredentialsError as exc:
             raise DcsApiError(instance_id, exc.reason, str(exc)) from None

@@ -65,9 +65,12 @@ class CredentialProvider(Protocol):
         X-Auth-Token. ``url`` is the full URL as sent, including the canonical query."""
         ...
 
-    def invalidate(self, project_id: str) -> None:
-        """The API rejected what apply() gave (HTTP 401): drop cached tokens / re-read files on the next
-        apply()."""
+    def invalidate(self, project_id: str, rejected: Mapping[str, str] | None = None) -> bool:
+        """The API rejected what apply() gave (HTTP 401; ``rejected``: the headers that were sent).
+
+        Drops a cached token / re-reads a file. Returns whether the next apply() gives different
+        credentials, i.e. whether trying again at once may help.
+        """
         ...
 
     def describe(self) -> str:
@@ -130,8 +133,9 @@ class AkSkCredentials:
     ) -> dict[str, str]:
         return self.sign(method, url, headers, body)
 
-    def invalidate(self, project_id: str) -> None:
+    def invalidate(self, project_id: str, rejected: Mapping[str, str] | None = None) -> bool:
         """Nothing cached: fixed credentials stay what they are."""
+        return False
 
     def describe(self) -> str:
         kind = "temporary AK/SK" if self.temporary else "AK/SK"
@@ -381,8 +385,14 @@ class FileCredentials:
     ) -> dict[str, str]:
         return self.current().sign(method, url, headers, body)
 
-    def invalidate(self, project_id: str) -> None:
+    def invalidate(self, project_id: str, rejected: Mapping[str, str] | None = None) -> bool:
+        """Re-read the file now; True when it holds other credentials than those rejected."""
+        before = self._loaded.credentials._fields() if self._loaded else None
         self._force = True
+        try:
+            return self.current()._fields() != before
+        except CredentialsError:
+            return False
 
     def describe(self) -> str:
         loaded = self._loaded
@@ -404,6 +414,11 @@ class _Token:
     value: str = field(repr=False)
     expires_at: datetime
     refresh_at: datetime
+    fetched_at: datetime | None = None
+
+
+#: After the API rejected a token, another rejected token of that project is dropped only this much later.
+MIN_TOKEN_AGE = timedelta(minutes=1)
 
 
 class IamPasswordCredentials:
@@ -451,6 +466,7 @@ class IamPasswordCredentials:
         self._attempts: dict[str, int] = {}
         self._last_error: dict[str, CredentialsError] = {}
         self._retry_at: dict[str, datetime] = {}
+        self._dropped_at: dict[str, datetime] = {}
 
     @property
     def source(self) -> str:
@@ -610,7 +626,7 @@ class IamPasswordCredentials:
             project_id,
             expires_at.isoformat(),
         )
-        return _Token(subject, expires_at, refresh_at)
+        return _Token(subject, expires_at, refresh_at, fetched_at=now)
 
     def _expires_at(self, raw: bytes, status: int) -> datetime:
         try:
@@ -670,9 +686,28 @@ class IamPasswordCredentials:
         out[HEADER_AUTH_TOKEN] = token.value
         return out
 
-    def invalidate(self, project_id: str) -> None:
-        if self._tokens.pop(project_id, None) is not None:
-            self._retry_at.pop(project_id, None)
+    def invalidate(self, project_id: str, rejected: Mapping[str, str] | None = None) -> bool:
+        """Drop the project's token if it is the one rejected (a late 401 keeps a newer token).
+
+        At most one token per minute and project is dropped this way: an API that rejects even fresh
+        tokens must not make every poll ask IAM for a new one.
+        """
+        cached = self._tokens.get(project_id)
+        if cached is None:
+            return True
+        sent = None
+        if rejected is not None:
+            sent = next((v for k, v in rejected.items() if k.lower() == HEADER_AUTH_TOKEN.lower()), None)
+            if sent != cached.value:
+                return True  # a newer token is already cached: try again with it
+        now = self._now()
+        last = self._dropped_at.get(project_id)
+        if last is not None and now - last < MIN_TOKEN_AGE:
+            return False
+        self._dropped_at[project_id] = now
+        del self._tokens[project_id]
+        self._retry_at.pop(project_id, None)
+        return True
 
     def describe(self) -> str:
         return f"IAM password {self._user}@{self._domain} via {self._host}"

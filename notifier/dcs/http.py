@@ -77,6 +77,14 @@ def _parse_host_entry(entry: str) -> str:
     return _host_key(host, int(port) if port else None)
 
 
+def check_host_entry(entry: str) -> None:
+    """Raise ValueError when an ``api.insecure_endpoints`` entry cannot be understood (config checks)."""
+    try:
+        _parse_host_entry(entry)
+    except (ConfigError, ValueError) as exc:
+        raise ValueError(str(exc).removeprefix("api.insecure_endpoints: ")) from None
+
+
 @dataclass(frozen=True)
 class TlsPolicy:
     """Which certificates to trust, and which hosts not to verify at all."""
