@@ -81,6 +81,10 @@ class HealthTracker:
             return None
         return self._event(subject, EventType.POLLER_RECOVERED, problem)
 
+    def failing(self, key: str) -> bool:
+        """Whether the subject's last poll failed (an episode is under way, announced or not)."""
+        return key in self._streaks
+
     def confirm(self, event: Event, key: str) -> None:
         """The announcement is recorded in Redis: remember it."""
         if event.type is EventType.POLLER_UNHEALTHY and event.problem is not None:

@@ -33,7 +33,7 @@ from datetime import UTC, datetime, timedelta
 from notifier.config import Config, InstanceConfig, ProjectSpec
 from notifier.dcs.client import DcsClient
 from notifier.dcs.models import IN_PROGRESS_STATUSES, Outcome, classify_status
-from notifier.diff import DiffContext, Snapshot, diff
+from notifier.diff import DiffContext, DiffResult, Snapshot, diff
 from notifier.discovery import select
 from notifier.errors import DcsApiError, Reason, StateStoreError
 from notifier.events import Event, EventType, InstanceRef, Notification, event_id
@@ -86,6 +86,24 @@ class PollOutcome:
     @property
     def ok(self) -> bool:
         return self.error is None
+
+
+@dataclass(frozen=True, slots=True)
+class _Known:
+    """What this process last wrote for an instance it owns, and the digest of the answer it came from."""
+
+    snapshot: Snapshot
+    digest: bytes | None
+
+
+def advance(previous: Snapshot | None, result: DiffResult, now: datetime) -> Snapshot:
+    """The snapshot as :meth:`StateStore.commit` leaves it: ``previous`` with ``result`` applied."""
+    tasks = dict(previous.tasks) if previous is not None else {}
+    tasks.update(result.upserts)
+    for tid in result.removals:
+        tasks.pop(tid, None)
+    baseline_at = previous.baseline_at if previous is not None else now
+    return Snapshot(baseline_at=baseline_at, tasks=tasks, polled_at=now)
 
 
 @dataclass(slots=True)
@@ -176,6 +194,8 @@ class Poller:
         self._touched: dict[str, float] = {}
         self._unlisted: dict[str, int] = {}  # discovered instances missing from consecutive listings
         self._controls: dict[str, _Control] = {}
+        #: The state of instances this process owns, as it last committed it (see _Known).
+        self._known: dict[str, _Known] = {}
         self._skew_warned: set[str] = set()
         self._tg: asyncio.TaskGroup | None = None
         self._stop: asyncio.Event | None = None
@@ -207,14 +227,28 @@ class Poller:
         if last is not None and self._monotonic() - self._touched.get(key, 0.0) >= TOUCH_EVERY_SECONDS:
             touch = last
         previous: Snapshot | None = None
+        known = self._known.get(key)
         try:
-            previous = await self.store.load(spec.project_id, inst.id, touch=touch)
-            if touch is not None:
-                self._touched[key] = self._monotonic()
+            if known is not None:
+                # This process owns the instance and wrote its state last: no need to read it back.
+                previous = known.snapshot
+            else:
+                previous = await self.store.load(spec.project_id, inst.id, touch=touch)
+                if touch is not None:
+                    self._touched[key] = self._monotonic()
             client = self.clients[spec.project_id]
             skew = timedelta(seconds=self._skew(spec, client))
             start = query_start(previous, last, now, window=timedelta(seconds=poll.window), skew=skew)
-            tasks = await client.list_tasks(inst.id, start, now + max(skew, timedelta(seconds=60)))
+            answer = await client.poll_tasks(
+                inst.id,
+                start,
+                now + max(skew, timedelta(seconds=60)),
+                unchanged=known.digest if known is not None else None,
+            )
+            if answer.tasks is None:  # the very same answer as last time: nothing can have changed
+                await self._succeeded(target, now)
+                return outcome
+            tasks = answer.tasks
             ctx = DiffContext(
                 project_id=spec.project_id,
                 region=spec.region,
@@ -235,6 +269,7 @@ class Poller:
                 polled_at=now,
                 revived=previous is not None and previous.removed_at is not None,
             )
+            self._known[key] = _Known(advance(previous, result, now), answer.digest)
         except DcsApiError as exc:
             outcome.error = exc
             if exc.reason is Reason.NOT_FOUND and previous is not None:
@@ -245,21 +280,28 @@ class Poller:
             return outcome
         except StateStoreError as exc:
             outcome.error = exc
+            self._known.pop(key, None)  # read the state back once Redis answers (it may have lost it)
             self._report(target, exc)
             return outcome
-        self._last_polled[key] = now
-        self._touched.setdefault(key, self._monotonic())
-        self._unlisted.pop(key, None)
         outcome.events = result.events
         outcome.notifications = notifications
-        self._recovered(target)
-        self.last_success = time.monotonic()
         if result.baseline_at is not None:
             log.info("baseline of %s (%s): %d task(s) recorded", inst.name, inst.id, len(result.upserts))
         for ev in result.events:
             log.info("%s: %s [%s]", ev.type.value, ev.summary, ev.task.id if ev.task else "-")
-        await self._announce(target.key, self.health.succeeded(target.subject))
+        await self._succeeded(target, now)
         return outcome
+
+    async def _succeeded(self, target: Target, now: datetime) -> None:
+        key = target.key
+        self._last_polled[key] = now
+        self._touched.setdefault(key, self._monotonic())
+        self._unlisted.pop(key, None)
+        self.last_success = time.monotonic()
+        if key in self._reported:
+            self._recovered(target)
+        if key in self.health.announced or self.health.failing(key):
+            await self._announce(key, self.health.succeeded(target.subject))
 
     def _skew(self, spec: ProjectSpec, client: DcsClient) -> float:
         """``poll.skew``, widened when the API's clock (its ``Date`` header) is further off than that."""
@@ -290,6 +332,7 @@ class Poller:
             self._report(target, exc)  # a 404 of another kind (a wrong URL, a proxy?): not proof of deletion
             return
         key = target.key
+        self._known.pop(key, None)
         self._last_polled.pop(key, None)  # no more ~polled writes: the state is left to expire
         self._touched.pop(key, None)
         if previous.removed_at is None:
@@ -418,6 +461,7 @@ class Poller:
         """Stop watching one instance (its state stays in Redis)."""
         self.targets.pop(key, None)
         self._unlisted.pop(key, None)
+        self._known.pop(key, None)
         self.health.forget(key)
         control = self._controls.pop(key, None)
         if control is not None:
