@@ -315,3 +315,11 @@ def test_security_token_is_signed_and_replaces_a_given_one() -> None:
     with pytest.raises(ValueError, match="security_token") as excinfo:
         sign("GET", url, BASE_HEADERS, ak=AK, sk=SK, security_token="")
     assert SK not in str(excinfo.value)
+
+
+def test_a_canonical_query_is_signed_as_it_is() -> None:
+    query = canonical_query([("start_time", "20240101000000"), ("offset", "0"), ("na me", "x/y")])
+    url = f"http://127.0.0.1:8080/v2/{PROJECT}/instances/i%20d/tasks?{query}"
+    headers = {**BASE_HEADERS, "X-Sdk-Date": SDK_DATE}
+    fast = sign("GET", url, headers, ak=AK, sk=SK, query_is_canonical=True)
+    assert fast == sign("GET", url, headers, ak=AK, sk=SK)

@@ -115,10 +115,19 @@ class AkSkCredentials:
         body: bytes = b"",
         *,
         now: datetime | None = None,
+        query_is_canonical: bool = False,
     ) -> dict[str, str]:
         """Synchronous signing (see :func:`notifier.dcs.signer.sign`)."""
         return sign(
-            method, url, headers, body, ak=self._ak, sk=self._sk, now=now, security_token=self._security_token
+            method,
+            url,
+            headers,
+            body,
+            ak=self._ak,
+            sk=self._sk,
+            now=now,
+            security_token=self._security_token,
+            query_is_canonical=query_is_canonical,
         )
 
     async def apply(
@@ -131,7 +140,7 @@ class AkSkCredentials:
         project_id: str,
         session: aiohttp.ClientSession,
     ) -> dict[str, str]:
-        return self.sign(method, url, headers, body)
+        return self.sign(method, url, headers, body, query_is_canonical=True)  # the protocol's promise
 
     def invalidate(self, project_id: str, rejected: Mapping[str, str] | None = None) -> bool:
         """Nothing cached: fixed credentials stay what they are."""
@@ -383,7 +392,7 @@ class FileCredentials:
         project_id: str,
         session: aiohttp.ClientSession,
     ) -> dict[str, str]:
-        return self.current().sign(method, url, headers, body)
+        return self.current().sign(method, url, headers, body, query_is_canonical=True)
 
     def invalidate(self, project_id: str, rejected: Mapping[str, str] | None = None) -> bool:
         """Re-read the file now; True when it holds other credentials than those rejected."""

@@ -15,6 +15,7 @@ The secret key never appears in a return value, a repr or an exception message.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import re
@@ -56,6 +57,7 @@ def canonical_query(params: QueryParams) -> str:
     return "&".join(f"{_encode(k)}={_encode(v)}" for k, v in sorted(_pairs(params)))
 
 
+@functools.lru_cache(maxsize=65_536)  # one path per instance: polled again and again
 def canonical_uri(path: str) -> str:
     """The path as signed: each segment un-escaped then re-encoded, with a trailing ``/``."""
     encoded = "/".join(_encode(segment) for segment in unquote(path).split("/"))
@@ -91,18 +93,20 @@ def canonical_request(
     body: bytes,
 ) -> str:
     """The canonical request over ``signed`` (lower-case names, in order) header names."""
+    return _canonical(method, canonical_uri(path), canonical_query(query), headers, signed, body)
+
+
+def _canonical(
+    method: str, uri: str, query: str, headers: Mapping[str, str], signed: Sequence[str], body: bytes
+) -> str:
     values = {key.lower(): str(value).strip() for key, value in headers.items()}
     lines = "".join(f"{name}:{values.get(name, '')}\n" for name in signed)
-    return "\n".join(
-        [
-            method.upper(),
-            canonical_uri(path),
-            canonical_query(query),
-            lines,
-            ";".join(signed),
-            _payload_hash(headers, body),
-        ]
-    )
+    return "\n".join([method.upper(), uri, query, lines, ";".join(signed), _payload_hash(headers, body)])
+
+
+@functools.lru_cache(maxsize=4)
+def _sdk_date(epoch_second: int) -> str:
+    return datetime.fromtimestamp(epoch_second, UTC).strftime(DATE_FORMAT)
 
 
 def string_to_sign(canonical: str, sdk_date: str) -> str:
@@ -123,6 +127,7 @@ def sign(
     sk: str,
     now: datetime | None = None,
     security_token: str | None = None,
+    query_is_canonical: bool = False,
 ) -> dict[str, str]:
     """Return a new header dict: ``headers`` (values trimmed) + ``X-Sdk-Date`` + ``Authorization``.
 
@@ -146,14 +151,16 @@ def sign(
         out[HEADER_CONTENT_SHA256] = UNSIGNED_PAYLOAD
     sdk_date = _get(out, HEADER_DATE)
     if sdk_date is None:
-        moment = (now or datetime.now(UTC)).astimezone(UTC)
-        sdk_date = moment.strftime(DATE_FORMAT)
+        sdk_date = _sdk_date(int((now or datetime.now(UTC)).timestamp()))
         out[HEADER_DATE] = sdk_date
     if _get(out, "Host") is None:
         out["Host"] = parts.netloc
     signed = signed_header_names(out)
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    canonical = canonical_request(method, parts.path or "/", query, out, signed, body)
+    # The client sends the query exactly as canonical_query() built it: no need to parse and rebuild it.
+    query = (
+        parts.query if query_is_canonical else canonical_query(parse_qsl(parts.query, keep_blank_values=True))
+    )
+    canonical = _canonical(method, canonical_uri(parts.path or "/"), query, out, signed, body)
     signature = _signature(sk, string_to_sign(canonical, sdk_date))
     out[HEADER_AUTHORIZATION] = (
         f"{ALGORITHM} Access={ak}, SignedHeaders={';'.join(signed)}, Signature={signature}"
