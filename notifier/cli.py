@@ -12,7 +12,7 @@ import json
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -69,7 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(q)
     q = dl.add_parser("replay", help="put dead letters back in their channel's outbox and deliver them")
     _add_common(q)
-    q.add_argument("ids", nargs="*", metavar="ID", help="dead-letter ids (from 'list')")
+    q.add_argument(
+        "ids",
+        nargs="*",
+        metavar="ID",
+        help="dead-letter ids (from 'list'); CHANNEL/ID where one is ambiguous",
+    )
     q.add_argument("--all", action="store_true", help="replay every dead letter")
     q.add_argument("--no-deliver", action="store_true", help="only re-queue; leave delivery to the daemon")
     q = dl.add_parser("purge", help="delete every dead letter")
@@ -96,7 +101,7 @@ def mask_redis_url(url: str) -> str:
         netloc = "****@" + netloc.rsplit("@", 1)[1]
     query = urlencode(
         [
-            (k, "****" if k.lower() in ("password", "username", "user") else v)
+            (k, "****" if k.lower() in ("password", "username", "user", "sentinel_password") else v)
             for k, v in parse_qsl(parts.query)
         ],
         safe="*",
@@ -148,6 +153,16 @@ def _install_stop_handlers(daemon: Daemon) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, daemon.request_stop)
+
+
+def run_fast(main: Coroutine[Any, Any, int]) -> int:
+    """Run the daemon on uvloop when it is installed (a faster event loop), else on asyncio's own."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - a dependency on Linux and macOS
+        return asyncio.run(main)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)
 
 
 async def _run(config: Config) -> int:
@@ -302,9 +317,12 @@ async def _replay(config: Config, store: StateStore, letters: list[DeadLetter]) 
 
 async def _dead_letters(config: Config, args: argparse.Namespace) -> int:
     store = open_store(config)
+    # On a Redis Cluster each channel has its own dead-letter stream: the config's channels, plus any
+    # other stream the store finds (a SCAN of every primary), e.g. of a channel since removed.
+    channels = list(config.channels)
     try:
         if args.action == "list":
-            letters = await store.dead_letters()
+            letters = await store.dead_letters(channels=channels)
             for d in letters:
                 n = d.notification
                 what = (
@@ -317,7 +335,7 @@ async def _dead_letters(config: Config, args: argparse.Namespace) -> int:
             print(f"{len(letters)} dead letter(s)", file=sys.stderr)
             return 0
         if args.action == "purge":
-            print(f"purged {await store.purge_dead()} dead letter(s)")
+            print(f"purged {await store.purge_dead(channels=channels)} dead letter(s)")
             return 0
         if not args.ids and not args.all:
             print(
@@ -325,7 +343,7 @@ async def _dead_letters(config: Config, args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 2
-        letters = await store.select_dead(None if args.all else args.ids)
+        letters = await store.select_dead(None if args.all else args.ids, channels=channels)
         if args.no_deliver:
             print(
                 f"re-queued {len(await store.requeue_dead(letters))} dead letter(s); the daemon delivers them"
@@ -351,9 +369,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_check_config(args)
         config = _load(args)
         if args.command == "run":
-            return asyncio.run(_run(config))
+            return run_fast(_run(config))
         if args.command == "once":
-            return asyncio.run(_once(config))
+            return run_fast(_once(config))
         if args.command == "send-test":
             return asyncio.run(_send_test(config, args.channel))
         if args.command == "list-instances":

@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import parse_qs, unquote
 
 import yaml
 from pydantic import (
@@ -285,16 +286,129 @@ class PollConfig(_Model):
     recheck: float = Field(default=300.0, gt=0)
 
 
+@dataclass(frozen=True)
+class RedisTarget:
+    """What ``redis.url`` names: a standalone server, a Redis Cluster, or a Sentinel-managed master."""
+
+    mode: Literal["standalone", "cluster", "sentinel"]
+    url: str = ""  # standalone: the URL itself, as redis-py reads it
+    nodes: tuple[tuple[str, int], ...] = ()  # cluster: seed nodes; sentinel: the sentinels
+    tls: bool = False
+    username: str | None = None
+    password: str | None = None  # of the data nodes (cluster nodes, or the Sentinel's master)
+    service: str = ""  # sentinel: the monitored master's name
+    db: int = 0
+    sentinel_password: str | None = None  # sentinel: when the sentinels themselves require one
+
+
+_SENTINEL_QUERY = ("sentinel_password",)
+_REDIS_SCHEMES = (
+    "redis",
+    "rediss",
+    "unix",
+    "redis+cluster",
+    "rediss+cluster",
+    "redis+sentinel",
+    "rediss+sentinel",
+)
+
+
+def _host_port(item: str, scheme: str) -> tuple[str, int]:
+    """``host:port`` or ``[v6]:port``; the message never repeats the URL (it may hold a password)."""
+    if item.startswith("["):
+        host, sep, rest = item[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+        ok = bool(sep) and rest.startswith(":")
+    else:
+        host, _, port = item.rpartition(":")
+        ok = ":" in item
+    if not ok or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{scheme}:// URLs list host:port pairs separated by commas (each with its port)")
+    return host, int(port)
+
+
+def parse_redis_url(url: str) -> RedisTarget:
+    """Read ``redis.url``: ``redis://``, ``rediss://``, ``unix://`` (standalone, as redis-py reads them),
+    ``redis+cluster://[user:password@]host:port[,host:port...]`` (``rediss+cluster://`` with TLS), or
+    ``redis+sentinel://[user:password@]host:port[,host:port...]/service_name[/db]`` (``rediss+sentinel://``).
+
+    Errors name the expected form, never the URL (it may hold a password).
+    """
+    scheme, sep, rest = url.partition("://")
+    scheme = scheme.lower()
+    if not sep or scheme not in _REDIS_SCHEMES:
+        raise ValueError(
+            "must start with redis://, rediss://, unix:// (one server), redis+cluster:// or "
+            "rediss+cluster:// (a Redis Cluster), redis+sentinel:// or rediss+sentinel:// (Sentinel)"
+        )
+    if scheme in ("redis", "rediss", "unix"):
+        return RedisTarget(mode="standalone", url=url)
+    mode: Literal["cluster", "sentinel"] = "cluster" if scheme.endswith("cluster") else "sentinel"
+    rest, _, fragment = rest.partition("#")
+    rest, _, query = rest.partition("?")
+    netloc, _, path = rest.partition("/")
+    userinfo, at, hosts = netloc.rpartition("@")
+    if not at:
+        hosts = netloc
+    username: str | None = None
+    password: str | None = None
+    if at:
+        user, colon, pw = userinfo.partition(":")
+        username = unquote(user) or None
+        password = unquote(pw) if colon else None
+    if not hosts:
+        raise ValueError(f"{scheme}:// needs at least one host:port")
+    nodes = tuple(_host_port(h.strip(), scheme) for h in hosts.split(","))
+    params = parse_qs(query, keep_blank_values=True)
+    allowed = _SENTINEL_QUERY if mode == "sentinel" else ()
+    unknown = sorted(set(params) - set(allowed))
+    if unknown or fragment:
+        what = ", ".join(unknown) or "a #fragment"
+        known = f" (known: {', '.join(allowed)})" if allowed else ""
+        raise ValueError(f"{scheme}:// URLs take no {what}{known}")
+    tls = scheme.startswith("rediss")
+    if mode == "cluster":
+        if path.strip("/") not in ("", "0"):
+            raise ValueError(f"{scheme}:// URLs take no database number: a Redis Cluster has only db 0")
+        return RedisTarget(mode="cluster", nodes=nodes, tls=tls, username=username, password=password)
+    parts = [unquote(p) for p in path.split("/")] if path else []
+    if parts and parts[-1] == "":
+        parts.pop()
+    if not parts or not parts[0] or len(parts) > 2:
+        raise ValueError(f"{scheme}:// URLs end with /service_name or /service_name/db (the master's name)")
+    db = 0
+    if len(parts) == 2:
+        if not parts[1].isdigit():
+            raise ValueError(f"{scheme}:// URLs end with /service_name/db, db a number")
+        db = int(parts[1])
+    sentinel_pw = params.get("sentinel_password", [None])[-1]
+    return RedisTarget(
+        mode="sentinel",
+        nodes=nodes,
+        tls=tls,
+        username=username,
+        password=password,
+        service=parts[0],
+        db=db,
+        sentinel_password=sentinel_pw or None,
+    )
+
+
 class RedisConfig(_Model):
+    #: One server (``redis://``, ``rediss://``, ``unix://``), a Redis Cluster (``redis+cluster://``) or a
+    #: Sentinel-managed master (``redis+sentinel://.../service_name[/db]``); see :func:`parse_redis_url`.
     url: SecretStr = SecretStr("redis://localhost:6379/0")
     key_prefix: str = Field(default=DEFAULT_PREFIX, pattern=r"^[A-Za-z0-9_.-]+$")
 
     @field_validator("url")
     @classmethod
-    def _redis_scheme(cls, v: SecretStr) -> SecretStr:
-        if not v.get_secret_value().startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("must start with redis://, rediss:// or unix://")
+    def _redis_url(cls, v: SecretStr) -> SecretStr:
+        parse_redis_url(v.get_secret_value())  # ValueError: the message names the form, never the URL
         return v
+
+    @property
+    def target(self) -> RedisTarget:
+        return parse_redis_url(self.url.get_secret_value())
 
 
 class DeliveryConfig(_Model):
@@ -390,6 +504,18 @@ def _location_translator(raw: Mapping[str, Any]) -> Callable[[str], str]:
     return translate
 
 
+class ScalingConfig(_Model):
+    """Several ``dcs-notifier run`` replicas sharing one Redis split the fleet (see notifier.leases)."""
+
+    enabled: bool = False
+    #: This replica's name (membership, leases, delivery consumer). Default: ``{hostname}-{pid}``.
+    replica: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.:-]+$")
+    #: The fleet is split into this many shards, each leased to one replica.
+    shards: int = Field(default=256, ge=1, le=65_536)
+    #: Seconds a lease lasts without renewal (renewed every third of it). At least ``poll.interval``.
+    lease_ttl: float = Field(default=30.0, gt=0)
+
+
 class Config(_Model):
     #: One or more accounts. The single-project form (``cloud: {project_id, ...}`` + ``instances``) loads too.
     cloud: list[AccountConfig] = Field(min_length=1)
@@ -401,6 +527,7 @@ class Config(_Model):
     channels: dict[str, ChannelConfig] = Field(min_length=1)
     rules: list[RuleConfig] = Field(default_factory=list)
     delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)
+    scaling: ScalingConfig = Field(default_factory=ScalingConfig)
     #: Set when the file used the single-project form (error messages then use its key names).
     single_project_form: bool = Field(default=False, exclude=True)
 
@@ -451,6 +578,11 @@ class Config(_Model):
             for ch in rule.channels:
                 if ch not in self.channels:
                     raise ValueError(f"rules.{i}.channels: unknown channel {ch!r} (known: {known})")
+        if self.scaling.enabled and self.scaling.lease_ttl < self.poll.interval:
+            raise ValueError(
+                f"scaling.lease_ttl ({self.scaling.lease_ttl:g} s) must be at least poll.interval "
+                f"({self.poll.interval:g} s): a replica taking over must not poll within an interval"
+            )
         for ch in self.health.channels:
             if ch not in self.channels:
                 raise ValueError(f"health.channels: unknown channel {ch!r} (known: {known})")

@@ -1,7 +1,8 @@
 """The whole Redis schema of dcs-notifier, in one place.
 
 Every key starts with the configured prefix (``redis.key_prefix``, default ``dcsn``), so several
-deployments can share one Redis database. ``{p}`` below is that prefix.
+deployments can share one Redis database. ``{p}`` below is that prefix. The names below are those of
+one server or a Sentinel-managed master; a Redis Cluster uses hash-tagged names (last section).
 
 ``{p}:snap:{project_id}:{instance_id}`` — HASH, no TTL.
     What was last seen of each task of one instance: field = task id, value = compact JSON
@@ -40,6 +41,32 @@ deployments can share one Redis database. ``{p}`` below is that prefix.
 
 ``{p}:heartbeat`` — STRING (ISO 8601), TTL 3 × poll interval + 10 s. Written every few seconds while
     some poll succeeded within the last 3 intervals; ``dcs-notifier health`` checks that it exists.
+
+Redis Cluster (``redis.url: redis+cluster://...``; ``Keys(prefix, cluster=True)``)
+---------------------------------------------------------------------------------
+Keys one MULTI/EXEC touches must share a hash slot, so a cluster's keys carry hash tags (``{...}``,
+literally in the name): everything of one channel is in the channel's slot, and each instance's state
+in its own::
+
+    {p}:snap:{{project_id}:{instance_id}}    e.g. dcsn:snap:{a4d3...:5560...}
+    {p}:outbox:{{channel}}                   e.g. dcsn:outbox:{audit}
+    {p}:delivered:{{channel}}:{event_id}     e.g. dcsn:delivered:{audit}:evt_4f78...
+    {p}:attempts:{{channel}}                 e.g. dcsn:attempts:{audit}
+    {p}:dead:{{channel}}                     one dead-letter stream per channel (not one {p}:dead)
+    {p}:health, {p}:heartbeat               unchanged (single keys)
+
+Types, fields and TTLs are as above. One server and Sentinel keep the untagged names (no migration).
+Delivery's transactions (acknowledge + notification log, dead-lettering, attempts, replay/resolve of
+dead letters) stay atomic: their keys share the channel's tag. The writes that span an instance's
+state and the outboxes of several channels — a commit, ``instance.removed``, a ``poller.*``
+announcement with ``{p}:health`` — cannot be one transaction on a cluster: the outbox entries are
+written first (pipelined per node), then the state change (one MULTI/EXEC in its own slot). A crash
+or failure in between leaves the entries queued without the state change; the next poll sees the old
+state, queues the same events again with the same deterministic event ids, and delivery's notification
+log (``delivered:{channel}:{event_id}``, checked before every send) drops the repeats. So on a cluster
+nothing is lost and repeats are dropped by id, instead of "both or neither". (Events whose id is not
+deterministic across attempts — ``instance.removed``, whose id includes its detection time, and a
+``poller.unhealthy`` re-announced after a restart — may then be announced twice, with different ids.)
 """
 
 from __future__ import annotations
@@ -52,30 +79,61 @@ DEAD_LETTER_MAXLEN = 10_000
 
 
 class Keys:
-    """Builds every Redis key name from one prefix."""
+    """Builds every Redis key name from one prefix.
 
-    def __init__(self, prefix: str = DEFAULT_PREFIX) -> None:
+    ``cluster=True`` adds the hash tags a Redis Cluster needs (see the module docstring); standalone and
+    Sentinel deployments keep the untagged names, so switching this code in needs no data migration.
+    """
+
+    def __init__(self, prefix: str = DEFAULT_PREFIX, cluster: bool = False) -> None:
         self.prefix = prefix
+        self.cluster = cluster
+
+    def _tag(self, value: str) -> str:
+        return f"{{{value}}}" if self.cluster else value
 
     def snapshot(self, project_id: str, instance_id: str) -> str:
-        return f"{self.prefix}:snap:{project_id}:{instance_id}"
+        return f"{self.prefix}:snap:{self._tag(f'{project_id}:{instance_id}')}"
 
     def outbox(self, channel: str) -> str:
-        return f"{self.prefix}:outbox:{channel}"
+        return f"{self.prefix}:outbox:{self._tag(channel)}"
+
+    def outbox_channel(self, key: str) -> str | None:
+        """The channel of an outbox stream's key, or None when ``key`` is not one."""
+        return self._channel_of(key, f"{self.prefix}:outbox:")
 
     @property
     def group(self) -> str:
         return f"{self.prefix}-delivery"
 
     def delivered(self, channel: str, event_id: str) -> str:
-        return f"{self.prefix}:delivered:{channel}:{event_id}"
+        return f"{self.prefix}:delivered:{self._tag(channel)}:{event_id}"
 
     def attempts(self, channel: str) -> str:
-        return f"{self.prefix}:attempts:{channel}"
+        return f"{self.prefix}:attempts:{self._tag(channel)}"
 
     @property
     def dead_letters(self) -> str:
+        """The one dead-letter stream of a standalone deployment (a cluster has one per channel)."""
         return f"{self.prefix}:dead"
+
+    def dead(self, channel: str) -> str:
+        """The dead-letter stream a channel's refused notifications go to."""
+        return f"{self.prefix}:dead:{self._tag(channel)}" if self.cluster else self.dead_letters
+
+    def dead_channel(self, key: str) -> str | None:
+        """The channel of a per-channel dead-letter stream's key (cluster), or None."""
+        return self._channel_of(key, f"{self.prefix}:dead:")
+
+    def _channel_of(self, key: str, head: str) -> str | None:
+        if not key.startswith(head):
+            return None
+        rest = key[len(head) :]
+        if self.cluster:
+            if not (rest.startswith("{") and rest.endswith("}")) or len(rest) < 3:
+                return None
+            rest = rest[1:-1]
+        return rest if rest and not any(c in rest for c in "{}:") else None
 
     @property
     def health(self) -> str:

@@ -13,33 +13,100 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 import redis.asyncio as aioredis
 import redis.exceptions
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialBackoff
 
 from notifier.channels import build_channel
 from notifier.channels.base import Channel
 from notifier.cloud import Cloud
-from notifier.config import Config
+from notifier.config import Config, parse_redis_url
 from notifier.constants import Keys
 from notifier.delivery import Deliverer, PassResult
 from notifier.errors import StateStoreError
+from notifier.leases import ShardLeases, default_replica_id
 from notifier.poller import Poller, PollOutcome, utcnow
-from notifier.state import StateStore
+from notifier.state import RedisClient, StateStore
 
 log = logging.getLogger(__name__)
 
 
-def connect_redis(url: str, max_connections: int = 64) -> aioredis.Redis:
-    """A Redis client for the daemon.
+class _BlockingSentinelPool(SentinelConnectionPool, aioredis.BlockingConnectionPool):
+    """The Sentinel's master pool, blocking (like the standalone one) when every connection is busy."""
+
+
+class _SentinelMaster(aioredis.Redis):
+    """A client of a Sentinel-managed master that also closes its connections to the sentinels."""
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        await super().aclose(close_connection_pool)
+        pool = self.connection_pool
+        if isinstance(pool, SentinelConnectionPool):
+            await pool.sentinel_manager.aclose()
+
+
+def _retry() -> Retry:
+    return Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2)
+
+
+def connect_redis(url: str, max_connections: int = 64) -> RedisClient:
+    """A Redis client for the daemon, for any form of ``redis.url`` (see :func:`parse_redis_url`).
 
     * It reconnects by itself: after a Redis restart, pooled connections are dead, and a command on one
       is retried on a fresh connection instead of failing (twice at most, quickly).
     * Its pool blocks when all connections are busy (many instances polled at once) instead of
       failing with "Too many connections".
+    * ``redis+sentinel://``: the master of the named service, asked of the sentinels; after a failover
+      the next connection goes to the new master.
+    * ``redis+cluster://``: a :class:`RedisCluster` seeded with the listed nodes; it learns the others
+      and follows MOVED/ASK redirects, and retries (with a fresh view of the cluster) a command that
+      met a dead node or a cluster that is failing over. redis-py's cluster pools do not block, so each
+      node's pool is larger (``max(max_connections, 256)``).
     """
+    target = parse_redis_url(url)
+    common: dict[str, Any] = {
+        "decode_responses": True,
+        "socket_timeout": 5,
+        "socket_connect_timeout": 5,
+        "username": target.username,
+        "password": target.password,
+    }
+    if target.mode == "cluster":
+        return RedisCluster(
+            startup_nodes=[ClusterNode(host, port) for host, port in target.nodes],
+            ssl=target.tls,
+            max_connections=max(max_connections, 256),
+            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=3),
+            **common,
+        )
+    if target.mode == "sentinel":
+        sentinel_kwargs: dict[str, Any] = {
+            "socket_timeout": 5,
+            "socket_connect_timeout": 5,
+            "password": target.sentinel_password,
+            "retry": _retry(),  # not redis-py's default (3 retries, backoff up to 10 s) per sentinel
+        }
+        if target.tls:
+            sentinel_kwargs["ssl"] = True
+        sentinel = Sentinel(list(target.nodes), sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]
+        master: _SentinelMaster = sentinel.master_for(
+            target.service,
+            redis_class=_SentinelMaster,
+            connection_pool_class=_BlockingSentinelPool,
+            db=target.db,
+            ssl=target.tls,
+            max_connections=max_connections,
+            timeout=10,
+            retry=_retry(),
+            retry_on_error=[redis.exceptions.ConnectionError],
+            **common,
+        )
+        return master
     pool = aioredis.BlockingConnectionPool.from_url(
         url,
         max_connections=max_connections,
@@ -47,7 +114,7 @@ def connect_redis(url: str, max_connections: int = 64) -> aioredis.Redis:
         decode_responses=True,
         socket_timeout=5,
         socket_connect_timeout=5,
-        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2),
+        retry=_retry(),
         retry_on_error=[redis.exceptions.ConnectionError],
     )
     return aioredis.Redis.from_pool(pool)
@@ -74,10 +141,13 @@ class OnceReport:
         return out
 
 
-def open_store(config: Config, redis_client: aioredis.Redis | None = None) -> StateStore:
-    """The state store of a config, on ``redis_client`` or a new connection (closed with ``store.redis``)."""
+def open_store(config: Config, redis_client: RedisClient | None = None) -> StateStore:
+    """The state store of a config, on ``redis_client`` or a new connection (closed with ``store.redis``).
+
+    A ``redis+cluster://`` URL (or a cluster client) gets the cluster's hash-tagged key names."""
     client = redis_client or connect_redis(config.redis.url.get_secret_value())
-    return StateStore(client, Keys(config.redis.key_prefix))
+    cluster = config.redis.target.mode == "cluster" or isinstance(client, RedisCluster)
+    return StateStore(client, Keys(config.redis.key_prefix, cluster=cluster))
 
 
 class Daemon:
@@ -85,7 +155,7 @@ class Daemon:
         self,
         config: Config,
         *,
-        redis_client: aioredis.Redis | None = None,
+        redis_client: RedisClient | None = None,
         channels: dict[str, Channel] | None = None,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
@@ -96,8 +166,23 @@ class Daemon:
         self.redis = self.store.redis
         self.channels = channels or {name: build_channel(name, cfg) for name, cfg in config.channels.items()}
         self.stop = asyncio.Event()
-        self.deliverer = Deliverer(self.store, self.channels, config.delivery, stop=self.stop)
+        delivery = config.delivery
+        self.replica: str | None = None
+        if config.scaling.enabled:
+            # Replicas share the outbox consumer group, each under a name of its own.
+            self.replica = config.scaling.replica or default_replica_id()
+            delivery = delivery.model_copy(update={"consumer": f"{delivery.consumer}-{self.replica}"})
+        self.deliverer = Deliverer(self.store, self.channels, delivery, stop=self.stop)
         self.poller = Poller(config, self.cloud.clients, self.store, clock=clock)
+        if self.replica is not None:
+            self.poller.leases = ShardLeases(
+                self.store.redis,
+                self.store.keys,
+                replica=self.replica,
+                shards=config.scaling.shards,
+                ttl=config.scaling.lease_ttl,
+                handover=config.poll.interval,
+            )
 
     def request_stop(self) -> None:
         self.deliverer.request_stop()

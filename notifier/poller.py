@@ -30,6 +30,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+import redis.exceptions
+
 from notifier.config import Config, InstanceConfig, ProjectSpec
 from notifier.dcs.client import DcsClient
 from notifier.dcs.models import IN_PROGRESS_STATUSES, Outcome, classify_status
@@ -38,6 +40,7 @@ from notifier.discovery import select
 from notifier.errors import DcsApiError, Reason, StateStoreError
 from notifier.events import Event, EventType, InstanceRef, Notification, event_id
 from notifier.health import HealthTracker, Subject
+from notifier.leases import TICKS_PER_TTL, ShardLeases, TickResult
 from notifier.rules import route
 from notifier.state import StateStore
 
@@ -113,6 +116,18 @@ class _Control:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     retired: bool = False
     task: asyncio.Task[None] | None = None
+    waiter: asyncio.Future[None] | None = None
+
+    def set(self) -> None:
+        """Cut the current wait short (or the next one, if it is not waiting)."""
+        self.wake.set()
+        if self.waiter is not None:
+            _release(self.waiter)
+
+
+def _release(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 def utcnow() -> datetime:
@@ -149,6 +164,11 @@ def query_start(
         if seen.created_at >= (floor if documented else now - window):
             running.append(seen.created_at)
     return max(floor, min([start, *running]))
+
+
+def _episode(previous: Snapshot) -> str:
+    last = previous.polled_at or previous.baseline_at
+    return last.astimezone(UTC).isoformat()
 
 
 def _discovery_subject(spec: ProjectSpec) -> Subject:
@@ -198,6 +218,8 @@ class Poller:
         self._known: dict[str, _Known] = {}
         self._skew_warned: set[str] = set()
         self._tg: asyncio.TaskGroup | None = None
+        #: With scaling.enabled, replicas share the fleet: an instance is polled while its shard is held.
+        self.leases: ShardLeases | None = None
         self._stop: asyncio.Event | None = None
 
     # -- one poll --------------------------------------------------------------------------------
@@ -338,8 +360,9 @@ class Poller:
         if previous.removed_at is None:
             now = self.clock()
             event = Event(
-                # One announcement per deletion (an instance may come back, e.g. a wrong 404 cleared).
-                id=event_id(inst.id, "", EventType.INSTANCE_REMOVED, now.isoformat()),
+                # One announcement per deletion (an instance may come back, e.g. a wrong 404 cleared), the
+                # same id however often it is retried: keyed on the last poll before it.
+                id=event_id(inst.id, "", EventType.INSTANCE_REMOVED, _episode(previous)),
                 type=EventType.INSTANCE_REMOVED,
                 project_id=target.project.project_id,
                 region=target.project.region,
@@ -466,12 +489,12 @@ class Poller:
         control = self._controls.pop(key, None)
         if control is not None:
             control.retired = True
-            control.wake.set()
+            control.set()
 
     def wake(self, key: str) -> None:
         control = self._controls.get(key)
         if control is not None:
-            control.wake.set()
+            control.set()
 
     def _start(self, key: str, delay: float) -> None:
         assert self._tg is not None and self._stop is not None
@@ -481,16 +504,28 @@ class Poller:
         )
 
     async def _run_target(self, key: str, control: _Control, stop: asyncio.Event, delay: float) -> None:
+        loop = asyncio.get_running_loop()
         while not stop.is_set() and not control.retired:
-            if delay > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(control.wake.wait(), timeout=delay)
-                control.wake.clear()
-                if stop.is_set() or control.retired:
-                    return
+            if delay > 0 and not control.wake.is_set():
+                # A timer and one future: cheaper than wait_for() (a task per wait) at 10,000 instances.
+                waiter = control.waiter = loop.create_future()
+                timer = loop.call_later(delay, _release, waiter)
+                try:
+                    await waiter
+                finally:
+                    timer.cancel()
+                    control.waiter = None
+            control.wake.clear()
+            if stop.is_set() or control.retired:
+                return
             target = self.targets.get(key)
             if target is None:
                 return
+            if self.leases is not None and not self.leases.owns(key):
+                # Another replica's instance (or ours once a lease is taken): look again next interval.
+                self._known.pop(key, None)
+                delay = self._jittered(self.config.poll.interval)
+                continue
             try:
                 outcome = await self.poll_target(target)
             except Exception:
@@ -579,8 +614,41 @@ class Poller:
                     if spec.discover:
                         tg.create_task(self._discovery_loop(spec, stop), name=f"discover:{spec.project_id}")
                 tg.create_task(self._wake_all_on(stop), name="poller-stop")
+                if self.leases is not None:
+                    tg.create_task(self._lease_loop(self.leases, stop), name="leases")
         finally:
             self._tg = None
+            if self.leases is not None:
+                await self.leases.leave()
+
+    async def _lease_loop(self, leases: ShardLeases, stop: asyncio.Event) -> None:
+        """Keep this replica's shard leases (scaling.enabled); its instances are polled while held."""
+        every = leases.ttl / TICKS_PER_TTL
+        failing = False
+        while not stop.is_set():
+            try:
+                change = await leases.tick()
+                if failing:
+                    failing = False
+                    log.info("replica %s: leases renewed again", leases.replica)
+            except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException, OSError) as exc:
+                if not failing:
+                    failing = True
+                    log.error(
+                        "replica %s: cannot renew leases (%s); polling stops when they run out",
+                        leases.replica,
+                        exc,
+                    )
+                change = TickResult(lost=leases.expire_locally() if not leases.owns_any() else set())
+            if change.gained or change.lost:
+                moved = change.gained | change.lost
+                for key in list(self.targets):
+                    if leases.shard(key) in moved:
+                        self._known.pop(key, None)  # read the state back from Redis: another replica wrote it
+                        if leases.shard(key) in change.gained:
+                            self.wake(key)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=every)
 
     async def _wake_all_on(self, stop: asyncio.Event) -> None:
         """On stop, end every instance's loop at once, a poll in flight included.

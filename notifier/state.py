@@ -2,6 +2,12 @@
 
 Key names and types are documented in :mod:`notifier.constants`. Every Redis failure surfaces as
 :class:`~notifier.errors.StateStoreError` (the URL, which may hold a password, is never in it).
+
+The store works on one Redis server, a Sentinel-managed master (both: a plain client) and a Redis
+Cluster (:class:`redis.asyncio.cluster.RedisCluster`, with the hash-tagged key names of
+``Keys(prefix, cluster=True)``). On a cluster, every MULTI/EXEC touches keys of one hash slot; the
+writes that span an instance's state and several channels' outboxes (``commit``, ``mark_removed``,
+``record_health``) queue the outbox entries first, then change the state (see :mod:`notifier.constants`).
 """
 
 from __future__ import annotations
@@ -13,10 +19,11 @@ from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeAlias
 
 import redis.asyncio as aioredis
 import redis.exceptions
+from redis.asyncio.cluster import RedisCluster
 from redis.typing import EncodableT, FieldT
 
 from notifier.constants import DEAD_LETTER_MAXLEN, DELIVERED_TTL_SECONDS, META_FIELD, POLLED_FIELD, Keys
@@ -27,9 +34,25 @@ from notifier.events import Notification, PollProblem
 log = logging.getLogger(__name__)
 
 
-def _is_connection_problem(exc: redis.exceptions.ResponseError) -> bool:
-    # LOADING (restart reading its data) and similar transient states count as "Redis unavailable".
-    return str(exc).startswith(("LOADING", "MASTERDOWN", "TRYAGAIN", "BUSY "))
+#: A client of one server or Sentinel-managed master, or of a Redis Cluster.
+RedisClient: TypeAlias = aioredis.Redis | RedisCluster
+
+
+def _is_outage(exc: BaseException) -> bool:
+    """Whether a failure means "Redis is unavailable for now" (as opposed to a refused command)."""
+    if isinstance(exc, redis.exceptions.RedisClusterException):
+        # No reachable node, slots not covered yet (the cluster is forming or failing over); a
+        # cross-slot transaction or a broken pipeline is a bug, not an outage.
+        return not isinstance(
+            exc, redis.exceptions.CrossSlotTransactionError | redis.exceptions.InvalidPipelineStack
+        )
+    if isinstance(exc, redis.exceptions.ClusterError | redis.exceptions.TryAgainError):
+        return True  # CLUSTERDOWN, MASTERDOWN, TRYAGAIN (resharding)
+    if isinstance(exc, redis.exceptions.ResponseError):
+        # LOADING (restart reading its data), READONLY (a failed-over master now a replica) and similar
+        # transient states count as "Redis unavailable".
+        return str(exc).startswith(("LOADING", "MASTERDOWN", "TRYAGAIN", "BUSY ", "READONLY", "CLUSTERDOWN"))
+    return True  # connection errors, timeouts, OSError
 
 
 def _iso(value: datetime | None) -> str:
@@ -60,6 +83,14 @@ class OutboxEntry:
     notification: Notification
 
 
+def _stream_id(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    try:
+        return int(ms), int(seq or 0)
+    except ValueError:
+        return 0, 0
+
+
 def _describe(exc: BaseException) -> str:
     """A Redis error as text, without the URL (it may carry a password)."""
     if isinstance(exc, OSError) and not isinstance(exc, redis.exceptions.RedisError):
@@ -84,9 +115,12 @@ class DeadLetter:
 class StateStore:
     """Everything dcs-notifier keeps in Redis, behind one small API."""
 
-    def __init__(self, client: aioredis.Redis, keys: Keys) -> None:
+    def __init__(self, client: RedisClient, keys: Keys) -> None:
         self.redis = client
-        self.keys = keys
+        #: Cluster mode: hash-tagged key names, no MULTI/EXEC across slots. A cluster client always
+        #: gets it; ``Keys(prefix, cluster=True)`` asks for it on any client.
+        self.cluster = keys.cluster or isinstance(client, RedisCluster)
+        self.keys = keys if keys.cluster == self.cluster else Keys(keys.prefix, cluster=True)
         self._groups: set[str] = set()
         self.down = False  # True from the first failed call of an outage until a later call succeeds
         self._failed_at = 0.0
@@ -98,8 +132,8 @@ class StateStore:
         started = time.monotonic()
         try:
             yield
-        except (redis.exceptions.RedisError, OSError) as exc:
-            if isinstance(exc, redis.exceptions.ResponseError) and not _is_connection_problem(exc):
+        except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException, OSError) as exc:
+            if not _is_outage(exc):
                 raise StateStoreError(f"Redis {action} failed: {_describe(exc)}") from None
             self._failed_at = time.monotonic()
             # A call already under way when Redis came back does not open a new outage.
@@ -161,6 +195,10 @@ class StateStore:
     ) -> None:
         """Write the new snapshot and its outbox entries in one MULTI/EXEC: both or neither.
 
+        On a cluster the outbox entries are written first, then the snapshot (in a MULTI/EXEC of its
+        own): a crash in between leaves the entries without the snapshot, so the next poll queues the
+        same events again (same ids) and delivery's notification log drops the repeats.
+
         ``baseline_at`` (default: the result's, for a baseline) rewrites the meta field, dropping a
         ``removed_at``; ``polled_at`` is stored as ``~polled``. ``revived``: the instance had been announced
         as removed and answers again (its key loses its TTL).
@@ -169,7 +207,7 @@ class StateStore:
             return
         key = self.keys.snapshot(project_id, instance_id)
         async with self._op("commit of instance state and outbox"):
-            pipe = self.redis.pipeline(transaction=True)
+            pipe = await self._state_pipeline(notifications)
             mapping: dict[FieldT, EncodableT] = {tid: encode_seen(s) for tid, s in result.upserts.items()}
             baseline_at = baseline_at or result.baseline_at
             if baseline_at is not None:
@@ -182,8 +220,7 @@ class StateStore:
                 pipe.hdel(key, *result.removals)
             if revived:
                 pipe.persist(key)
-            self._queue(pipe, notifications)
-            await pipe.execute()
+            await self._execute(pipe)
 
     async def mark_removed(
         self,
@@ -198,16 +235,41 @@ class StateStore:
         """Record ``instance.removed`` (announced once): outbox entries, the mark, and a TTL on the state."""
         key = self.keys.snapshot(project_id, instance_id)
         async with self._op("record of a removed instance"):
-            pipe = self.redis.pipeline(transaction=True)
+            pipe = await self._state_pipeline(notifications)
             meta = {"baseline_at": _iso(baseline_at), "removed_at": _iso(removed_at)}
             pipe.hset(key, META_FIELD, json.dumps(meta))
             pipe.expire(key, ttl_seconds)
-            self._queue(pipe, notifications)
-            await pipe.execute()
+            await self._execute(pipe)
 
-    def _queue(self, pipe: Any, notifications: Iterable[Notification]) -> None:
+    def _queue(self, pipe: Any, notifications: Iterable[Notification]) -> int:
+        queued = 0
         for n in notifications:
             pipe.xadd(self.keys.outbox(n.channel), {"n": n.model_dump_json(), "k": n.key})
+            queued += 1
+        return queued
+
+    async def _state_pipeline(self, notifications: Iterable[Notification]) -> Any:
+        """A MULTI/EXEC pipeline for a state change and the outbox entries it causes.
+
+        Standalone: the entries are queued in it, so state and outbox are written both or neither.
+        Cluster: the entries (in several slots) are written now, pipelined per node, and the pipeline
+        returned holds only the state change (one key, one slot). A failure in between leaves entries
+        whose state change is missing: the next poll queues them again with the same event ids, and the
+        notification log keeps each from being delivered twice.
+        """
+        if not self.cluster:
+            pipe = self.redis.pipeline(transaction=True)
+            self._queue(pipe, notifications)
+            return pipe
+        outbox = self.redis.pipeline(transaction=False)
+        if self._queue(outbox, notifications):
+            await outbox.execute()
+        return self.redis.pipeline(transaction=True)
+
+    @staticmethod
+    async def _execute(pipe: Any) -> None:
+        if len(pipe):
+            await pipe.execute()
 
     # -- poller health -----------------------------------------------------------------------------
 
@@ -228,13 +290,12 @@ class StateStore:
     ) -> None:
         """Announce unhealthy (``problem``) or recovered (None), with its outbox entries, atomically."""
         async with self._op("record of poller health"):
-            pipe = self.redis.pipeline(transaction=True)
+            pipe = await self._state_pipeline(notifications)
             if problem is None:
                 pipe.hdel(self.keys.health, key)
             else:
                 pipe.hset(self.keys.health, key, problem.model_dump_json())
-            self._queue(pipe, notifications)
-            await pipe.execute()
+            await self._execute(pipe)
 
     # -- outbox ----------------------------------------------------------------------------------
 
@@ -348,7 +409,7 @@ class StateStore:
         key = self.keys.outbox(channel)
         pipe = self.redis.pipeline(transaction=True)
         pipe.xadd(
-            self.keys.dead_letters,
+            self.keys.dead(channel),
             {
                 "n": fields.get("n", ""),
                 "k": fields.get("k", ""),
@@ -377,66 +438,132 @@ class StateStore:
             return int(await self.redis.xlen(self.keys.outbox(channel)))
 
     # -- dead letters ----------------------------------------------------------------------------
+    #
+    # Standalone: one stream ``{p}:dead`` for every channel. Cluster: one stream per channel
+    # (``{p}:dead:{channel}``, in the channel's slot, so that dead-lettering stays one MULTI/EXEC with
+    # the XACK); the methods below read and change all of them. ``channels`` (the config's) adds streams
+    # to look at beyond those a SCAN of every primary finds.
 
-    async def dead_letters(self, count: int = 1000) -> list[DeadLetter]:
-        async with self._op("read of dead letters"):
-            rows: list[tuple[str, dict[str, str]]] = await self.redis.xrange(  # type: ignore[assignment]
-                self.keys.dead_letters, count=count
-            )
+    async def _scan(self, match: str, type_: str) -> AsyncIterator[str]:
+        """Keys matching ``match`` of type ``type_``; on a cluster, from every primary."""
+        if isinstance(self.redis, RedisCluster):
+            keys = self.redis.scan_iter(match=match, _type=type_, target_nodes=RedisCluster.PRIMARIES)
+        else:
+            keys = self.redis.scan_iter(match=match, _type=type_)
+        async for key in keys:
+            yield str(key)
+
+    async def _dead_streams(self, channels: Iterable[str] | None) -> list[str]:
+        if not self.cluster:
+            return [self.keys.dead_letters]
+        names = set(channels or ())
+        async for key in self._scan(self.keys.dead("*"), "stream"):
+            channel = self.keys.dead_channel(key)
+            if channel is not None:
+                names.add(channel)
+        return [self.keys.dead(c) for c in sorted(names)]
+
+    async def _read_dead(self, per_stream: int, channels: Iterable[str] | None) -> list[DeadLetter]:
+        """Dead letters, oldest first (over every stream, on a cluster)."""
         out: list[DeadLetter] = []
-        for entry_id, f in rows:
-            try:
-                n: Notification | None = Notification.model_validate_json(f.get("n", ""))
-            except ValueError:
-                n = None
-            out.append(
-                DeadLetter(
-                    entry_id=entry_id,
-                    channel=f.get("channel", ""),
-                    error=f.get("error", ""),
-                    attempts=int(f.get("attempts", "0") or 0),
-                    failed_at=f.get("failed_at", ""),
-                    notification=n,
-                    raw=f.get("n", ""),
+        async with self._op("read of dead letters"):
+            for stream in await self._dead_streams(channels):
+                rows: list[tuple[str, dict[str, str]]] = await self.redis.xrange(  # type: ignore[assignment]
+                    stream, count=per_stream
                 )
-            )
+                out.extend(
+                    self._dead_letter(entry_id, f, self.keys.dead_channel(stream)) for entry_id, f in rows
+                )
+        if self.cluster:
+            out.sort(key=lambda d: (_stream_id(d.entry_id), d.channel))
         return out
 
-    async def select_dead(self, ids: Iterable[str] | None = None) -> list[DeadLetter]:
-        """The dead letters with these ids (all when None); an unknown id is an error naming it."""
-        wanted = None if ids is None else set(ids)
-        letters = [
-            d
-            for d in await self.dead_letters(count=DEAD_LETTER_MAXLEN)
-            if wanted is None or d.entry_id in wanted
-        ]
-        if wanted is not None:
-            missing = wanted - {d.entry_id for d in letters}
-            if missing:
-                raise StateStoreError(f"no dead letter with id {', '.join(sorted(missing))}")
-        return letters
+    @staticmethod
+    def _dead_letter(entry_id: str, f: dict[str, str], stream_channel: str | None) -> DeadLetter:
+        try:
+            n: Notification | None = Notification.model_validate_json(f.get("n", ""))
+        except ValueError:
+            n = None
+        return DeadLetter(
+            entry_id=entry_id,
+            channel=stream_channel or f.get("channel", ""),
+            error=f.get("error", ""),
+            attempts=int(f.get("attempts", "0") or 0),
+            failed_at=f.get("failed_at", ""),
+            notification=n,
+            raw=f.get("n", ""),
+        )
+
+    async def dead_letters(
+        self, count: int = 1000, *, channels: Iterable[str] | None = None
+    ) -> list[DeadLetter]:
+        """The oldest ``count`` dead letters. ``channels``: see the section comment (cluster only)."""
+        return (await self._read_dead(count, channels))[:count]
+
+    async def select_dead(
+        self, ids: Iterable[str] | None = None, *, channels: Iterable[str] | None = None
+    ) -> list[DeadLetter]:
+        """The dead letters with these ids (all when None); an unknown id is an error naming it.
+
+        An id is a stream entry id (as ``dead-letters list`` shows it) or ``CHANNEL/ID``; on a cluster,
+        where each channel has its own stream, an id found in several channels must be qualified so.
+        """
+        letters = await self._read_dead(DEAD_LETTER_MAXLEN, channels)
+        if ids is None:
+            return letters
+        chosen: set[tuple[str, str]] = set()
+        missing: list[str] = []
+        for wanted in ids:
+            channel, _, entry_id = wanted.rpartition("/")
+            hits = [d for d in letters if d.entry_id == entry_id and channel in ("", d.channel)]
+            if not hits:
+                missing.append(wanted)
+            elif len(hits) > 1:
+                where = ", ".join(f"{d.channel}/{d.entry_id}" for d in hits)
+                raise StateStoreError(
+                    f"dead letter id {entry_id} is in several channels: name one of {where}"
+                )
+            else:
+                chosen.add((hits[0].channel, entry_id))
+        if missing:
+            raise StateStoreError(f"no dead letter with id {', '.join(sorted(missing))}")
+        return [d for d in letters if (d.channel, d.entry_id) in chosen]
+
+    def _by_slot(self, letters: Iterable[DeadLetter]) -> list[list[DeadLetter]]:
+        """Dead letters grouped so that each group's keys may share one MULTI/EXEC (one per channel on a
+        cluster, all together otherwise)."""
+        groups: dict[str, list[DeadLetter]] = {}
+        for d in letters:
+            groups.setdefault(d.channel if self.cluster else "", []).append(d)
+        return list(groups.values())
 
     async def requeue_dead(self, letters: Iterable[DeadLetter]) -> list[DeadLetter]:
-        """Put dead letters back at the end of their channel's outbox (fresh attempts and age), atomically."""
+        """Put dead letters back at the end of their channel's outbox (fresh attempts and age), atomically
+        (per channel, on a cluster)."""
         replayable = [d for d in letters if d.notification is not None]
         async with self._op("replay of dead letters"):
-            pipe = self.redis.pipeline(transaction=True)
-            for d in replayable:
-                assert d.notification is not None
-                n = d.notification
-                pipe.xadd(self.keys.outbox(d.channel), {"n": n.model_dump_json(), "k": n.key})
-                pipe.delete(self.keys.delivered(d.channel, n.event.id))
-                pipe.xdel(self.keys.dead_letters, d.entry_id)
-            await pipe.execute()
+            for group in self._by_slot(replayable):
+                pipe = self.redis.pipeline(transaction=True)
+                for d in group:
+                    assert d.notification is not None
+                    n = d.notification
+                    pipe.xadd(self.keys.outbox(d.channel), {"n": n.model_dump_json(), "k": n.key})
+                    pipe.delete(self.keys.delivered(d.channel, n.event.id))
+                    pipe.xdel(self.keys.dead(d.channel), d.entry_id)
+                await pipe.execute()
         return replayable
 
-    async def purge_dead(self) -> int:
+    async def purge_dead(self, *, channels: Iterable[str] | None = None) -> int:
+        """Delete every dead letter; returns how many there were."""
+        total = 0
         async with self._op("purge of dead letters"):
-            pipe = self.redis.pipeline(transaction=True)
-            pipe.xlen(self.keys.dead_letters)
-            pipe.delete(self.keys.dead_letters)
-            n, _ = await pipe.execute()
-        return int(n)
+            for stream in await self._dead_streams(channels):
+                pipe = self.redis.pipeline(transaction=True)
+                pipe.xlen(stream)
+                pipe.delete(stream)
+                n, _ = await pipe.execute()
+                total += int(n)
+        return total
 
     async def resolve_dead(self, letter: DeadLetter, ttl: int = DELIVERED_TTL_SECONDS) -> None:
         """A dead letter was delivered directly (``replay``): log the delivery and drop it, atomically."""
@@ -444,8 +571,8 @@ class StateStore:
         n = letter.notification
         async with self._op("record of a replayed delivery"):
             pipe = self.redis.pipeline(transaction=True)
-            pipe.set(self.keys.delivered(n.channel, n.event.id), "1", ex=ttl)
-            pipe.xdel(self.keys.dead_letters, letter.entry_id)
+            pipe.set(self.keys.delivered(letter.channel, n.event.id), "1", ex=ttl)
+            pipe.xdel(self.keys.dead(letter.channel), letter.entry_id)
             await pipe.execute()
 
     async def held_elsewhere(self, channel: str, consumer: str) -> bool:
@@ -471,14 +598,15 @@ class StateStore:
 
     async def orphan_outboxes(self, channels: Iterable[str]) -> dict[str, int]:
         """Outbox streams with entries for channels no longer in the config: name → entries."""
-        known = {self.keys.outbox(c) for c in channels}
+        known = set(channels)
         found: dict[str, int] = {}
         async with self._op("scan for outbox streams"):
-            async for key in self.redis.scan_iter(match=self.keys.outbox("*"), _type="stream"):
-                if key not in known:
+            async for key in self._scan(self.keys.outbox("*"), "stream"):
+                channel = self.keys.outbox_channel(key)
+                if channel is not None and channel not in known:
                     n = int(await self.redis.xlen(key))
                     if n:
-                        found[key.removeprefix(self.keys.outbox(""))] = n
+                        found[channel] = n
         return found
 
     async def heartbeat(self, ttl_seconds: int) -> None:

@@ -8,6 +8,7 @@ import redis
 import redis.asyncio as aioredis
 
 from notifier.dcs.simulator import Simulator
+from tests.support.redis_cluster import RedisClusterServers, RedisSentinelServers
 from tests.support.redis_server import RedisServer
 
 
@@ -32,6 +33,42 @@ async def redis_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
     client = aioredis.from_url(redis_url, decode_responses=True)
     yield client
     await client.aclose()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServers]:
+    """A real local Redis Cluster (3 masters, no replicas) for the session, started on first use."""
+    servers = RedisClusterServers(tmp_path_factory.mktemp("redis-cluster"))
+    try:
+        servers.start()
+        yield servers
+    finally:
+        servers.stop()
+
+
+@pytest.fixture
+def redis_cluster(redis_cluster_servers: RedisClusterServers) -> RedisClusterServers:
+    """The session's Redis Cluster, flushed for this test; ``.url`` is a ``redis+cluster://`` URL."""
+    redis_cluster_servers.flush()
+    return redis_cluster_servers
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisSentinelServers]:
+    """A master and a Sentinel watching it (quorum 1) for the session, started on first use."""
+    servers = RedisSentinelServers(tmp_path_factory.mktemp("redis-sentinel"))
+    try:
+        servers.start()
+        yield servers
+    finally:
+        servers.stop()
+
+
+@pytest.fixture
+def redis_sentinel(redis_sentinel_servers: RedisSentinelServers) -> RedisSentinelServers:
+    """The session's Sentinel setup, its master flushed for this test; ``.url`` is ``redis+sentinel://``."""
+    redis_sentinel_servers.flush()
+    return redis_sentinel_servers
 
 
 @pytest.fixture

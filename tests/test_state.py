@@ -81,3 +81,29 @@ async def test_redis_down_is_a_typed_error_without_the_url() -> None:
     assert "hunter2pass" not in str(info.value)
     assert "Redis read of instance state failed" in str(info.value)
     await client.aclose()
+
+
+def test_key_names_standalone_unchanged_cluster_tagged() -> None:
+    plain, tagged = Keys("t"), Keys("t", cluster=True)
+    assert [plain.snapshot("p", "i"), plain.outbox("a"), plain.delivered("a", "e"), plain.attempts("a")] == [
+        "t:snap:p:i",
+        "t:outbox:a",
+        "t:delivered:a:e",
+        "t:attempts:a",
+    ]
+    assert plain.dead("a") == plain.dead_letters == "t:dead"
+    assert [
+        tagged.snapshot("p", "i"),
+        tagged.outbox("a"),
+        tagged.delivered("a", "e"),
+        tagged.attempts("a"),
+    ] == [
+        "t:snap:{p:i}",
+        "t:outbox:{a}",
+        "t:delivered:{a}:e",
+        "t:attempts:{a}",
+    ]
+    assert tagged.dead("a") == "t:dead:{a}"
+    assert (tagged.outbox_channel("t:outbox:{a}"), tagged.dead_channel("t:dead:{a}")) == ("a", "a")
+    assert (plain.outbox_channel("t:outbox:a"), plain.outbox_channel("u:outbox:a")) == ("a", None)
+    assert tagged.outbox_channel("t:outbox:a") is None

@@ -12,6 +12,7 @@ Quirks absorbed here, so nothing downstream has to care:
 from __future__ import annotations
 
 import enum
+import functools
 from datetime import UTC, datetime
 from typing import Any
 
@@ -87,7 +88,12 @@ def format_api_time(value: datetime) -> str:
 
 def format_query_time(value: datetime) -> str:
     """The query parameter form of ``start_time``/``end_time``: ``yyyyMMddHHmmss`` in UTC."""
-    return value.astimezone(UTC).strftime("%Y%m%d%H%M%S")
+    return _query_time(int(value.timestamp()))
+
+
+@functools.lru_cache(maxsize=1024)  # every poll of the same second asks for the same strings
+def _query_time(epoch_second: int) -> str:
+    return datetime.fromtimestamp(epoch_second, UTC).strftime("%Y%m%d%H%M%S")
 
 
 class TaskDetails(BaseModel):

@@ -1,0 +1,201 @@
+"""A real local Redis Cluster (3 masters) and a real Sentinel setup, for tests.
+
+Every process is a ``redis-server`` of ours on free loopback ports (never 6379): the cluster is three
+``--cluster-enabled yes`` servers joined with ``redis-cli --cluster create``; the Sentinel setup is one
+master plus one ``redis-server <conf> --sentinel`` watching it with quorum 1 (Debian ships no separate
+``redis-sentinel`` binary on every install, and ``--sentinel`` is the same program).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import redis
+
+from tests.support.redis_server import RedisServer, free_port
+
+
+def _wait(check: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll a condition with a deadline (not synchronisation by sleep)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(redis.exceptions.RedisError):
+            if check():
+                return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def _binary(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        raise RuntimeError(f"{name} is not installed (Debian: apt-get install redis-server redis-tools)")
+    return path
+
+
+class _Process:
+    def __init__(self, args: list[str], log: Path) -> None:
+        self.log = log
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def check_alive(self) -> None:
+        if self.proc.poll() is not None:
+            tail = self.log.read_text(errors="replace")[-2000:] if self.log.exists() else ""
+            raise RuntimeError(f"redis-server exited with {self.proc.returncode}:\n{tail}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=10)
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class RedisClusterServers:
+    """Three cluster-enabled masters on free loopback ports, joined into one cluster (no replicas)."""
+
+    def __init__(self, data_dir: Path, masters: int = 3) -> None:
+        self.data_dir = data_dir
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.ports = [free_port() for _ in range(masters)]
+        self.processes: list[_Process] = []
+
+    @property
+    def url(self) -> str:
+        """A ``redis+cluster://`` URL naming every node (any one would do as a seed)."""
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in self.ports)
+
+    def start(self, timeout: float = 30.0) -> None:
+        server = _binary("redis-server")
+        for port in self.ports:
+            node_dir = self.data_dir / str(port)
+            node_dir.mkdir(exist_ok=True)
+            args = [
+                server,
+                "--port", str(port),
+                "--bind", "127.0.0.1",
+                "--protected-mode", "yes",
+                "--dir", str(node_dir),
+                "--cluster-enabled", "yes",
+                "--cluster-config-file", str(node_dir / "nodes.conf"),
+                "--cluster-port", str(free_port()),
+                "--cluster-node-timeout", "5000",
+                "--save", "",
+                "--appendonly", "no",
+                "--logfile", str(node_dir / "redis.log"),
+            ]  # fmt: skip
+            self.processes.append(_Process(args, node_dir / "redis.log"))
+        for port, proc in zip(self.ports, self.processes, strict=True):
+            _wait(functools.partial(self._ping, port, proc), timeout, f"cluster node on port {port}")
+        create = subprocess.run(
+            [
+                _binary("redis-cli"), "--cluster", "create",
+                *(f"127.0.0.1:{p}" for p in self.ports),
+                "--cluster-replicas", "0", "--cluster-yes",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )  # fmt: skip
+        if create.returncode != 0:
+            raise RuntimeError(f"redis-cli --cluster create failed:\n{create.stdout}\n{create.stderr}")
+        for port in self.ports:
+            _wait(functools.partial(self._state_ok, port), timeout, f"cluster_state:ok on port {port}")
+
+    def _ping(self, port: int, proc: _Process) -> bool:
+        proc.check_alive()
+        with redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=0.5) as c:
+            return bool(c.ping())
+
+    def _state_ok(self, port: int) -> bool:
+        with redis.Redis(host="127.0.0.1", port=port, decode_responses=True) as c:
+            info = c.execute_command("CLUSTER INFO")  # parsed by redis-py into a dict
+            return (
+                info.get("cluster_state") == "ok"
+                and int(info.get("cluster_known_nodes", 0)) == len(self.ports)
+                and int(info.get("cluster_slots_ok", 0)) == 16384
+            )
+
+    def flush(self) -> None:
+        """Empty every master (the cluster itself stays formed)."""
+        for port in self.ports:
+            with redis.Redis(host="127.0.0.1", port=port) as c:
+                c.flushall()
+
+    def keys_by_node(self) -> dict[int, set[str]]:
+        """The keys each master holds (asked of each node directly): port -> keys."""
+        out: dict[int, set[str]] = {}
+        for port in self.ports:
+            with redis.Redis(host="127.0.0.1", port=port, decode_responses=True) as c:
+                out[port] = {str(k) for k in c.scan_iter(count=1000)}
+        return out
+
+    def stop(self) -> None:
+        for proc in self.processes:
+            proc.stop()
+        self.processes = []
+
+
+class RedisSentinelServers:
+    """One master and one Sentinel (quorum 1) watching it as ``service``."""
+
+    def __init__(self, data_dir: Path, service: str = "notifier-master") -> None:
+        self.data_dir = data_dir
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.service = service
+        self.master = RedisServer(data_dir / "master", persistence=False)
+        self.sentinel_port = free_port()
+        self.sentinel: _Process | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis+sentinel://127.0.0.1:{self.sentinel_port}/{self.service}/0"
+
+    def start(self, timeout: float = 30.0) -> None:
+        self.master.start()
+        conf = self.data_dir / "sentinel.conf"  # the Sentinel rewrites it: a file of its own
+        conf.write_text(
+            "\n".join(
+                [
+                    f"port {self.sentinel_port}",
+                    "bind 127.0.0.1",
+                    "protected-mode yes",
+                    f"dir {self.data_dir}",
+                    f"logfile {self.data_dir / 'sentinel.log'}",
+                    f"sentinel monitor {self.service} 127.0.0.1 {self.master.port} 1",
+                    f"sentinel down-after-milliseconds {self.service} 5000",
+                    "",
+                ]
+            )
+        )
+        self.sentinel = _Process(
+            [_binary("redis-server"), str(conf), "--sentinel"], self.data_dir / "sentinel.log"
+        )
+        sentinel = self.sentinel
+
+        def knows_master() -> bool:
+            sentinel.check_alive()
+            with redis.Redis(host="127.0.0.1", port=self.sentinel_port, decode_responses=True) as c:
+                addr = c.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service)
+                return list(addr or []) == ["127.0.0.1", str(self.master.port)]
+
+        _wait(knows_master, timeout, f"the sentinel on port {self.sentinel_port} to know its master")
+
+    def flush(self) -> None:
+        with redis.Redis(host="127.0.0.1", port=self.master.port) as c:
+            c.flushall()
+
+    def stop(self) -> None:
+        if self.sentinel is not None:
+            self.sentinel.stop()
+            self.sentinel = None
+        self.master.stop()
