@@ -1,5 +1,7 @@
 """Issue 5, scale-out: three `dcs-notifier run` replicas share one Redis and split 300 instances.
 
+The same test runs against one redis-server and against a real local 3-master Redis Cluster.
+
 Each replica is a real process (the CLI) with an AK of its own, so the simulator's request log says which
 replica polled what. One is killed with SIGKILL; its instances move to the others within 2 × lease TTL;
 every injected transition is delivered exactly once, by event id.
@@ -90,8 +92,19 @@ scaling: {{enabled: true, replica: {name}, shards: 64, lease_ttl: {TTL}}}
         return owners
 
 
+@pytest.fixture(params=["standalone", "cluster"])
+def shared_redis(request: pytest.FixtureRequest) -> str:
+    """The Redis the replicas share: one server, or a real 3-master Redis Cluster."""
+    if request.param == "cluster":
+        url: str = request.getfixturevalue("redis_cluster").url
+        return url
+    standalone: str = request.getfixturevalue("redis_url")
+    return standalone
+
+
 @pytest.fixture
-async def cluster(redis_url: str, tmp_path: Path) -> AsyncIterator[Cluster]:
+async def cluster(shared_redis: str, tmp_path: Path) -> AsyncIterator[Cluster]:
+    redis_url = shared_redis
     sim = Simulator(project_id=PROJECT, credentials={ak: sk for ak, sk in REPLICAS.values()})
     for iid in INSTANCES:
         sim.add_instance(iid, iid)
