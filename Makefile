@@ -59,6 +59,7 @@ test: lint typecheck unit
 bench: $(VENV)/.dev-deps redis-server
 	$(BIN)/python -m bench.poll_cost
 	$(BIN)/python -m bench.history_cost
+	$(BIN)/python -m bench.compare --quick
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

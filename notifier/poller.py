@@ -54,7 +54,7 @@ MAX_LOOKBACK = timedelta(days=7)
 TOUCH_EVERY_SECONDS = 60.0
 #: Poll times are rounded up to a multiple of this (seconds; at most 1/20 of poll.interval), so that polls
 #: due together run together.
-SCHEDULE_TICK_SECONDS = 0.5
+SCHEDULE_TICK_SECONDS = 0.1
 #: Margin added to a measured clock offset (the Date header has 1 s resolution, plus latency).
 SKEW_SLACK_SECONDS = 60.0
 #: The 404 code of an instance that does not exist (any more).

@@ -120,6 +120,7 @@ class DcsClient:
         self._own_session = session is None
         #: The API's clock minus ours, in seconds, from the ``Date`` of its answers (None: not seen yet).
         self.clock_offset: float | None = None
+        self._paths: dict[str, str] = {}
         self._next_date_check = 0.0
 
     @property
@@ -163,14 +164,15 @@ class DcsClient:
         ``unchanged`` is the ``digest`` of the previous answer: when this answer is the same single
         page, byte for byte, it is not parsed at all and ``tasks`` is None ("nothing changed").
         """
-        path = f"/v2/{quote(self._project_id, safe='')}/instances/{quote(instance_id, safe='')}/tasks"
-        window = [("start_time", format_query_time(start)), ("end_time", format_query_time(end))]
+        path = self._tasks_path(instance_id)
+        end_time, start_time = format_query_time(end), format_query_time(start)
         seen: dict[str, Task] = {}
         offset = 0
         digest: bytes | None = None
         for number in range(MAX_PAGES):
-            params = [("offset", str(offset)), ("limit", str(self._page_size)), *window]
-            raw, request_id = await self._get_raw(instance_id, path, params)
+            # The canonical query (keys sorted, values digits: nothing to escape), built directly.
+            query = f"end_time={end_time}&limit={self._page_size}&offset={offset}&start_time={start_time}"
+            raw, request_id = await self._get_raw(instance_id, path, query)
             if number == 0:
                 digest = hashlib.blake2b(raw, digest_size=16).digest()
                 if digest == unchanged:
@@ -208,14 +210,21 @@ class DcsClient:
     async def _get_json(
         self, instance_id: str, path: str, params: Sequence[tuple[str, str]]
     ) -> dict[str, Any]:
-        raw, request_id = await self._get_raw(instance_id, path, params)
+        raw, request_id = await self._get_raw(instance_id, path, canonical_query(params))
         return self._decode(instance_id, raw, request_id)
 
-    async def _get_raw(
-        self, instance_id: str, path: str, params: Sequence[tuple[str, str]]
-    ) -> tuple[bytes, str | None]:
-        """The body of a 200 answer (and its request id), retried once after a 401 with fresh credentials."""
-        query = canonical_query(params)
+    def _tasks_path(self, instance_id: str) -> str:
+        path = self._paths.get(instance_id)
+        if path is None:
+            project, instance = quote(self._project_id, safe=""), quote(instance_id, safe="")
+            path = self._paths[instance_id] = f"/v2/{project}/instances/{instance}/tasks"
+        return path
+
+    async def _get_raw(self, instance_id: str, path: str, query: str) -> tuple[bytes, str | None]:
+        """The body of a 200 answer (and its request id), retried once after a 401 with fresh credentials.
+
+        ``query`` must be canonical (:func:`~notifier.dcs.signer.canonical_query`): it is signed as it is.
+        """
         url = f"{self._endpoint}{path}?{query}" if query else f"{self._endpoint}{path}"
         base_headers = {
             "Content-Type": "application/json",

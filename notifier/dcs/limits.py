@@ -31,8 +31,7 @@ import functools
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +140,13 @@ class AimdRateLimiter:
 
     async def acquire(self) -> None:
         """Wait for a token: in arrival order, at the current rate, and not before a pause ends."""
+        if not self._lock.locked():  # nobody queued: take a token at once if there is one
+            now = self._clock()
+            self._refill(now)
+            if self._tokens >= 1.0 - _EPSILON and self._paused_until - now <= _EPSILON:
+                self._tokens -= 1.0
+                self.granted += 1
+                return
         async with self._lock:
             while True:
                 now = self._clock()
@@ -283,23 +289,19 @@ class ApiGate:
             sem = self._regions[region] = asyncio.Semaphore(self._region_concurrency)
         return sem
 
-    @asynccontextmanager
-    async def slot(self, region: str, endpoint_host: str) -> AsyncIterator[AimdRateLimiter]:
+    def slot(self, region: str, endpoint_host: str) -> _Slot:
         """Hold a region slot, a global slot and one token of the endpoint for the length of one call.
 
-        Yields the endpoint's limiter: report the outcome with ``on_success()`` / ``on_throttled()``
-        (and ``pause(retry_after)``) before leaving the block.
+        ``async with gate.slot(region, host) as limiter:`` — report the outcome with ``on_success()`` /
+        ``on_throttled()`` (and ``pause(retry_after)``) before leaving the block.
         """
-        limiter = self.limiter(endpoint_host)
-        async with self._region(region), self._global:
-            await limiter.acquire()
-            self._in_flight[region] = n = self._in_flight.get(region, 0) + 1
-            self.max_in_flight_by_region[region] = max(self.max_in_flight_by_region.get(region, 0), n)
-            self.max_in_flight = max(self.max_in_flight, self.in_flight_total)
-            try:
-                yield limiter
-            finally:
-                self._in_flight[region] -= 1
+        return _Slot(self, region, self._region(region), self.limiter(endpoint_host))
+
+    def _entered(self, region: str) -> None:
+        self._in_flight[region] = n = self._in_flight.get(region, 0) + 1
+        if n > self.max_in_flight_by_region.get(region, 0):
+            self.max_in_flight_by_region[region] = n
+        self.max_in_flight = max(self.max_in_flight, self.in_flight_total)
 
     def in_flight(self, region: str) -> int:
         """Calls of ``region`` inside :meth:`slot` right now."""
@@ -318,3 +320,37 @@ class ApiGate:
     def limiters(self) -> dict[str, AimdRateLimiter]:
         """Every endpoint's limiter so far, by host (a copy)."""
         return dict(self._limiters)
+
+
+class _Slot:
+    """One call's hold on the gate (a plain class: cheaper than a generator-based context manager)."""
+
+    __slots__ = ("_gate", "_limiter", "_region", "_region_sem")
+
+    def __init__(
+        self, gate: ApiGate, region: str, region_sem: asyncio.Semaphore, limiter: AimdRateLimiter
+    ) -> None:
+        self._gate = gate
+        self._region = region
+        self._region_sem = region_sem
+        self._limiter = limiter
+
+    async def __aenter__(self) -> AimdRateLimiter:
+        await self._region_sem.acquire()
+        try:
+            await self._gate._global.acquire()
+            try:
+                await self._limiter.acquire()
+            except BaseException:
+                self._gate._global.release()
+                raise
+        except BaseException:
+            self._region_sem.release()
+            raise
+        self._gate._entered(self._region)
+        return self._limiter
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._gate._in_flight[self._region] -= 1
+        self._gate._global.release()
+        self._region_sem.release()
