@@ -71,7 +71,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import io
 import json
 import math
@@ -82,14 +81,14 @@ import resource
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-from bench.measure import resolve_loop
+from bench.measure import resolve_loop, simulator
 from tests.support.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -183,54 +182,6 @@ class Receiver:
 
 
 # -- the simulator process -----------------------------------------------------------------------------
-
-
-@dataclass
-class SimProcess:
-    proc: asyncio.subprocess.Process
-    base_url: str
-
-    async def command(self, line: str) -> Json:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(line.encode() + b"\n")
-        await self.proc.stdin.drain()
-        answer = await self.proc.stdout.readline()
-        if not answer:
-            raise RuntimeError(f"the simulator process ended (exit code {self.proc.returncode})")
-        data: Json = json.loads(answer)
-        return data
-
-
-@contextlib.asynccontextmanager
-async def simulator(scenario: Scenario) -> AsyncIterator[SimProcess]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bench.sim_server",
-        "--instances",
-        str(scenario.instances),
-        "--history",
-        str(scenario.history),
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        cwd=ROOT,
-        limit=2**26,  # the `changes` answer is one long line
-    )
-    try:
-        assert proc.stdout is not None
-        line = await asyncio.wait_for(proc.stdout.readline(), SIM_START_TIMEOUT)
-        if not line.startswith(b"http://"):
-            raise RuntimeError(f"the simulator process did not start (exit code {await proc.wait()})")
-        yield SimProcess(proc, line.decode().strip())
-    finally:
-        if proc.returncode is None:
-            assert proc.stdin is not None
-            proc.stdin.close()  # the server stops when its stdin closes
-            try:
-                await asyncio.wait_for(proc.wait(), 10)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
 
 
 # -- client processes ----------------------------------------------------------------------------------
@@ -362,7 +313,7 @@ async def run_scenario(scenario: Scenario, args: argparse.Namespace, receiver: R
         server = RedisServer(Path(tmp), persistence=False)
         server.start()
         try:
-            async with simulator(scenario) as sim:
+            async with simulator(scenario.instances, scenario.history, SIM_START_TIMEOUT) as sim:
                 clients: Json = {}
                 common = ["--sim", sim.base_url, "--instances", n, "--seconds", seconds, "--loop", args.loop]
                 for client in BASELINES:

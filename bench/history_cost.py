@@ -22,22 +22,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import platform
 import resource
 import statistics
-import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
 
 from bench import sim_server
+from bench.measure import simulator
 from notifier.config import parse_config
 from notifier.daemon import Daemon
 from notifier.standins.webhook import WebhookReceiver
@@ -59,55 +57,6 @@ def cpu_seconds() -> float:
 
 def peak_rss_mib() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-
-
-@dataclass
-class SimProcess:
-    """A running ``bench.sim_server``: its base URL and its counters."""
-
-    proc: asyncio.subprocess.Process
-    base_url: str
-
-    async def stats(self) -> dict[str, float]:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(b"stats\n")
-        await self.proc.stdin.drain()
-        line = await self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"the simulator process ended (exit code {self.proc.returncode})")
-        data: dict[str, float] = json.loads(line)
-        return data
-
-
-@contextlib.asynccontextmanager
-async def simulator(instances: int, history: int) -> AsyncIterator[SimProcess]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bench.sim_server",
-        "--instances",
-        str(instances),
-        "--history",
-        str(history),
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        cwd=ROOT,
-    )
-    try:
-        assert proc.stdout is not None
-        line = await asyncio.wait_for(proc.stdout.readline(), SIM_START_TIMEOUT)
-        if not line.startswith(b"http://"):
-            raise RuntimeError(f"the simulator process did not start (exit code {await proc.wait()})")
-        yield SimProcess(proc, line.decode().strip())
-    finally:
-        if proc.returncode is None:
-            assert proc.stdin is not None
-            proc.stdin.close()  # the server stops when its stdin closes
-            try:
-                await asyncio.wait_for(proc.wait(), 10)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
 
 
 async def redis_calls(client: aioredis.Redis) -> dict[str, int]:
@@ -146,7 +95,7 @@ async def measure(instances: int, history: int, rounds: int, rate_limit: float) 
         server.start()
         try:
             async with (
-                simulator(instances, history) as sim,
+                simulator(instances, history, SIM_START_TIMEOUT) as sim,
                 WebhookReceiver() as receiver,
                 aioredis.Redis.from_url(server.url, decode_responses=True) as counters,
             ):

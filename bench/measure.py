@@ -1,4 +1,5 @@
-"""What the benchmark's client processes share: CPU and memory of this process, the poll window, the report.
+"""What the benchmark's processes share: CPU and memory of this process, the poll window, the report,
+and the simulator in a process of its own.
 
 Every client process (:mod:`bench.notifier_proc`, :mod:`bench.baseline_proc`) measures itself with
 ``resource.getrusage(RUSAGE_SELF)`` (all its threads) around its measured loop only, and prints one JSON
@@ -8,12 +9,15 @@ object as the last line of its stdout for :mod:`bench.compare` to read.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import resource
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, TypeVar
 
 #: The steady poll window, as the notifier asks it: from the last poll minus ``poll.skew`` (default 300 s)
@@ -24,6 +28,7 @@ PAGE_SIZE = 100
 PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
 
 T = TypeVar("T")
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def cpu_seconds() -> float:
@@ -92,3 +97,58 @@ def run_async(main: Callable[[], Coroutine[Any, Any, T]], loop: str = "auto") ->
         with asyncio.Runner(loop_factory=factory) as runner:
             return runner.run(main())
     return asyncio.run(main())
+
+
+@dataclass
+class SimProcess:
+    """A running ``bench.sim_server`` process: its base URL, and its stdin/stdout command channel."""
+
+    proc: asyncio.subprocess.Process
+    base_url: str
+
+    async def command(self, line: str) -> Any:
+        """Send one command line, read its one-line JSON answer."""
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(line.encode() + b"\n")
+        await self.proc.stdin.drain()
+        answer = await self.proc.stdout.readline()
+        if not answer:
+            raise RuntimeError(f"the simulator process ended (exit code {self.proc.returncode})")
+        return json.loads(answer)
+
+    async def stats(self) -> dict[str, float]:
+        data: dict[str, float] = await self.command("stats")
+        return data
+
+
+@contextlib.asynccontextmanager
+async def simulator(instances: int, history: int, start_timeout: float = 300.0) -> AsyncIterator[SimProcess]:
+    """``bench.sim_server`` in a process of its own, stopped (stdin closed) on exit."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bench.sim_server",
+        "--instances",
+        str(instances),
+        "--history",
+        str(history),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        cwd=ROOT,
+        limit=2**26,  # the `changes` answer is one long line
+    )
+    try:
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(proc.stdout.readline(), start_timeout)
+        if not line.startswith(b"http://"):
+            raise RuntimeError(f"the simulator process did not start (exit code {await proc.wait()})")
+        yield SimProcess(proc, line.decode().strip())
+    finally:
+        if proc.returncode is None:
+            assert proc.stdin is not None
+            proc.stdin.close()  # the server stops when its stdin closes
+            try:
+                await asyncio.wait_for(proc.wait(), 10)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
