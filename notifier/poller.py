@@ -482,7 +482,18 @@ class Poller:
         """Discover, then poll every watched instance once (``dcs-notifier once``)."""
         await asyncio.gather(*(self.discover(spec) for spec in self.projects if spec.discover))
         targets = list(self.targets.values())
-        return list(await asyncio.gather(*(self.poll_target(t) for t in targets)))
+        outcomes: list[PollOutcome] = []
+        queue = iter(targets)
+
+        async def worker() -> None:
+            # As many workers as calls may be in flight: not one coroutine per instance (10,000 of them
+            # would only wait in the gate's queues, at a cost in CPU and memory).
+            for target in queue:
+                outcomes.append(await self.poll_target(target))
+
+        await asyncio.gather(*(worker() for _ in range(min(len(targets), self.config.api.max_concurrency))))
+        order = {t.key: n for n, t in enumerate(targets)}
+        return sorted(outcomes, key=lambda o: order[o.target.key])
 
     def add(self, target: Target) -> None:
         """Watch ``target`` (a running poller starts polling it within one interval)."""
