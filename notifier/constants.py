@@ -8,10 +8,11 @@ one server or a Sentinel-managed master; a Redis Cluster uses hash-tagged names 
     What was last seen of each task of one instance: field = task id, value = compact JSON
     ``{"s": status, "u": updated_at, "c": created_at}`` (ISO 8601, "" when unknown). Reserved fields:
     ``~meta`` holds ``{"baseline_at": ISO 8601, "removed_at": ISO 8601 (once instance.removed was
-    announced)}``; ``~polled`` the time of the last successful poll (written with a commit, or
-    pipelined with a read at most every minute), where a restarted daemon starts its next window. A
-    hash without ``~meta`` means "never seen" and triggers a baseline (also after a Redis restart
-    that lost its data). Read with one round trip per poll; written only when something changed, in
+    announced)}``; ``~polled`` the time of a successful poll (written with a commit, or pipelined
+    with a read at most every minute), where a restarted daemon starts its next window. A hash
+    without ``~meta`` means "never seen" and triggers a baseline (also after a Redis restart that
+    lost its data). Read once when the process starts polling the instance (afterwards it keeps what
+    it committed: an unchanged poll makes no Redis call); written only when something changed, in
     the same MULTI/EXEC as the outbox entries that change causes. A removed instance's hash gets a
     TTL of ``discovery.removed_ttl``.
 
