@@ -601,6 +601,8 @@ class Poller:
                 )
                 self.retire(key)
                 continue
+            if self.leases is not None and not self.leases.owns(key):
+                continue  # the replica that owns it decides whether it was deleted
             missing = self._unlisted[key] = self._unlisted.get(key, 0) + 1
             if missing == 1:
                 self.wake(key)  # confirm at once: its tasks answer 404 DCS.3022 if it was deleted
