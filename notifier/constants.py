@@ -43,6 +43,12 @@ one server or a Sentinel-managed master; a Redis Cluster uses hash-tagged names 
 ``{p}:heartbeat`` — STRING (ISO 8601), TTL 3 × poll interval + 10 s. Written every few seconds while
     some poll succeeded within the last 3 intervals; ``dcs-notifier health`` checks that it exists.
 
+``{p}:replicas`` — ZSET (``scaling.enabled`` only), TTL 10 × ``scaling.lease_ttl``.
+    Live replicas: member = replica name, score = when its membership expires (ms since the epoch).
+
+``{p}:lease:{shard}`` — STRING (``scaling.enabled`` only), TTL ``scaling.lease_ttl``.
+    The replica holding the shard's lease (see :mod:`notifier.leases`); renewed by its holder only.
+
 Redis Cluster (``redis.url: redis+cluster://...``; ``Keys(prefix, cluster=True)``)
 ---------------------------------------------------------------------------------
 Keys one MULTI/EXEC touches must share a hash slot, so a cluster's keys carry hash tags (``{...}``,
@@ -55,6 +61,7 @@ in its own::
     {p}:attempts:{{channel}}                 e.g. dcsn:attempts:{audit}
     {p}:dead:{{channel}}                     one dead-letter stream per channel (not one {p}:dead)
     {p}:health, {p}:heartbeat               unchanged (single keys)
+    {p}:replicas, {p}:lease:{shard}         unchanged (single keys)
 
 Types, fields and TTLs are as above. One server and Sentinel keep the untagged names (no migration).
 Delivery's transactions (acknowledge + notification log, dead-lettering, attempts, replay/resolve of
@@ -143,3 +150,10 @@ class Keys:
     @property
     def heartbeat(self) -> str:
         return f"{self.prefix}:heartbeat"
+
+    @property
+    def replicas(self) -> str:
+        return f"{self.prefix}:replicas"
+
+    def lease(self, shard: int) -> str:
+        return f"{self.prefix}:lease:{shard}"

@@ -49,16 +49,6 @@ return 0
 """
 
 
-def replicas_key(keys: Keys) -> str:
-    """ZSET: live replicas, scored by the time (ms) their membership expires."""
-    return f"{keys.prefix}:replicas"
-
-
-def lease_key(keys: Keys, shard: int) -> str:
-    """STRING: the replica holding the shard's lease, with a TTL."""
-    return f"{keys.prefix}:lease:{shard}"
-
-
 def default_replica_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
@@ -131,7 +121,7 @@ class ShardLeases:
         started = self._monotonic()
         now_ms = int(self._clock() * 1000)
         ttl_ms = int(self.ttl * 1000)
-        members_key = replicas_key(self.keys)
+        members_key = self.keys.replicas
         pipe = self.redis.pipeline(transaction=False)
         pipe.zadd(members_key, {self.replica: now_ms + ttl_ms})
         pipe.zremrangebyscore(members_key, "-inf", now_ms)
@@ -147,11 +137,11 @@ class ShardLeases:
         take = sorted(wanted - self.held)
         pipe = self.redis.pipeline(transaction=False)
         for s in keep:
-            pipe.eval(_RENEW, 1, lease_key(self.keys, s), self.replica, ttl_ms)
+            pipe.eval(_RENEW, 1, self.keys.lease(s), self.replica, ttl_ms)
         for s in give:  # another live replica should have it: let it go after one poll interval
-            pipe.eval(_RENEW, 1, lease_key(self.keys, s), self.replica, int(self.handover * 1000))
+            pipe.eval(_RENEW, 1, self.keys.lease(s), self.replica, int(self.handover * 1000))
         for s in take:
-            pipe.set(lease_key(self.keys, s), self.replica, nx=True, px=ttl_ms)
+            pipe.set(self.keys.lease(s), self.replica, nx=True, px=ttl_ms)
         answers = await pipe.execute() if keep or give or take else []
 
         renewed = {s for s, ok in zip(keep, answers[: len(keep)], strict=True) if ok}
@@ -171,22 +161,20 @@ class ShardLeases:
             )
         return result
 
-    def owns_any(self) -> bool:
-        """Whether the leases are still trusted (the last renewal is recent enough)."""
-        return self._monotonic() < self._valid_until and bool(self.held)
-
-    def expire_locally(self) -> set[int]:
-        """Redis is unreachable and the leases ran out: hold nothing (returns what was held)."""
+    def lapse(self) -> TickResult:
+        """A tick failed (Redis unreachable): once the leases are no longer trusted, hold nothing."""
+        if self._monotonic() < self._valid_until:
+            return TickResult()
         lost, self.held = self.held, set()
-        return lost
+        return TickResult(lost=lost)
 
     async def leave(self) -> None:
         """On stop: hand every shard over (expiring after one poll interval) and leave the membership."""
         try:
             pipe = self.redis.pipeline(transaction=False)
             for s in sorted(self.held):
-                pipe.eval(_RENEW, 1, lease_key(self.keys, s), self.replica, int(self.handover * 1000))
-            pipe.zrem(replicas_key(self.keys), self.replica)
+                pipe.eval(_RENEW, 1, self.keys.lease(s), self.replica, int(self.handover * 1000))
+            pipe.zrem(self.keys.replicas, self.replica)
             await pipe.execute()
         except (redis.exceptions.RedisError, OSError) as exc:
             log.warning(

@@ -41,7 +41,7 @@ from notifier.discovery import select
 from notifier.errors import DcsApiError, Reason, StateStoreError
 from notifier.events import Event, EventType, InstanceRef, Notification, event_id
 from notifier.health import HealthTracker, Subject
-from notifier.leases import TICKS_PER_TTL, ShardLeases, TickResult
+from notifier.leases import TICKS_PER_TTL, ShardLeases
 from notifier.rules import route
 from notifier.state import StateStore
 
@@ -690,7 +690,7 @@ class Poller:
                         leases.replica,
                         exc,
                     )
-                change = TickResult(lost=leases.expire_locally() if not leases.owns_any() else set())
+                change = leases.lapse()
             if change.gained or change.lost:
                 moved = change.gained | change.lost
                 for key in list(self.targets):

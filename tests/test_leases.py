@@ -9,7 +9,7 @@ from collections.abc import Callable
 import redis.asyncio as aioredis
 
 from notifier.constants import Keys
-from notifier.leases import ShardLeases, lease_key, owner_of, shard_of
+from notifier.leases import ShardLeases, owner_of, shard_of
 
 
 async def ticks_until(leases: ShardLeases, done: Callable[[], bool], what: str, within: float = 5.0) -> None:
@@ -53,7 +53,7 @@ async def test_two_replicas_split_the_shards_and_one_takes_over(redis_client: ai
 
     await ticks_until(b, lambda: b.held == change.lost, "b takes its share once a's hand-over expires")
     assert a.held.isdisjoint(b.held) and len(a.held | b.held) == 32
-    assert await redis_client.get(lease_key(keys, min(b.held))) == "b"
+    assert await redis_client.get(keys.lease(min(b.held))) == "b"
 
     await a.leave()  # a stops: its leases expire after `handover`, then b takes them
     await ticks_until(b, lambda: len(b.held) == 32, "b holds every shard after a left")
