@@ -8,7 +8,6 @@ its API-gateway rate limit) on 127.0.0.1, a real redis-server, a real webhook re
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import re
@@ -30,6 +29,7 @@ from notifier.dcs.simulator.state import RecordedRequest as SimRequest
 from notifier.dcs.simulator.state import SkewedClock
 from notifier.standins import RecordedRequest
 from notifier.standins.webhook import WebhookReceiver
+from tests.support.daemons import running
 from tests.support.wait import until
 
 P1 = "0b6ae7c1f2a34f6e9d1b7a2c3e4f5a61"
@@ -96,21 +96,6 @@ async def fleet(redis_url: str, redis_client: aioredis.Redis) -> AsyncIterator[F
     async with WebhookReceiver(secret=SECRET) as audit, WebhookReceiver(secret=SECRET) as ops:
         yield Fleet(sim, audit, ops, redis_url, redis_client)
     await sim.stop()
-
-
-@contextlib.asynccontextmanager
-async def running(config: Config) -> AsyncIterator[Daemon]:
-    """The daemon in this process; stopped and awaited on exit."""
-    daemon = Daemon(config)
-    task = asyncio.create_task(daemon.run())
-    try:
-        yield daemon
-    finally:
-        daemon.request_stop()
-        await asyncio.wait_for(task, 15)
-        await daemon.aclose()
-        if task.done() and task.exception() is not None:
-            raise task.exception()  # type: ignore[misc]
 
 
 def polled(sim: Simulator, instance_id: str, ok: bool = True) -> Callable[[], int]:

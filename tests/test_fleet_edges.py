@@ -31,6 +31,7 @@ from notifier.errors import ConfigError, DcsApiError, Reason
 from notifier.poller import Poller, PollOutcome, Target, _phase
 from notifier.standins.webhook import WebhookReceiver
 from notifier.state import StateStore
+from tests.support.daemons import running
 from tests.support.wait import until
 
 P1 = "0b6ae7c1f2a34f6e9d1b7a2c3e4f5a61"
@@ -113,20 +114,6 @@ async def world(redis_url: str, redis_client: aioredis.Redis) -> AsyncIterator[W
     async with WebhookReceiver(secret=SECRET) as audit, WebhookReceiver(secret=SECRET) as ops:
         yield World(sim, audit, ops, redis_url, redis_client)
     await sim.stop()
-
-
-@contextlib.asynccontextmanager
-async def running(config: Config, stop_within: float = 15) -> AsyncIterator[Daemon]:
-    daemon = Daemon(config)
-    task = asyncio.create_task(daemon.run())
-    try:
-        yield daemon
-    finally:
-        daemon.request_stop()
-        try:
-            await asyncio.wait_for(task, stop_within)
-        finally:
-            await daemon.aclose()
 
 
 def static(instance_id: str, endpoint: str = "${SIM_URL}", project: str = P1, region: str = "") -> str:

@@ -1,0 +1,25 @@
+"""Running the daemon inside a test's own event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from notifier.config import Config
+from notifier.daemon import Daemon
+
+
+@contextlib.asynccontextmanager
+async def running(config: Config, stop_within: float = 15) -> AsyncIterator[Daemon]:
+    """``Daemon(config).run()`` in the background; stopped, awaited (its error raised) and closed on exit."""
+    daemon = Daemon(config)
+    task = asyncio.create_task(daemon.run())
+    try:
+        yield daemon
+    finally:
+        daemon.request_stop()
+        try:
+            await asyncio.wait_for(task, stop_within)
+        finally:
+            await daemon.aclose()
