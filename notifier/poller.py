@@ -55,6 +55,8 @@ TOUCH_EVERY_SECONDS = 60.0
 #: Poll times are rounded up to a multiple of this (seconds; at most 1/20 of poll.interval), so that polls
 #: due together run together.
 SCHEDULE_TICK_SECONDS = 0.1
+#: A poll's window reaches at least this far past "now" (the API's clock may be ahead).
+MIN_END_MARGIN = timedelta(seconds=60)
 #: Margin added to a measured clock offset (the Date header has 1 s resolution, plus latency).
 SKEW_SLACK_SECONDS = 60.0
 #: The 404 code of an instance that does not exist (any more).
@@ -222,6 +224,10 @@ class Poller:
         self._known: dict[str, _Known] = {}
         self._cold = asyncio.Semaphore(config.api.max_concurrency)
         self._skew_warned: set[str] = set()
+        # The poll settings as the per-poll path uses them (converted once, not on every poll).
+        self._window = timedelta(seconds=config.poll.window)
+        self._grace = timedelta(seconds=config.poll.baseline_grace)
+        self._skew_margin = timedelta(seconds=config.poll.skew)
         self._rate_warned: set[str] = set()
         self._tg: asyncio.TaskGroup | None = None
         #: With scaling.enabled, replicas share the fleet: an instance is polled while its shard is held.
@@ -254,7 +260,6 @@ class Poller:
     async def _poll(self, target: Target) -> PollOutcome:
         outcome = PollOutcome(target)
         key, spec, inst = target.key, target.project, target.instance
-        poll = self.config.poll
         now = self.clock()
         last = self._last_polled.get(key)
         touch = None
@@ -271,12 +276,12 @@ class Poller:
                 if touch is not None:
                     self._touched[key] = self._monotonic()
             client = self.clients[spec.project_id]
-            skew = timedelta(seconds=self._skew(spec, client))
-            start = query_start(previous, last, now, window=timedelta(seconds=poll.window), skew=skew)
+            skew = self._skew(spec, client)
+            start = query_start(previous, last, now, window=self._window, skew=skew)
             answer = await client.poll_tasks(
                 inst.id,
                 start,
-                now + max(skew, timedelta(seconds=60)),
+                now + max(skew, MIN_END_MARGIN),
                 unchanged=known.digest if known is not None else None,
             )
             if answer.tasks is None:  # the very same answer as last time: nothing can have changed
@@ -288,7 +293,7 @@ class Poller:
                 region=spec.region,
                 instance=target.subject.instance,
                 now=now,
-                baseline_grace=timedelta(seconds=poll.baseline_grace),
+                baseline_grace=self._grace,
                 window_start=start,
                 next_window_start=now - skew,
             )
@@ -337,12 +342,12 @@ class Poller:
         if key in self.health.announced or self.health.failing(key):
             await self._announce(key, self.health.succeeded(target.subject))
 
-    def _skew(self, spec: ProjectSpec, client: DcsClient) -> float:
+    def _skew(self, spec: ProjectSpec, client: DcsClient) -> timedelta:
         """``poll.skew``, widened when the API's clock (its ``Date`` header) is further off than that."""
         margin = self.config.poll.skew
         offset = client.clock_offset
         if offset is None or abs(offset) + SKEW_SLACK_SECONDS <= margin:
-            return margin
+            return self._skew_margin
         if spec.host not in self._skew_warned:
             self._skew_warned.add(spec.host)
             log.warning(
@@ -352,7 +357,7 @@ class Poller:
                 offset,
                 margin,
             )
-        return abs(offset) + SKEW_SLACK_SECONDS
+        return timedelta(seconds=abs(offset) + SKEW_SLACK_SECONDS)
 
     def _route(self, event: Event) -> list[Notification]:
         return route(event, self.config.rules, self._channels, self.config.health.channels)
