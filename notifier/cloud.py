@@ -1,7 +1,8 @@
-"""The cloud side of a config: credential providers, an HTTP session, a politeness gate, a client per project.
+"""The cloud side of a config: credential providers, HTTP, a politeness gate, a client per project.
 
-Every project's :class:`~notifier.dcs.client.DcsClient` shares the session (TLS settings, proxy,
-connection pool) and the gate (concurrency per region and overall, an adaptive rate limit per
+Every project's :class:`~notifier.dcs.client.DcsClient` shares the transport (TLS settings, proxy,
+kept-alive connections), the aiohttp session (IAM tokens; the transport's when a proxy is in effect)
+and the gate (concurrency per region and overall, an adaptive rate limit per
 endpoint). Projects of one account share its credential provider (one IAM token cache, one watched
 credentials file).
 """
@@ -14,8 +15,9 @@ from notifier.config import AkSkCredentials, Config, FileCredentials, IamCredent
 from notifier.dcs import credentials as providers
 from notifier.dcs.client import USER_AGENT, DcsClient
 from notifier.dcs.credentials import CredentialProvider
-from notifier.dcs.http import make_session, ssl_for
+from notifier.dcs.http import make_session
 from notifier.dcs.limits import ApiGate
+from notifier.dcs.transport import transport_for
 
 
 def credential_provider(
@@ -45,12 +47,11 @@ class Cloud:
     def __init__(self, config: Config) -> None:
         require_credentials(config)
         api = config.api
+        proxy = api.proxy.get_secret_value() if api.proxy else None
         self.session = make_session(
-            ca_bundle=api.ca_bundle,
-            insecure_hosts=api.insecure_endpoints,
-            proxy=api.proxy.get_secret_value() if api.proxy else None,
-            user_agent=USER_AGENT,
+            ca_bundle=api.ca_bundle, insecure_hosts=api.insecure_endpoints, proxy=proxy, user_agent=USER_AGENT
         )
+        self.transport = transport_for(self.session, proxy)
         self.gate = ApiGate(
             max_concurrency=api.max_concurrency,
             region_concurrency=api.region_concurrency,
@@ -76,9 +77,10 @@ class Cloud:
                 timeout=api.timeout,
                 page_size=api.page_size,
                 session=self.session,
+                transport=self.transport,
                 gate=self.gate,
-                ssl=ssl_for(self.session, spec.endpoint),
             )
 
     async def aclose(self) -> None:
+        await self.transport.aclose()
         await self.session.close()

@@ -10,6 +10,7 @@ import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import suppress
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -18,7 +19,10 @@ import pytest
 import trustme
 from aiohttp import web
 
+from notifier.cloud import Cloud
+from notifier.config import parse_config
 from notifier.dcs.http import TlsPolicy, describe_client_error, make_session, redact_url, ssl_for, tls_policy
+from notifier.dcs.simulator import Simulator
 from notifier.errors import ConfigError
 
 UA = "dcs-notifier-test/1.0"
@@ -427,3 +431,32 @@ async def test_bad_proxy_url_is_refused_without_echoing_it() -> None:
         make_session(proxy=f"socks5://{PROXY_USER}:{PROXY_PASSWORD}@127.0.0.1:1080", user_agent=UA)
     assert "socks5" in str(info.value)
     assert PROXY_PASSWORD not in str(info.value)
+
+
+async def test_cloud_polls_through_the_configured_proxy(proxy: LoopbackProxy) -> None:
+    # With a proxy in effect the DCS client's GETs go through aiohttp (the lean transport has no proxy
+    # support): the poll must reach the simulator through the proxy, signed as it is sent.
+    sim = Simulator(project_id="p1", credentials={"AK1": "SK1"})
+    sim.add_instance("i-1", "cache")
+    runner = web.AppRunner(sim.make_app(), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    port: int = runner.addresses[0][1]
+    text = f"""
+cloud: {{project_id: p1, ak: AK1, sk: SK1, endpoint: "http://127.0.0.1:{port}"}}
+instances: [{{id: i-1}}]
+api: {{proxy: "{proxy.url}"}}
+channels: {{audit: {{type: webhook, url: "http://127.0.0.1:9/"}}}}
+"""
+    cloud = Cloud(parse_config(text, "proxy.yaml", {}))
+    try:
+        tasks = await cloud.clients["p1"].list_tasks(
+            "i-1", datetime(2026, 1, 1, tzinfo=UTC), datetime.now(UTC)
+        )
+    finally:
+        await cloud.aclose()
+        await runner.cleanup()
+    assert tasks == []
+    [seen] = proxy.seen
+    assert seen.startswith(f"GET http://127.0.0.1:{port}/v2/p1/instances/i-1/tasks?end_time=")
+    assert [r.status for r in sim.task_requests("i-1")] == [200]

@@ -13,23 +13,21 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from ssl import SSLContext
 from typing import Any
 from urllib.parse import quote, urlsplit
 
 import aiohttp
 from pydantic import ValidationError
-from yarl import URL
 
 from notifier.dcs.credentials import AkSkCredentials, CredentialProvider
-from notifier.dcs.http import describe_client_error
 from notifier.dcs.limits import ApiGate
 from notifier.dcs.models import ApiErrorBody, Task, TaskList, format_query_time
 from notifier.dcs.signer import canonical_query
+from notifier.dcs.transport import HttpTransport, KeepAliveTransport, TransportError
 from notifier.errors import CredentialsError, DcsApiError, Reason
 
 log = logging.getLogger(__name__)
@@ -79,7 +77,10 @@ class DcsClient:
     """One project's DCS endpoint. Share one instance across all polls; close it with ``aclose()``.
 
     Give either ``credentials`` (any :class:`CredentialProvider`) or ``ak``/``sk`` (permanent AK/SK).
-    Clients of one process share ``session`` (TLS, proxy, connection pool) and ``gate`` (politeness).
+    Clients of one process share ``transport`` (TLS, proxy, connections; see
+    :func:`~notifier.dcs.transport.transport_for`), ``session`` (for credential providers that call
+    IAM) and ``gate`` (politeness). Without a transport the client makes its own
+    :class:`~notifier.dcs.transport.KeepAliveTransport`, verifying TLS against the system store.
     """
 
     def __init__(
@@ -95,8 +96,8 @@ class DcsClient:
         page_size: int = 100,
         max_concurrency: int = 16,
         session: aiohttp.ClientSession | None = None,
+        transport: HttpTransport | None = None,
         gate: ApiGate | None = None,
-        ssl: SSLContext | bool = True,
     ) -> None:
         self._endpoint = endpoint.rstrip("/")
         split = urlsplit(self._endpoint)
@@ -110,14 +111,15 @@ class DcsClient:
         self._project_id = project_id
         self._credentials = credentials
         self._region = region or split.hostname
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._timeout = timeout
         self._page_size = page_size
         self._gate = gate or ApiGate(
             max_concurrency=max_concurrency, region_concurrency=max_concurrency, rate=1e6, min_rate=1e6
         )
-        self._ssl = ssl
         self._session = session
         self._own_session = session is None
+        self._transport: HttpTransport = transport or KeepAliveTransport()
+        self._own_transport = transport is None
         #: The API's clock minus ours, in seconds, from the ``Date`` of its answers (None: not seen yet).
         self.clock_offset: float | None = None
         self._paths: dict[str, str] = {}
@@ -135,6 +137,8 @@ class DcsClient:
         return f"<DcsClient {self._endpoint} project={self._project_id}>"
 
     async def aclose(self) -> None:
+        if self._own_transport:
+            await self._transport.aclose()
         if self._own_session and self._session is not None:
             await self._session.close()
             self._session = None
@@ -225,7 +229,7 @@ class DcsClient:
 
         ``query`` must be canonical (:func:`~notifier.dcs.signer.canonical_query`): it is signed as it is.
         """
-        url = f"{self._endpoint}{path}?{query}" if query else f"{self._endpoint}{path}"
+        target = f"{path}?{query}" if query else path
         base_headers = {
             "Content-Type": "application/json",
             "Host": self._host,
@@ -233,14 +237,14 @@ class DcsClient:
             "X-Project-Id": self._project_id,
         }
         try:
-            raw, request_id = await self._send(instance_id, url, base_headers)
+            raw, request_id = await self._send(instance_id, target, base_headers)
         except DcsApiError as exc:
             rejected = exc.sent_headers
             exc.sent_headers = None
             # A rejected IAM token or a rotated credentials file: the provider may have fresh ones.
             if exc.http_status != 401 or not self._credentials.invalidate(self._project_id, rejected):
                 raise
-            raw, request_id = await self._send(instance_id, url, base_headers)
+            raw, request_id = await self._send(instance_id, target, base_headers)
         return raw, request_id
 
     @staticmethod
@@ -267,7 +271,7 @@ class DcsClient:
         return body
 
     async def _send(
-        self, instance_id: str, url: str, base_headers: dict[str, str]
+        self, instance_id: str, target: str, base_headers: dict[str, str]
     ) -> tuple[bytes, str | None]:
         """One request through the gate: the body of a 200, or a DcsApiError."""
         session = self._get_session()
@@ -276,41 +280,35 @@ class DcsClient:
             async with self._gate.slot(self._region, self._host):
                 # Authenticated as late as possible: a request that waited for its slot is not stale.
                 headers = await self._credentials.apply(
-                    "GET", url, base_headers, b"", project_id=self._project_id, session=session
+                    "GET",
+                    self._endpoint + target,
+                    base_headers,
+                    b"",
+                    project_id=self._project_id,
+                    session=session,
                 )
-                async with session.get(
-                    URL(url, encoded=True),
-                    headers=headers,
-                    timeout=self._timeout,
-                    ssl=self._ssl,
-                    allow_redirects=False,  # a redirect would carry the signature (and ssl=) elsewhere
-                ) as resp:
-                    raw = await resp.read()
-                    request_id = resp.headers.get("X-Request-Id")
-                    if resp.status == 200:
-                        limiter.on_success()
-                        if time.monotonic() >= self._next_date_check:
-                            self._observe_date(resp.headers.get("Date"))
-                        return raw, request_id
-                    error = self._http_error(instance_id, resp.status, raw, request_id, resp.headers)
-                    if error.reason is Reason.RATE_LIMITED:
-                        limiter.on_throttled()
-                        if error.retry_after:
-                            limiter.pause(min(error.retry_after, MAX_PAUSE_SECONDS))
-                    elif resp.status == 401:
-                        error.sent_headers = headers  # for invalidate(): which token was rejected
-                    raise error
+                answer = await self._transport.get(self._endpoint, target, headers, self._timeout)
         except CredentialsError as exc:
             raise DcsApiError(instance_id, exc.reason, str(exc)) from None
         except TimeoutError:
-            raise DcsApiError(
-                instance_id, Reason.TIMEOUT, f"no answer within {self._timeout.total:g} s"
-            ) from None
-        except aiohttp.ClientError as exc:
-            # The exception text may carry the URL; name only the endpoint host.
-            raise DcsApiError(
-                instance_id, Reason.CONNECTION, describe_client_error(exc, self._host)
-            ) from None
+            raise DcsApiError(instance_id, Reason.TIMEOUT, f"no answer within {self._timeout:g} s") from None
+        except TransportError as exc:  # its message names the endpoint's host, never the URL
+            raise DcsApiError(instance_id, Reason.CONNECTION, str(exc)) from None
+        raw = answer.body
+        request_id = answer.headers.get("x-request-id")
+        if answer.status == 200:
+            limiter.on_success()
+            if time.monotonic() >= self._next_date_check:
+                self._observe_date(answer.headers.get("date"))
+            return raw, request_id
+        error = self._http_error(instance_id, answer.status, raw, request_id, answer.headers)
+        if error.reason is Reason.RATE_LIMITED:
+            limiter.on_throttled()
+            if error.retry_after:
+                limiter.pause(min(error.retry_after, MAX_PAUSE_SECONDS))
+        elif answer.status == 401:
+            error.sent_headers = headers  # for invalidate(): which token was rejected
+        raise error
 
     def _observe_date(self, value: str | None) -> None:
         """Measure the API's clock from a ``Date`` header (once a minute; it has 1 s resolution)."""
@@ -326,7 +324,7 @@ class DcsClient:
         self.clock_offset = (server - datetime.now(UTC)).total_seconds()
 
     def _http_error(
-        self, instance_id: str, status: int, raw: bytes, request_id: str | None, headers: Any
+        self, instance_id: str, status: int, raw: bytes, request_id: str | None, headers: Mapping[str, str]
     ) -> DcsApiError:
         code: str | None = None
         msg: str | None = None
@@ -345,7 +343,7 @@ class DcsClient:
             http_status=status,
             error_code=code,
             request_id=request_id,
-            retry_after=_retry_after(headers.get("Retry-After")),
+            retry_after=_retry_after(headers.get("retry-after")),
         )
 
 

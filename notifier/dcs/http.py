@@ -27,6 +27,7 @@ request URL a signature. Name hosts with :func:`describe_client_error` / :func:`
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import socket
 import ssl
@@ -44,7 +45,8 @@ from notifier.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-_CA_HINT = "set api.ca_bundle, or list the endpoint in api.insecure_endpoints"
+#: What fixes an untrusted certificate (said in every such error).
+CA_HINT = "set api.ca_bundle, or list the endpoint in api.insecure_endpoints"
 
 #: The TLS policy of each session made by make_session(), for ssl_for().
 _POLICIES: WeakKeyDictionary[aiohttp.ClientSession, TlsPolicy] = WeakKeyDictionary()
@@ -114,12 +116,24 @@ class TlsPolicy:
             return False
         return port is None or _host_key(host, port) not in self.insecure_hosts
 
+    def context_for(self, host: str, port: int | None = None) -> ssl.SSLContext:
+        """The TLS context for ``host`` (on ``port``): the verifying one, or one that verifies nothing."""
+        return self.context if self.verifies(host, port) else _unverified_context()
+
     def ssl_for(self, url: str | URL) -> ssl.SSLContext | bool:
         """The ``ssl=`` argument for a request to ``url``: the verifying context, or False."""
         u = url if isinstance(url, URL) else URL(url)
         if u.host is not None and not self.verifies(u.host, u.port):
             return False
         return self.context
+
+
+@functools.cache
+def _unverified_context() -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
 
 
 def redact_url(url: str | URL) -> str:
@@ -220,7 +234,8 @@ _ERRNO_TEXT = {
 }
 
 
-def _os_reason(err: OSError | None) -> str:
+def os_reason(err: OSError | None) -> str:
+    """Why a connection failed, in a few words (``connection refused``, ``name not resolved``...)."""
     if err is None:
         return "unknown error"
     if isinstance(err, socket.gaierror):
@@ -249,19 +264,19 @@ def describe_client_error(exc: aiohttp.ClientError, host: str) -> str:
         cert_err = exc.certificate_error
         detail = getattr(cert_err, "verify_message", None) or getattr(cert_err, "reason", None)
         why = f": {detail}" if isinstance(detail, str) and detail else ""
-        return f"TLS certificate of {host} not trusted{why} ({_CA_HINT})"
+        return f"TLS certificate of {host} not trusted{why} ({CA_HINT})"
     if isinstance(exc, aiohttp.ClientSSLError):
         os_err = exc.os_error
         reason = getattr(os_err, "reason", None) or type(os_err).__name__
         return f"TLS handshake with {host} failed ({reason})"
     if isinstance(exc, aiohttp.ClientProxyConnectionError):
         proxy = _hostport(exc.host, exc.port)
-        return f"cannot connect to the HTTP proxy {proxy} ({_os_reason(exc.os_error)}) to reach {host}"
+        return f"cannot connect to the HTTP proxy {proxy} ({os_reason(exc.os_error)}) to reach {host}"
     if isinstance(exc, aiohttp.ClientHttpProxyError):
         what = "proxy authentication required" if exc.status == 407 else f"HTTP {exc.status}"
         return f"the HTTP proxy refused the tunnel to {host} ({what})"
     if isinstance(exc, aiohttp.ClientConnectorError):
-        return f"cannot connect to {host} ({_os_reason(exc.os_error)})"
+        return f"cannot connect to {host} ({os_reason(exc.os_error)})"
     if isinstance(exc, aiohttp.ServerTimeoutError):
         return f"timed out talking to {host}"
     if isinstance(exc, aiohttp.ServerDisconnectedError):
@@ -275,5 +290,5 @@ def describe_client_error(exc: aiohttp.ClientError, host: str) -> str:
     if isinstance(exc, aiohttp.InvalidURL):
         return f"invalid request URL for {host}"
     if isinstance(exc, aiohttp.ClientOSError):
-        return f"connection to {host} failed ({_os_reason(exc)})"
+        return f"connection to {host} failed ({os_reason(exc)})"
     return f"request to {host} failed ({type(exc).__name__})"
