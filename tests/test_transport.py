@@ -48,6 +48,8 @@ class ScriptedServer:
     script: Callable[[int, bytes], Answer]
     tls: ssl.SSLContext | None = None
     connections: int = 0
+    #: Requests answered so far on the connection whose request is being scripted.
+    served_here: int = 0
     heads: list[bytes] = field(default_factory=list)
     closed_by_peer: int = 0
     port: int = 0
@@ -73,6 +75,7 @@ class ScriptedServer:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
         self._writers.append(writer)
+        served = 0
         try:
             while True:
                 try:
@@ -82,6 +85,8 @@ class ScriptedServer:
                     return
                 number = len(self.heads)
                 self.heads.append(head)
+                self.served_here = served
+                served += 1
                 answer = self.script(number, head)
                 if isinstance(answer, Hang):
                     await reader.read()  # until the client gives up and closes
@@ -173,6 +178,21 @@ async def test_a_kept_alive_connection_the_server_closed_is_replaced_once_transp
     assert (first.body, second.body) == (b"0", b"1")
     assert server.connections == 2
     assert [h.split(b" ")[1] for h in server.heads] == [b"/a", b"/b"]  # /b sent once, on the new one
+
+
+async def test_after_a_silent_server_restart_the_resend_goes_to_a_new_connection(
+    serve: Callable[..., asyncio.Future[ScriptedServer]], transport: KeepAliveTransport
+) -> None:
+    # Three kept-alive connections, then the server drops each old connection when it is used again
+    # (as after a restart behind a load balancer): the resend must not pick another stale one.
+    server: ScriptedServer = await serve(
+        lambda _n, _h: (b"", "close") if server.served_here else body_answer(b"{}")
+    )
+    await asyncio.gather(*(transport.get(server.endpoint, "/x", HEADERS, 5) for _ in range(3)))
+    assert server.connections == 3
+    assert (await transport.get(server.endpoint, "/y", HEADERS, 5)).body == b"{}"
+    assert server.connections == 4
+    assert [h.split(b" ")[1] for h in server.heads] == [b"/x", b"/x", b"/x", b"/y", b"/y"]
 
 
 async def test_connection_close_is_honoured(

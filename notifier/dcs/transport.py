@@ -197,27 +197,35 @@ class KeepAliveTransport:
         request = _request_bytes(origin.prefix + target, headers, origin.name)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        for _attempt in range(2):
-            conn = self._idle_connection(origin, loop.time())
-            reused = conn is not None
-            if conn is None:
-                conn = await self._connect(origin, loop, deadline)
-            self._busy.add(conn)
+        conn = self._idle_connection(origin, loop.time())
+        if conn is not None:
             try:
-                answer = await conn.exchange(request, deadline)
+                return await self._exchange(origin, conn, request, deadline)
             except _Stale:
-                conn.close()
-                if reused:
-                    continue  # the server had closed it while idle: once more on a new connection
-                raise TransportError(f"{origin.name} closed the connection before answering") from None
-            except BaseException:
-                conn.close()  # timed out, cancelled or broken: its state is unknown
-                raise
-            finally:
-                self._busy.discard(conn)
-            self._release(origin, conn, loop.time())
-            return answer
-        raise TransportError(f"{origin.name} closed the connection before answering")
+                pass  # the server had closed it while idle: once more, on a new connection
+        conn = await self._connect(origin, loop, deadline)
+        try:
+            return await self._exchange(origin, conn, request, deadline)
+        except _Stale:
+            raise TransportError(f"{origin.name} closed the connection before answering") from None
+
+    async def _exchange(
+        self, origin: _Origin, conn: _Connection, request: bytes, deadline: float
+    ) -> HttpAnswer:
+        self._busy.add(conn)
+        try:
+            answer = await conn.exchange(request, deadline)
+        except BaseException:
+            conn.close()  # stale, timed out, cancelled or broken: its state is unknown
+            raise
+        finally:
+            self._busy.discard(conn)
+        if conn.usable and len(origin.idle) < MAX_IDLE_PER_ENDPOINT:
+            conn.idle_since = conn.loop.time()
+            origin.idle.append(conn)
+        else:
+            conn.close()
+        return answer
 
     async def aclose(self) -> None:
         self._closed = True
@@ -230,21 +238,20 @@ class KeepAliveTransport:
 
     @staticmethod
     def _idle_connection(origin: _Origin, now: float) -> _Connection | None:
+        """The most recently used idle connection (the least likely to have been closed), if any.
+
+        Connections idle longer than IDLE_SECONDS (or closed by the server) are closed and dropped on
+        the way, from the bottom of the stack too, so the pool shrinks when polling slows down.
+        """
         idle = origin.idle
+        while idle and (not idle[0].usable or now - idle[0].idle_since >= IDLE_SECONDS):
+            idle.pop(0).close()
         while idle:
-            conn = idle.pop()  # the most recently used: the least likely to have been closed
-            if conn.usable and now - conn.idle_since < IDLE_SECONDS:
+            conn = idle.pop()
+            if conn.usable:
                 return conn
             conn.close()
         return None
-
-    @staticmethod
-    def _release(origin: _Origin, conn: _Connection, now: float) -> None:
-        if not conn.usable or len(origin.idle) >= MAX_IDLE_PER_ENDPOINT:
-            conn.close()
-            return
-        conn.idle_since = now
-        origin.idle.append(conn)
 
     @staticmethod
     async def _connect(origin: _Origin, loop: asyncio.AbstractEventLoop, deadline: float) -> _Connection:
@@ -319,7 +326,7 @@ class _Connection(asyncio.Protocol):
 
     def __init__(self, name: str, loop: asyncio.AbstractEventLoop) -> None:
         self._name = name
-        self._loop = loop
+        self.loop = loop
         self._parser = httptools.HttpResponseParser(self)
         self._transport: asyncio.Transport | None = None
         self._waiter: asyncio.Future[HttpAnswer] | None = None
@@ -408,8 +415,8 @@ class _Connection(asyncio.Protocol):
         if transport is None or transport.is_closing():
             raise _Stale()
         self._reset()
-        waiter = self._waiter = self._loop.create_future()
-        timer = self._loop.call_at(deadline, self._timed_out)
+        waiter = self._waiter = self.loop.create_future()
+        timer = self.loop.call_at(deadline, self._timed_out)
         try:
             transport.write(request)
             answer: HttpAnswer = await waiter
