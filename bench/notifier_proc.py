@@ -19,7 +19,10 @@ webhook channel to the receiver, the Redis URL) and a :class:`~notifier.daemon.D
    ``poll.interval = --latency-interval`` while the simulator changes ``--latency-rate`` of the instances
    per second for ``--latency-seconds``, then ``--tail`` seconds more for deliveries in flight; then
    ``request_stop()``. Its CPU is reported overall and for the "steady" part, from one interval in (every
-   instance polled once) to the last change. The simulator records when each change became visible and
+   instance polled once) to the last change. With ``--quiet-seconds``, before stopping, it waits one
+   interval more (every instance polled once since the last change) and then measures ``Daemon.run()``
+   with nothing changing for that long: the daemon's whole cost (scheduling, leases off, delivery idle)
+   at that interval. The simulator records when each change became visible and
    when it was first served; the receiver (in :mod:`bench.compare`) when it arrived: the latency is
    computed there.
 
@@ -249,10 +252,25 @@ async def latency_run(args: argparse.Namespace, control: Control) -> dict[str, A
         sim_b, cpu_b, wall_b = await control.call("stats"), cpu_seconds(), time.perf_counter()
         await control.call("rate", per_second="0")
         await asyncio.sleep(args.tail)
+        sim1, cpu1, wall1 = await control.call("stats"), cpu_seconds(), time.perf_counter()
+        quiet: dict[str, Any] | None = None
+        if args.quiet_seconds > 0:
+            await asyncio.sleep(args.latency_interval)  # every instance has seen its last change
+            sim_q, cpu_q, wall_q = await control.call("stats"), cpu_seconds(), time.perf_counter()
+            await asyncio.sleep(args.quiet_seconds)
+            sim_r, cpu_r, wall_r = await control.call("stats"), cpu_seconds(), time.perf_counter()
+            quiet_polls = int(sim_r["task_requests"] - sim_q["task_requests"])
+            quiet = {
+                "requests": quiet_polls,
+                "changes": int(sim_r["changes"] - sim_q["changes"]),
+                "wall_seconds": round(wall_r - wall_q, 3),
+                "cpu_seconds": round(cpu_r - cpu_q, 3),
+                "cpu_share_of_one_core": round((cpu_r - cpu_q) / (wall_r - wall_q), 4),
+                "cpu_s_per_1000_polls": per_thousand(cpu_r - cpu_q, quiet_polls),
+            }
         daemon.request_stop()
         await running
-        cpu, wall = cpu_seconds() - cpu0, time.perf_counter() - wall0
-        sim1 = await control.call("stats")
+        cpu, wall = cpu1 - cpu0, wall1 - wall0
     polls = int(sim1["task_requests"] - sim0["task_requests"])
     steady_polls = int(sim_b["task_requests"] - sim_a["task_requests"])
     steady_cpu, steady_wall = cpu_b - cpu_a, wall_b - wall_a
@@ -274,6 +292,7 @@ async def latency_run(args: argparse.Namespace, control: Control) -> dict[str, A
             "cpu_share_of_one_core": round(steady_cpu / steady_wall, 3) if steady_wall > 0 else None,
             "cpu_s_per_1000_polls": per_thousand(steady_cpu, steady_polls),
         },
+        "quiet": quiet,
         "peak_rss_mib": peak_rss_mib(),
     }
 
@@ -294,6 +313,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--latency-rate", type=float, default=0.1, help="fraction of instances changing per s"
     )
     parser.add_argument("--tail", type=float, default=2.0, help="seconds after the last change")
+    parser.add_argument(
+        "--quiet-seconds", type=float, default=0.0, help="then Daemon.run() with nothing changing (0: not)"
+    )
     parser.add_argument("--profile", default=None, help="cProfile the unchanged rounds into this file")
     parser.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto")
     args = parser.parse_args(argv)
