@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import gc
 import json
 import logging
 import math
@@ -58,7 +59,7 @@ from bench.measure import (
     run_async,
 )
 from notifier.config import Config, parse_config
-from notifier.daemon import Daemon
+from notifier.daemon import Daemon, freeze_startup_heap
 
 #: Not the poller's work: the benchmark's own reads of the counters.
 IGNORED_COMMANDS = frozenset({"info", "config"})
@@ -232,13 +233,37 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
+class GcPauses:
+    """Pauses of the cyclic garbage collector (``callback`` goes into ``gc.callbacks``), per generation."""
+
+    def __init__(self) -> None:
+        self.count = [0, 0, 0]
+        self.longest_ms = [0.0, 0.0, 0.0]
+        self._began = 0.0
+
+    def callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._began = time.perf_counter()
+            return
+        generation = info["generation"]
+        self.count[generation] += 1
+        pause = (time.perf_counter() - self._began) * 1000
+        self.longest_ms[generation] = max(self.longest_ms[generation], round(pause, 2))
+
+    def report(self) -> dict[str, list[float] | list[int]]:
+        return {"collections": self.count, "longest_ms": self.longest_ms}
+
+
 async def latency_run(args: argparse.Namespace, control: Control) -> dict[str, Any]:
     """``Daemon.run()`` while the simulator changes instances; CPU overall and after the first interval."""
     cfg = config(
         args.sim, args.redis, args.receiver, args.instances, channel="live", interval=args.latency_interval
     )
     await control.call("reset")
+    pauses = GcPauses()
     async with Daemon(cfg) as daemon:
+        freeze_startup_heap()  # as `dcs-notifier run` does
+        gc.callbacks.append(pauses.callback)
         sim0 = await control.call("stats")
         cpu0, wall0 = cpu_seconds(), time.perf_counter()
         started_at = time.time()
@@ -270,6 +295,7 @@ async def latency_run(args: argparse.Namespace, control: Control) -> dict[str, A
             }
         daemon.request_stop()
         await running
+        gc.callbacks.remove(pauses.callback)
         cpu, wall = cpu1 - cpu0, wall1 - wall0
     polls = int(sim1["task_requests"] - sim0["task_requests"])
     steady_polls = int(sim_b["task_requests"] - sim_a["task_requests"])
@@ -293,6 +319,7 @@ async def latency_run(args: argparse.Namespace, control: Control) -> dict[str, A
             "cpu_s_per_1000_polls": per_thousand(steady_cpu, steady_polls),
         },
         "quiet": quiet,
+        "gc": pauses.report(),
         "peak_rss_mib": peak_rss_mib(),
     }
 

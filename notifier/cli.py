@@ -22,7 +22,7 @@ import yaml
 from notifier.channels import Channel, build_channel, masked_config
 from notifier.cloud import Cloud
 from notifier.config import Config, InstanceConfig, credential_problems, load_config, secret_values
-from notifier.daemon import Daemon, open_store
+from notifier.daemon import Daemon, freeze_startup_heap, open_store
 from notifier.dcs.models import Task, format_api_time
 from notifier.delivery import send_with_retries
 from notifier.discovery import tags_of
@@ -168,6 +168,7 @@ def run_fast(main: Coroutine[Any, Any, int]) -> int:
 async def _run(config: Config) -> int:
     async with Daemon(config) as daemon:
         _install_stop_handlers(daemon)
+        freeze_startup_heap()
         await daemon.run()
     return 0
 

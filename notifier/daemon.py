@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 from collections.abc import Callable
@@ -34,6 +35,19 @@ from notifier.poller import Poller, PollOutcome, utcnow
 from notifier.state import RedisClient, StateStore
 
 log = logging.getLogger(__name__)
+
+
+def freeze_startup_heap() -> None:
+    """Exempt everything made so far from the cyclic garbage collector (for a long-running process).
+
+    Once a daemon is built, nearly all of the process's objects — modules, classes, config, clients:
+    some 65,000 — live as long as it does, and a full collection walked them all: a 12-26 ms pause (measured
+    in ``bench.compare``) that every poll and delivery in flight waited for, which was the slowest 1 % of
+    detection → delivery latency. Frozen, they are skipped; what the daemon allocates later is collected
+    as before. Garbage is collected first, so nothing collectable is frozen.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 class _BlockingSentinelPool(SentinelConnectionPool, aioredis.BlockingConnectionPool):

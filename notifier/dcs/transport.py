@@ -445,7 +445,7 @@ class _Connection(asyncio.Protocol):
         waiter, self._waiter = self._waiter, None
         if waiter is None or waiter.done():
             return
-        chunks = self._chunks
+        chunks, self._chunks = self._chunks, []  # an idle connection holds no body
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         encoding = self._headers.get("content-encoding")
         if encoding is not None:

@@ -199,3 +199,164 @@ class RedisSentinelServers:
             self.sentinel.stop()
             self.sentinel = None
         self.master.stop()
+
+
+class RedisSentinelFailoverServers:
+    """A master, one replica of it and one Sentinel (quorum 1) quick to fail over, for failover tests.
+
+    Every process is the test's own (never shared: the test kills the master). The Sentinel takes a master
+    down after ``down_after_ms`` without answers and promotes the replica; ``kill_master()`` SIGKILLs it.
+
+    ``down_after_ms`` is 1500, not 1000: the Sentinel pings every ``min(down_after, 1000)`` ms, and with
+    1000 it often (about 5 failovers in 12) marked the *new* master down for ~100 ms about 1 s after
+    ``+switch-master`` (its fresh link had not had a PONG yet) and tried a second failover. A client
+    connecting in that window gets "No master found".
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        service: str = "notifier-failover",
+        *,
+        down_after_ms: int = 1500,
+        failover_timeout_ms: int = 3000,
+    ) -> None:
+        self.data_dir = data_dir
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.service = service
+        self.down_after_ms = down_after_ms
+        self.failover_timeout_ms = failover_timeout_ms
+        self.master_port = free_port()
+        self.replica_port = free_port()
+        self.sentinel_port = free_port()
+        self.master: _Process | None = None
+        self.replica: _Process | None = None
+        self.sentinel: _Process | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis+sentinel://127.0.0.1:{self.sentinel_port}/{self.service}/0"
+
+    def _server(self, name: str, port: int, *extra: str) -> _Process:
+        node_dir = self.data_dir / name
+        node_dir.mkdir(exist_ok=True)
+        args = [
+            _binary("redis-server"),
+            "--port", str(port),
+            "--bind", "127.0.0.1",
+            "--protected-mode", "yes",
+            "--dir", str(node_dir),
+            "--save", "",
+            "--appendonly", "no",
+            "--logfile", str(node_dir / "redis.log"),
+            *extra,
+        ]  # fmt: skip
+        return _Process(args, node_dir / "redis.log")
+
+    @staticmethod
+    def _client(port: int) -> redis.Redis:
+        return redis.Redis(
+            host="127.0.0.1", port=port, decode_responses=True, socket_connect_timeout=0.5, socket_timeout=2
+        )
+
+    def start(self, timeout: float = 30.0) -> None:
+        # No 5 s wait (the default) before the diskless full sync of the replica.
+        self.master = self._server("master", self.master_port, "--repl-diskless-sync-delay", "0")
+        self.replica = self._server(
+            "replica", self.replica_port, "--replicaof", "127.0.0.1", str(self.master_port)
+        )
+        for port, proc in ((self.master_port, self.master), (self.replica_port, self.replica)):
+            _wait(functools.partial(self._ping, port, proc), timeout, f"redis-server on port {port}")
+        # In sync before the Sentinel starts: its first INFO of the master then lists the replica.
+        _wait(self.replica_in_sync, timeout, f"the replica on port {self.replica_port} to be in sync")
+        conf = self.data_dir / "sentinel.conf"  # the Sentinel rewrites it: a file of its own
+        conf.write_text(
+            "\n".join(
+                [
+                    f"port {self.sentinel_port}",
+                    "bind 127.0.0.1",
+                    "protected-mode yes",
+                    f"dir {self.data_dir}",
+                    f"logfile {self.data_dir / 'sentinel.log'}",
+                    f"sentinel monitor {self.service} 127.0.0.1 {self.master_port} 1",
+                    f"sentinel down-after-milliseconds {self.service} {self.down_after_ms}",
+                    f"sentinel failover-timeout {self.service} {self.failover_timeout_ms}",
+                    f"sentinel parallel-syncs {self.service} 1",
+                    "",
+                ]
+            )
+        )
+        self.sentinel = _Process(
+            [_binary("redis-server"), str(conf), "--sentinel"], self.data_dir / "sentinel.log"
+        )
+        _wait(self._sentinel_knows_both, timeout, f"the sentinel on port {self.sentinel_port} to know both")
+
+    def _ping(self, port: int, proc: _Process) -> bool:
+        proc.check_alive()
+        with self._client(port) as c:
+            return bool(c.ping())
+
+    @staticmethod
+    def _info(port: int) -> dict[str, str]:
+        """``INFO replication`` (parsed by redis-py), every value as text."""
+        with RedisSentinelFailoverServers._client(port) as c:
+            info = c.execute_command("INFO", "replication")
+        return {str(k): str(v) for k, v in info.items()}
+
+    def replica_in_sync(self) -> bool:
+        """The replica's link to the master is up (its initial sync is done)."""
+        info = self._info(self.replica_port)
+        return info.get("role") == "slave" and info.get("master_link_status") == "up"
+
+    def master_offset(self) -> int:
+        """The master's replication offset (everything it has written so far)."""
+        return int(self._info(self.master_port)["master_repl_offset"])
+
+    def replica_offset(self) -> int:
+        """How much of the master's replication stream the replica has processed."""
+        return int(self._info(self.replica_port)["slave_repl_offset"])
+
+    def sentinel_master(self) -> tuple[str, int] | None:
+        """The master's address as the Sentinel reports it (``SENTINEL GET-MASTER-ADDR-BY-NAME``)."""
+        with self._client(self.sentinel_port) as c:
+            addr = c.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service)
+        if not addr:
+            return None
+        host, port = addr
+        return str(host), int(port)
+
+    def _sentinel_knows_both(self) -> bool:
+        assert self.sentinel is not None
+        self.sentinel.check_alive()
+        if self.sentinel_master() != ("127.0.0.1", self.master_port):
+            return False
+        with self._client(self.sentinel_port) as c:
+            replicas = c.sentinel_slaves(self.service)
+        return any(
+            int(r.get("port", 0)) == self.replica_port
+            and r.get("is_slave")
+            and not r.get("is_disconnected")
+            and not r.get("is_sdown")
+            and r.get("master-link-status") == "ok"
+            for r in replicas
+        )
+
+    def promoted(self) -> bool:
+        """The Sentinel names the former replica as the master, and it answers as one."""
+        if self.sentinel_master() != ("127.0.0.1", self.replica_port):
+            return False
+        return self._info(self.replica_port).get("role") == "master"
+
+    def kill_master(self) -> None:
+        """SIGKILL the master (no shutdown, no last writes) and reap it."""
+        assert self.master is not None
+        self.master.proc.kill()
+        self.master.proc.wait()
+
+    def stop(self) -> None:
+        for name in ("sentinel", "replica", "master"):
+            proc: _Process | None = getattr(self, name)
+            if proc is not None:
+                with contextlib.suppress(Exception):
+                    proc.stop()
+                setattr(self, name, None)
