@@ -512,6 +512,7 @@ channels: {audit: {type: webhook, url: "http://127.0.0.1:9/"}}
         ("", {}, KeepAliveTransport),
         ('api: {proxy: "http://127.0.0.1:3128"}\n', {}, AiohttpTransport),
         ("", {"HTTPS_PROXY": "http://127.0.0.1:3128"}, AiohttpTransport),
+        ("", {"NO_PROXY": "localhost,.internal"}, KeepAliveTransport),  # names no proxy
     ],
 )
 async def test_cloud_uses_aiohttp_only_when_a_proxy_is_in_effect(

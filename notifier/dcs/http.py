@@ -160,6 +160,11 @@ def _split_proxy(proxy: str) -> tuple[URL, str, str] | tuple[URL, None, None]:
     return bare, url.user or "", url.password or ""
 
 
+def environment_has_proxies() -> bool:
+    """Whether ``*_proxy`` variables name a proxy (``NO_PROXY`` alone names none)."""
+    return any(scheme != "no" for scheme in urllib.request.getproxies())
+
+
 def make_session(
     *,
     ca_bundle: Path | None = None,
@@ -179,7 +184,7 @@ def make_session(
     proxy_url, user, password = _split_proxy(proxy) if proxy else (None, None, None)
     # aiohttp looks the environment's proxies up on every request (about half the CPU of a poll): only
     # when some *_proxy variable is set is that worth it. They do not change while the process runs.
-    trust_env = trust_env and proxy_url is None and bool(urllib.request.getproxies())
+    trust_env = trust_env and proxy_url is None and environment_has_proxies()
     proxy_auth: aiohttp.BasicAuth | None = None
     with warnings.catch_warnings():
         # aiohttp 3.13+ deprecates BasicAuth and proxy_auth (for aiohttp 4) in favour of per-request

@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-import urllib.request
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -40,7 +39,15 @@ import aiohttp
 import httptools
 from yarl import URL
 
-from notifier.dcs.http import CA_HINT, TlsPolicy, describe_client_error, os_reason, ssl_for, tls_policy
+from notifier.dcs.http import (
+    CA_HINT,
+    TlsPolicy,
+    describe_client_error,
+    environment_has_proxies,
+    os_reason,
+    ssl_for,
+    tls_policy,
+)
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +100,7 @@ def transport_for(session: aiohttp.ClientSession, proxy: str | None) -> HttpTran
     ``proxy`` is ``api.proxy``. Proxies from the environment count as in effect whatever ``NO_PROXY``
     says: aiohttp applies the exclusions.
     """
-    if proxy or urllib.request.getproxies():
+    if proxy or environment_has_proxies():
         return AiohttpTransport(session)
     return KeepAliveTransport(tls_policy(session) or TlsPolicy.build())
 
