@@ -121,3 +121,17 @@ async def test_list_instances_reads_every_page(sim: Simulator) -> None:
 def test_endpoint_must_be_http() -> None:
     with pytest.raises(ValueError, match="http"):
         DcsClient(endpoint="ftp://x", project_id="p", ak="a", sk="s")
+
+
+async def test_a_request_that_cannot_be_sent_is_a_client_error_not_a_crash(sim: Simulator) -> None:
+    # X-Project-Id carries the project id as it is; HTTP/1.1 headers cannot carry these characters.
+    odd = DcsClient(endpoint=str(sim.base_url), project_id="项目", ak=AK, sk=SK)
+    async with odd:
+        with pytest.raises(DcsApiError) as info:
+            await odd.list_tasks(ORDERS, *window())
+    assert info.value.reason is Reason.CLIENT_ERROR and not info.value.retryable
+    assert str(info.value) == (
+        f"DCS API error for instance {ORDERS}: cannot send the request: "
+        "a header holds characters HTTP/1.1 cannot carry (not Latin-1)"
+    )
+    assert sim.task_requests() == []

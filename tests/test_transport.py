@@ -390,11 +390,13 @@ async def test_connection_refused_names_the_endpoint(transport: KeepAliveTranspo
         ("no-slash", HEADERS),
         ("/x", {**HEADERS, "X-Project-Id": "p1\r\nEvil: 1"}),
         ("/x", {**HEADERS, "Evil: 1\r\nX": "y"}),
+        ("/x", {**HEADERS, "Bad Name": "y"}),
+        ("/x", {**HEADERS, "User-Agent": "caf\u00e9 \u2603"}),
     ],
 )
 async def test_request_splitting_is_refused(target: str, headers: dict[str, str]) -> None:
     t = KeepAliveTransport()
-    with pytest.raises(ValueError, match=r"request target|line break or colon"):
+    with pytest.raises(ValueError, match=r"request target|line break|not an HTTP token|not Latin-1"):
         await t.get("http://127.0.0.1:9", target, headers, 5)
     await t.aclose()
 

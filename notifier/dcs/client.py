@@ -294,6 +294,8 @@ class DcsClient:
             raise DcsApiError(instance_id, Reason.TIMEOUT, f"no answer within {self._timeout:g} s") from None
         except TransportError as exc:  # its message names the endpoint's host, never the URL
             raise DcsApiError(instance_id, Reason.CONNECTION, str(exc)) from None
+        except ValueError as exc:  # a request that cannot be sent as it is: asking again will not help
+            raise DcsApiError(instance_id, Reason.CLIENT_ERROR, f"cannot send the request: {exc}") from None
         raw = answer.body
         request_id = answer.headers.get("x-request-id")
         if answer.status == 200:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import ssl
 import zlib
 from collections.abc import Mapping
@@ -286,20 +287,33 @@ class KeepAliveTransport:
         return conn
 
 
+#: An HTTP header name (RFC 9110 token).
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_checked_names: set[str] = set()
+
+
 def _request_bytes(target: str, headers: Mapping[str, str], host: str) -> bytes:
+    """The request head; ValueError for anything that could split it or cannot be sent as Latin-1."""
     if not target.startswith("/") or " " in target or "\r" in target or "\n" in target:
-        raise ValueError("request target must be an encoded path and query")
+        raise ValueError("the request target must be an encoded path and query")
     lines = [f"GET {target} HTTP/1.1\r\n"]
     has_host = False
     for name, value in headers.items():
-        if "\r" in value or "\n" in value or ":" in name or "\n" in name:
-            raise ValueError(f"header {name!r}: a line break or colon where none may be")
+        if name not in _checked_names:
+            if not _TOKEN.fullmatch(name):
+                raise ValueError(f"header name {name!r} is not an HTTP token")
+            _checked_names.add(name)
+        if "\r" in value or "\n" in value:
+            raise ValueError(f"header {name}: a line break in its value")
         has_host = has_host or name.lower() == "host"
         lines.append(f"{name}: {value}\r\n")
     if not has_host:
         lines.append(f"Host: {host}\r\n")
     lines.append(_ACCEPT)
-    return "".join(lines).encode("latin-1")
+    try:
+        return "".join(lines).encode("latin-1")
+    except UnicodeEncodeError:
+        raise ValueError("a header holds characters HTTP/1.1 cannot carry (not Latin-1)") from None
 
 
 def _decode_body(encoding: str, body: bytes, name: str) -> bytes:
