@@ -237,11 +237,14 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
 
 
 class GcPauses:
-    """Pauses of the cyclic garbage collector (``callback`` goes into ``gc.callbacks``), per generation."""
+    """Pauses of the cyclic garbage collector (``callback`` goes into ``gc.callbacks``), per generation;
+    every full (generation 2) collection with its time since the start, in seconds."""
 
     def __init__(self) -> None:
         self.count = [0, 0, 0]
         self.longest_ms = [0.0, 0.0, 0.0]
+        self.full: list[tuple[float, float]] = []
+        self._start = time.perf_counter()
         self._began = 0.0
 
     def callback(self, phase: str, info: dict[str, int]) -> None:
@@ -250,11 +253,13 @@ class GcPauses:
             return
         generation = info["generation"]
         self.count[generation] += 1
-        pause = (time.perf_counter() - self._began) * 1000
-        self.longest_ms[generation] = max(self.longest_ms[generation], round(pause, 2))
+        pause = round((time.perf_counter() - self._began) * 1000, 2)
+        self.longest_ms[generation] = max(self.longest_ms[generation], pause)
+        if generation == 2:
+            self.full.append((round(self._began - self._start, 2), pause))
 
-    def report(self) -> dict[str, list[float] | list[int]]:
-        return {"collections": self.count, "longest_ms": self.longest_ms}
+    def report(self) -> dict[str, Any]:
+        return {"collections": self.count, "longest_ms": self.longest_ms, "full_at_s_ms": self.full}
 
 
 async def latency_run(args: argparse.Namespace, control: Control) -> dict[str, Any]:
@@ -265,7 +270,7 @@ async def latency_run(args: argparse.Namespace, control: Control) -> dict[str, A
     await control.call("reset")
     pauses = GcPauses()
     async with Daemon(cfg) as daemon:
-        freeze_startup_heap()  # as `dcs-notifier run` does
+        freeze_startup_heap(cfg.poll.interval)  # as `dcs-notifier run` does
         gc.callbacks.append(pauses.callback)
         sim0 = await control.call("stats")
         cpu0, wall0 = cpu_seconds(), time.perf_counter()

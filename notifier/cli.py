@@ -168,7 +168,7 @@ def run_fast(main: Coroutine[Any, Any, int]) -> int:
 async def _run(config: Config) -> int:
     async with Daemon(config) as daemon:
         _install_stop_handlers(daemon)
-        freeze_startup_heap()
+        freeze_startup_heap(config.poll.interval)
         await daemon.run()
     return 0
 
