@@ -145,6 +145,23 @@ class RedisClusterServers:
         self.processes = []
 
 
+def _start_sentinel(data_dir: Path, port: int, service: str, master_port: int, **settings: int) -> _Process:
+    """``redis-server <conf> --sentinel`` on ``port`` watching ``service`` (quorum 1), with ``settings``
+    as ``sentinel <name> <service> <value>`` lines (``down_after_milliseconds=5000``)."""
+    conf = data_dir / "sentinel.conf"  # the Sentinel rewrites it: a file of its own
+    lines = [
+        f"port {port}",
+        "bind 127.0.0.1",
+        "protected-mode yes",
+        f"dir {data_dir}",
+        f"logfile {data_dir / 'sentinel.log'}",
+        f"sentinel monitor {service} 127.0.0.1 {master_port} 1",
+        *(f"sentinel {name.replace('_', '-')} {service} {value}" for name, value in settings.items()),
+    ]
+    conf.write_text("\n".join([*lines, ""]))
+    return _Process([_binary("redis-server"), str(conf), "--sentinel"], data_dir / "sentinel.log")
+
+
 class RedisSentinelServers:
     """One master and one Sentinel (quorum 1) watching it as ``service``."""
 
@@ -162,23 +179,8 @@ class RedisSentinelServers:
 
     def start(self, timeout: float = 30.0) -> None:
         self.master.start()
-        conf = self.data_dir / "sentinel.conf"  # the Sentinel rewrites it: a file of its own
-        conf.write_text(
-            "\n".join(
-                [
-                    f"port {self.sentinel_port}",
-                    "bind 127.0.0.1",
-                    "protected-mode yes",
-                    f"dir {self.data_dir}",
-                    f"logfile {self.data_dir / 'sentinel.log'}",
-                    f"sentinel monitor {self.service} 127.0.0.1 {self.master.port} 1",
-                    f"sentinel down-after-milliseconds {self.service} 5000",
-                    "",
-                ]
-            )
-        )
-        self.sentinel = _Process(
-            [_binary("redis-server"), str(conf), "--sentinel"], self.data_dir / "sentinel.log"
+        self.sentinel = _start_sentinel(
+            self.data_dir, self.sentinel_port, self.service, self.master.port, down_after_milliseconds=5000
         )
         sentinel = self.sentinel
 
@@ -269,25 +271,14 @@ class RedisSentinelFailoverServers:
             _wait(functools.partial(self._ping, port, proc), timeout, f"redis-server on port {port}")
         # In sync before the Sentinel starts: its first INFO of the master then lists the replica.
         _wait(self.replica_in_sync, timeout, f"the replica on port {self.replica_port} to be in sync")
-        conf = self.data_dir / "sentinel.conf"  # the Sentinel rewrites it: a file of its own
-        conf.write_text(
-            "\n".join(
-                [
-                    f"port {self.sentinel_port}",
-                    "bind 127.0.0.1",
-                    "protected-mode yes",
-                    f"dir {self.data_dir}",
-                    f"logfile {self.data_dir / 'sentinel.log'}",
-                    f"sentinel monitor {self.service} 127.0.0.1 {self.master_port} 1",
-                    f"sentinel down-after-milliseconds {self.service} {self.down_after_ms}",
-                    f"sentinel failover-timeout {self.service} {self.failover_timeout_ms}",
-                    f"sentinel parallel-syncs {self.service} 1",
-                    "",
-                ]
-            )
-        )
-        self.sentinel = _Process(
-            [_binary("redis-server"), str(conf), "--sentinel"], self.data_dir / "sentinel.log"
+        self.sentinel = _start_sentinel(
+            self.data_dir,
+            self.sentinel_port,
+            self.service,
+            self.master_port,
+            down_after_milliseconds=self.down_after_ms,
+            failover_timeout=self.failover_timeout_ms,
+            parallel_syncs=1,
         )
         _wait(self._sentinel_knows_both, timeout, f"the sentinel on port {self.sentinel_port} to know both")
 
