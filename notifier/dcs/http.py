@@ -1,4 +1,7 @@
-"""The one aiohttp session factory for everything that talks to Huawei Cloud (DCS and IAM).
+"""TLS policy, proxies and error wording for everything that talks to Huawei Cloud, and its aiohttp session.
+
+The session serves IAM, and the DCS API when a proxy is in effect; otherwise the DCS GETs go over
+:class:`notifier.dcs.transport.KeepAliveTransport`, which takes the same :class:`TlsPolicy`.
 
 :func:`make_session` builds a :class:`aiohttp.ClientSession` that
 
