@@ -263,6 +263,7 @@ async def test_body_delimited_by_the_end_of_the_connection(
         ("gzip", gzip.compress),
         ("deflate", zlib.compress),
         ("deflate", lambda b: zlib.compress(b)[2:-4]),  # raw deflate, as some servers send it
+        ("gzip", lambda b: gzip.compress(b[:100]) + gzip.compress(b[100:])),  # two gzip members
     ],
 )
 async def test_compressed_bodies(

@@ -58,6 +58,8 @@ IDLE_SECONDS = 15.0
 MAX_IDLE_PER_ENDPOINT = 100
 #: An answer bigger than this (decoded) fails: a page of 100 tasks is about 50 KB.
 MAX_ANSWER_BYTES = 64 * 1024 * 1024
+#: A header block bigger than this fails (aiohttp's and nginx's limits are of this order).
+MAX_HEADER_BYTES = 64 * 1024
 _ACCEPT = "Accept-Encoding: gzip, deflate\r\n\r\n"
 
 
@@ -212,6 +214,9 @@ class KeepAliveTransport:
             except _Stale:
                 pass  # the server had closed it while idle: once more, on a new connection
         conn = await self._connect(origin, loop, deadline)
+        if self._closed:  # closed while this request was connecting
+            conn.close()
+            raise TransportError(f"request to {origin.name} abandoned: the transport was closed")
         try:
             return await self._exchange(origin, conn, request, deadline)
         except _Stale:
@@ -228,7 +233,7 @@ class KeepAliveTransport:
             raise
         finally:
             self._busy.discard(conn)
-        if conn.usable and len(origin.idle) < MAX_IDLE_PER_ENDPOINT:
+        if conn.usable and not self._closed and len(origin.idle) < MAX_IDLE_PER_ENDPOINT:
             conn.idle_since = conn.loop.time()
             origin.idle.append(conn)
         else:
@@ -329,17 +334,30 @@ def _decode_body(encoding: str, body: bytes, name: str) -> bytes:
     else:
         raise TransportError(f"{name} sent a body in an encoding not asked for ({encoding[:40]})")
     for wbits in attempts:
-        inflater = zlib.decompressobj(wbits)
         try:
-            out = inflater.decompress(body, MAX_ANSWER_BYTES + 1)
+            return _inflate(body, wbits, name, encoding)
         except zlib.error:
             continue
-        if len(out) > MAX_ANSWER_BYTES:
+    raise TransportError(f"{name} sent a corrupt {encoding} body")
+
+
+def _inflate(body: bytes, wbits: int, name: str, encoding: str) -> bytes:
+    """Every member of a gzip body (one stream otherwise), decoded to at most MAX_ANSWER_BYTES."""
+    parts: list[bytes] = []
+    room = MAX_ANSWER_BYTES
+    data = body
+    while True:
+        inflater = zlib.decompressobj(wbits)
+        out = inflater.decompress(data, room + 1)
+        room -= len(out)
+        if room < 0 or inflater.unconsumed_tail:
             raise TransportError(f"{name} sent an answer larger than {MAX_ANSWER_BYTES >> 20} MiB")
         if not inflater.eof:
             raise TransportError(f"{name} sent a truncated {encoding} body")
-        return out
-    raise TransportError(f"{name} sent a corrupt {encoding} body")
+        parts.append(out)
+        data = inflater.unused_data
+        if not data or wbits != 31:  # only gzip bodies are made of members
+            return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 class _Connection(asyncio.Protocol):
@@ -355,6 +373,9 @@ class _Connection(asyncio.Protocol):
         self.usable = True
         self.idle_since = 0.0
         self._headers: dict[str, str] = {}
+        #: Values of a header repeated in this answer, joined into _headers once all have come.
+        self._repeated: dict[str, list[str]] = {}
+        self._header_bytes = 0
         self._chunks: list[bytes] = []
         self._size = 0
         self._status = 0
@@ -387,8 +408,8 @@ class _Connection(asyncio.Protocol):
         waiter = self._waiter
         if waiter is None or waiter.done():
             return
-        if self._headers_done and not self._framed:
-            self._complete()  # a body delimited by the end of the connection
+        if self._headers_done and not self._framed and exc is None:
+            self._complete()  # a body delimited by the end of the connection (a clean close, not a reset)
         elif not self._got_bytes:
             self._fail(_Stale())
         else:
@@ -401,16 +422,32 @@ class _Connection(asyncio.Protocol):
             self.usable = False
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self._waiter is None:  # an answer nobody asked for (or one that already failed)
+            return
+        self._header_bytes += len(name) + len(value)
+        if self._header_bytes > MAX_HEADER_BYTES:
+            self._fail(TransportError(f"{self._name} sent more than {MAX_HEADER_BYTES >> 10} KiB of headers"))
+            return
         key = name.decode("latin-1").lower()
         text = value.decode("latin-1")
-        previous = self._headers.get(key)
-        self._headers[key] = text if previous is None else f"{previous}, {text}"
+        headers = self._headers
+        if key not in headers:
+            headers[key] = text
+        elif key in self._repeated:
+            self._repeated[key].append(text)
+        else:
+            self._repeated[key] = [headers[key], text]
 
     def on_headers_complete(self) -> None:
+        headers = self._headers
+        for key, values in self._repeated.items():
+            headers[key] = ", ".join(values)
+        self._repeated = {}
         self._status = self._parser.get_status_code()
         self._headers_done = True
-        headers = self._headers
-        self._framed = "content-length" in headers or "chunked" in headers.get("transfer-encoding", "")
+        self._framed = (
+            "content-length" in headers or "chunked" in headers.get("transfer-encoding", "").lower()
+        )
 
     def on_body(self, body: bytes) -> None:
         self._size += len(body)
@@ -446,12 +483,20 @@ class _Connection(asyncio.Protocol):
             timer.cancel()
 
     def close(self) -> None:
+        """Abort the connection; a request still waiting on it fails (it is not the server's doing)."""
         self.usable = False
+        waiter, self._waiter = self._waiter, None
         if self._transport is not None:
             self._transport.abort()
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(
+                TransportError(f"request to {self._name} abandoned: the transport was closed")
+            )
 
     def _reset(self) -> None:
         self._headers = {}
+        self._repeated = {}
+        self._header_bytes = 0
         self._chunks = []
         self._size = 0
         self._status = 0
@@ -466,17 +511,19 @@ class _Connection(asyncio.Protocol):
         waiter, self._waiter = self._waiter, None
         if waiter is None or waiter.done():
             return
-        chunks, self._chunks = self._chunks, []  # an idle connection holds no body
+        # Handed over: an idle connection holds no body, and a stray second answer cannot alter this one.
+        chunks, self._chunks = self._chunks, []
+        headers, self._headers = self._headers, {}
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        encoding = self._headers.get("content-encoding")
-        if encoding is not None:
+        encoding = headers.get("content-encoding")
+        if encoding is not None and body:  # a 204, a 304, an empty error: nothing to decode
             try:
                 body = _decode_body(encoding, body, self._name)
             except TransportError as exc:
                 self.close()
                 waiter.set_exception(exc)
                 return
-        waiter.set_result(HttpAnswer(self._status, self._headers, body))
+        waiter.set_result(HttpAnswer(self._status, headers, body))
 
     def _fail(self, exc: BaseException) -> None:
         waiter, self._waiter = self._waiter, None
