@@ -12,8 +12,7 @@ import asyncio
 import gzip
 import ssl
 import zlib
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
@@ -26,108 +25,11 @@ from notifier.config import parse_config
 from notifier.dcs import transport as transport_module
 from notifier.dcs.http import TlsPolicy
 from notifier.dcs.transport import AiohttpTransport, HttpAnswer, KeepAliveTransport, TransportError
+from tests.support.loopback_http import HANG, Answer, LoopbackServer, StartServer, always, scripted
 from tests.support.wait import until
 
 HEADERS = {"Host": "dcs.test", "User-Agent": "t/1", "X-Project-Id": "p1"}
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Request-Id: r-1\r\n\r\n{}"
-
-
-class Hang:
-    """Never answer: wait until the client closes."""
-
-
-HANG = Hang()
-#: What the server does with a request: bytes to send; bytes then "close" (or "keep"); or HANG.
-Answer = bytes | tuple[bytes, str] | Hang
-
-
-@dataclass
-class ScriptedServer:
-    """Answers request n (counted over all connections) with ``script(n, head)``."""
-
-    script: Callable[[int, bytes], Answer]
-    tls: ssl.SSLContext | None = None
-    connections: int = 0
-    #: Requests answered so far on the connection whose request is being scripted.
-    served_here: int = 0
-    heads: list[bytes] = field(default_factory=list)
-    closed_by_peer: int = 0
-    port: int = 0
-    _server: asyncio.Server | None = None
-    _writers: list[asyncio.StreamWriter] = field(default_factory=list)
-
-    async def start(self) -> ScriptedServer:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self.tls)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    @property
-    def endpoint(self) -> str:
-        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
-
-    async def stop(self) -> None:
-        for writer in self._writers:
-            writer.close()
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        self._writers.append(writer)
-        served = 0
-        try:
-            while True:
-                try:
-                    head = await reader.readuntil(b"\r\n\r\n")
-                except (asyncio.IncompleteReadError, ConnectionError):
-                    self.closed_by_peer += 1
-                    return
-                number = len(self.heads)
-                self.heads.append(head)
-                self.served_here = served
-                served += 1
-                answer = self.script(number, head)
-                if isinstance(answer, Hang):
-                    await reader.read()  # until the client gives up and closes
-                    self.closed_by_peer += 1
-                    return
-                close = False
-                if isinstance(answer, tuple):
-                    answer, close = answer[0], answer[1] == "close"
-                writer.write(answer)
-                await writer.drain()
-                if close:
-                    return
-        finally:
-            writer.close()
-
-
-@pytest.fixture
-async def serve() -> AsyncIterator[Callable[..., asyncio.Future[ScriptedServer]]]:
-    servers: list[ScriptedServer] = []
-
-    def start(
-        script: Callable[[int, bytes], Answer], tls: ssl.SSLContext | None = None
-    ) -> asyncio.Future[ScriptedServer]:
-        server = ScriptedServer(script, tls)
-        servers.append(server)
-        return asyncio.ensure_future(server.start())
-
-    yield start
-    for server in servers:
-        await server.stop()
-
-
-@pytest.fixture
-async def transport() -> AsyncIterator[KeepAliveTransport]:
-    t = KeepAliveTransport()
-    yield t
-    await t.aclose()
-
-
-def always(answer: Answer) -> Callable[[int, bytes], Answer]:
-    return lambda _n, _head: answer
 
 
 def body_answer(body: bytes, *extra: str) -> bytes:
@@ -139,9 +41,9 @@ def body_answer(body: bytes, *extra: str) -> bytes:
 
 
 async def test_requests_are_sent_byte_for_byte_and_one_connection_is_kept_alive(
-    serve: Callable[..., asyncio.Future[ScriptedServer]], transport: KeepAliveTransport
+    serve: StartServer, transport: KeepAliveTransport
 ) -> None:
-    server = await serve(lambda n, _h: body_answer(f'{{"n":{n}}}'.encode()))
+    server = await serve(scripted(lambda n, _h: body_answer(f'{{"n":{n}}}'.encode())))
     answers = [
         await transport.get(server.endpoint, f"/v2/p1/instances/i-{n}/tasks?offset=0", HEADERS, 5)
         for n in range(5)
@@ -157,10 +59,10 @@ async def test_requests_are_sent_byte_for_byte_and_one_connection_is_kept_alive(
 
 
 async def test_headers_are_lower_case_and_repeated_ones_joined(
-    serve: Callable[..., asyncio.Future[ScriptedServer]], transport: KeepAliveTransport
+    serve: StartServer, transport: KeepAliveTransport
 ) -> None:
     answer = b"HTTP/1.1 429 Too Many\r\nX-Request-Id: r-9\r\nVia: a\r\nVia: b\r\nRetry-After: 3\r\nContent-Length: 0\r\n\r\n"
-    server = await serve(always(answer))
+    server = await serve(scripted(always(answer)))
     got = await transport.get(server.endpoint, "/x", HEADERS, 5)
     assert got == HttpAnswer(
         429, {"x-request-id": "r-9", "via": "a, b", "retry-after": "3", "content-length": "0"}, b""
@@ -168,10 +70,10 @@ async def test_headers_are_lower_case_and_repeated_ones_joined(
 
 
 async def test_a_kept_alive_connection_the_server_closed_is_replaced_once_transparently(
-    serve: Callable[..., asyncio.Future[ScriptedServer]], transport: KeepAliveTransport
+    serve: StartServer, transport: KeepAliveTransport
 ) -> None:
     # The server answers and then closes without saying so (an idle timeout on its side).
-    server = await serve(lambda n, _h: (body_answer(f"{n}".encode()), "close"))
+    server = await serve(scripted(lambda n, _h: (body_answer(f"{n}".encode()), "close")))
     first = await transport.get(server.endpoint, "/a", HEADERS, 5)
     await until(lambda: server.connections == 1, 5, "the first connection")
     second = await transport.get(server.endpoint, "/b", HEADERS, 5)
@@ -181,12 +83,12 @@ async def test_a_kept_alive_connection_the_server_closed_is_replaced_once_transp
 
 
 async def test_after_a_silent_server_restart_the_resend_goes_to_a_new_connection(
-    serve: Callable[..., asyncio.Future[ScriptedServer]], transport: KeepAliveTransport
+    serve: StartServer, transport: KeepAliveTransport
 ) -> None:
     # Three kept-alive connections, then the server drops each old connection when it is used again
     # (as after a restart behind a load balancer): the resend must not pick another stale one.
-    server: ScriptedServer = await serve(
-        lambda _n, _h: (b"", "close") if server.served_here else body_answer(b"{}")
+    server: LoopbackServer = await serve(
+        scripted(lambda _n, _h: (b"", "close") if server.served_here else body_answer(b"{}"))
     )
     await asyncio.gather(*(transport.get(server.endpoint, "/x", HEADERS, 5) for _ in range(3)))
     assert server.connections == 3
@@ -195,40 +97,36 @@ async def test_after_a_silent_server_restart_the_resend_goes_to_a_new_connection
     assert [h.split(b" ")[1] for h in server.heads] == [b"/x", b"/x", b"/x", b"/y", b"/y"]
 
 
-async def test_connection_close_is_honoured(
-    serve: Callable[..., asyncio.Future[ScriptedServer]], transport: KeepAliveTransport
-) -> None:
-    server = await serve(always((body_answer(b"{}", "Connection: close"), "keep")))
+async def test_connection_close_is_honoured(serve: StartServer, transport: KeepAliveTransport) -> None:
+    server = await serve(scripted(always((body_answer(b"{}", "Connection: close"), "keep"))))
     for _ in range(3):
         assert (await transport.get(server.endpoint, "/x", HEADERS, 5)).body == b"{}"
     assert server.connections == 3
 
 
 async def test_idle_connections_expire(
-    serve: Callable[..., asyncio.Future[ScriptedServer]],
+    serve: StartServer,
     transport: KeepAliveTransport,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(transport_module, "IDLE_SECONDS", 0.0)
-    server = await serve(always(OK))
+    server = await serve(scripted(always(OK)))
     for _ in range(3):
         await transport.get(server.endpoint, "/x", HEADERS, 5)
     assert server.connections == 3
-    await until(lambda: server.closed_by_peer >= 2, 5, "the expired connections closed")
+    await until(lambda: server.ended_by_client >= 2, 5, "the expired connections closed")
 
 
-async def test_endpoint_path_prefixes_every_target(
-    serve: Callable[..., asyncio.Future[ScriptedServer]], transport: KeepAliveTransport
-) -> None:
-    server = await serve(always(OK))
+async def test_endpoint_path_prefixes_every_target(serve: StartServer, transport: KeepAliveTransport) -> None:
+    server = await serve(scripted(always(OK)))
     await transport.get(f"{server.endpoint}/dcs/", "/v2/p1/instances", HEADERS, 5)
     assert server.heads[0].startswith(b"GET /dcs/v2/p1/instances HTTP/1.1\r\n")
 
 
 async def test_concurrent_requests_use_separate_connections_then_share_the_pool(
-    serve: Callable[..., asyncio.Future[ScriptedServer]], transport: KeepAliveTransport
+    serve: StartServer, transport: KeepAliveTransport
 ) -> None:
-    server = await serve(lambda n, _h: body_answer(str(n).encode()))
+    server = await serve(scripted(lambda n, _h: body_answer(str(n).encode())))
     first = await asyncio.gather(*(transport.get(server.endpoint, "/x", HEADERS, 5) for _ in range(4)))
     second = await asyncio.gather(*(transport.get(server.endpoint, "/x", HEADERS, 5) for _ in range(4)))
     assert sorted(int(a.body) for a in first + second) == list(range(8))
@@ -238,20 +136,18 @@ async def test_concurrent_requests_use_separate_connections_then_share_the_pool(
 # == bodies ============================================================================================
 
 
-async def test_chunked_body(
-    serve: Callable[..., asyncio.Future[ScriptedServer]], transport: KeepAliveTransport
-) -> None:
+async def test_chunked_body(serve: StartServer, transport: KeepAliveTransport) -> None:
     chunked = b'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{"a":\r\n2\r\n1}\r\n0\r\n\r\n'
-    server = await serve(always(chunked))
+    server = await serve(scripted(always(chunked)))
     assert (await transport.get(server.endpoint, "/x", HEADERS, 5)).body == b'{"a":1}'
     assert (await transport.get(server.endpoint, "/x", HEADERS, 5)).body == b'{"a":1}'
     assert server.connections == 1
 
 
 async def test_body_delimited_by_the_end_of_the_connection(
-    serve: Callable[..., asyncio.Future[ScriptedServer]], transport: KeepAliveTransport
+    serve: StartServer, transport: KeepAliveTransport
 ) -> None:
-    server = await serve(always((b"HTTP/1.1 200 OK\r\n\r\n" + b"x" * 100_000, "close")))
+    server = await serve(scripted(always((b"HTTP/1.1 200 OK\r\n\r\n" + b"x" * 100_000, "close"))))
     assert (await transport.get(server.endpoint, "/x", HEADERS, 5)).body == b"x" * 100_000
     assert (await transport.get(server.endpoint, "/x", HEADERS, 5)).body == b"x" * 100_000
     assert server.connections == 2
@@ -267,25 +163,25 @@ async def test_body_delimited_by_the_end_of_the_connection(
     ],
 )
 async def test_compressed_bodies(
-    serve: Callable[..., asyncio.Future[ScriptedServer]],
+    serve: StartServer,
     transport: KeepAliveTransport,
     encoding: str,
     encode: Callable[[bytes], bytes],
 ) -> None:
     plain = b'{"tasks": []}' * 100
-    server = await serve(always(body_answer(encode(plain), f"Content-Encoding: {encoding}")))
+    server = await serve(scripted(always(body_answer(encode(plain), f"Content-Encoding: {encoding}"))))
     assert (await transport.get(server.endpoint, "/x", HEADERS, 5)).body == plain
 
 
 async def test_corrupt_and_unknown_encodings_are_errors(
-    serve: Callable[..., asyncio.Future[ScriptedServer]], transport: KeepAliveTransport
+    serve: StartServer, transport: KeepAliveTransport
 ) -> None:
     answers = [
         body_answer(b"not gzip at all", "Content-Encoding: gzip"),
         body_answer(gzip.compress(b"x" * 1000)[:-12], "Content-Encoding: gzip"),
         body_answer(b"...", "Content-Encoding: br"),
     ]
-    server = await serve(lambda n, _h: answers[n])
+    server = await serve(scripted(lambda n, _h: answers[n]))
     messages = []
     for _ in answers:
         with pytest.raises(TransportError) as info:
@@ -300,22 +196,20 @@ async def test_corrupt_and_unknown_encodings_are_errors(
 
 
 async def test_oversized_answers_fail_even_when_compressed(
-    serve: Callable[..., asyncio.Future[ScriptedServer]],
+    serve: StartServer,
     transport: KeepAliveTransport,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(transport_module, "MAX_ANSWER_BYTES", 1000)
     answers = [body_answer(b"x" * 1001), body_answer(gzip.compress(b"x" * 5000), "Content-Encoding: gzip")]
-    server = await serve(lambda n, _h: answers[n])
+    server = await serve(scripted(lambda n, _h: answers[n]))
     for _ in answers:
         with pytest.raises(TransportError, match=r"sent an answer larger than 0 MiB"):
             await transport.get(server.endpoint, "/x", HEADERS, 5)
 
 
-async def test_an_interim_answer_is_skipped(
-    serve: Callable[..., asyncio.Future[ScriptedServer]], transport: KeepAliveTransport
-) -> None:
-    server = await serve(always(b"HTTP/1.1 100 Continue\r\n\r\n" + OK))
+async def test_an_interim_answer_is_skipped(serve: StartServer, transport: KeepAliveTransport) -> None:
+    server = await serve(scripted(always(b"HTTP/1.1 100 Continue\r\n\r\n" + OK)))
     answer = await transport.get(server.endpoint, "/x", HEADERS, 5)
     assert (answer.status, answer.body, answer.headers["x-request-id"]) == (200, b"{}", "r-1")
 
@@ -324,7 +218,7 @@ async def test_an_interim_answer_is_skipped(
 
 
 async def test_truncated_and_malformed_answers_are_transport_errors_and_not_reused(
-    serve: Callable[..., asyncio.Future[ScriptedServer]], transport: KeepAliveTransport
+    serve: StartServer, transport: KeepAliveTransport
 ) -> None:
     answers: list[Answer] = [
         (b'HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{"tas', "close"),
@@ -332,7 +226,7 @@ async def test_truncated_and_malformed_answers_are_transport_errors_and_not_reus
         (b"", "close"),
         OK,
     ]
-    server = await serve(lambda n, _h: answers[n])
+    server = await serve(scripted(lambda n, _h: answers[n]))
     name = f"127.0.0.1:{server.port}"
     with pytest.raises(TransportError) as truncated:
         await transport.get(server.endpoint, "/x", HEADERS, 5)
@@ -349,20 +243,20 @@ async def test_truncated_and_malformed_answers_are_transport_errors_and_not_reus
 
 
 async def test_no_answer_times_out_and_the_connection_is_closed(
-    serve: Callable[..., asyncio.Future[ScriptedServer]], transport: KeepAliveTransport
+    serve: StartServer, transport: KeepAliveTransport
 ) -> None:
-    server = await serve(lambda n, _h: HANG if n == 0 else OK)
+    server = await serve(scripted(lambda n, _h: HANG if n == 0 else OK))
     with pytest.raises(TimeoutError):
         await transport.get(server.endpoint, "/slow", HEADERS, 0.2)
-    await until(lambda: server.closed_by_peer == 1, 5, "the timed-out connection closed")
+    await until(lambda: server.ended_by_client == 1, 5, "the timed-out connection closed")
     assert (await transport.get(server.endpoint, "/x", HEADERS, 5)).body == b"{}"
     assert server.connections == 2
 
 
 async def test_a_cancelled_request_does_not_leave_its_connection_in_the_pool(
-    serve: Callable[..., asyncio.Future[ScriptedServer]], transport: KeepAliveTransport
+    serve: StartServer, transport: KeepAliveTransport
 ) -> None:
-    server = await serve(lambda n, _h: HANG if n == 0 else OK)
+    server = await serve(scripted(lambda n, _h: HANG if n == 0 else OK))
     pending = asyncio.ensure_future(transport.get(server.endpoint, "/slow", HEADERS, 30))
     await until(lambda: len(server.heads) == 1, 5, "the request to arrive")
     pending.cancel()
@@ -370,7 +264,7 @@ async def test_a_cancelled_request_does_not_leave_its_connection_in_the_pool(
         await pending
     assert (await transport.get(server.endpoint, "/x", HEADERS, 5)).body == b"{}"
     assert server.connections == 2  # the cancelled request's connection was not reused
-    await until(lambda: server.closed_by_peer == 1, 5, "the cancelled connection closed")
+    await until(lambda: server.ended_by_client == 1, 5, "the cancelled connection closed")
 
 
 async def test_connection_refused_names_the_endpoint(transport: KeepAliveTransport) -> None:
@@ -402,12 +296,12 @@ async def test_request_splitting_is_refused(target: str, headers: dict[str, str]
     await t.aclose()
 
 
-async def test_aclose_closes_idle_connections(serve: Callable[..., asyncio.Future[ScriptedServer]]) -> None:
-    server = await serve(always(OK))
+async def test_aclose_closes_idle_connections(serve: StartServer) -> None:
+    server = await serve(scripted(always(OK)))
     t = KeepAliveTransport()
     await t.get(server.endpoint, "/x", HEADERS, 5)
     await t.aclose()
-    await until(lambda: server.closed_by_peer == 1, 5, "the idle connection closed")
+    await until(lambda: server.ended_by_client == 1, 5, "the idle connection closed")
     with pytest.raises(TransportError, match="closed"):
         await t.get(server.endpoint, "/x", HEADERS, 5)
 
@@ -428,7 +322,7 @@ def _server_tls(ca: trustme.CA) -> ssl.SSLContext:
 
 async def _tls_cases(ca: trustme.CA, ca_pem: Path) -> list[str]:
     """GETs over TLS: trusted through the bundle, untrusted without it, unverified when listed."""
-    server = await ScriptedServer(always(OK), _server_tls(ca)).start()
+    server = await LoopbackServer(scripted(always(OK)), tls=_server_tls(ca)).start()
     outcomes = []
     try:
         for policy in (
@@ -535,10 +429,10 @@ async def test_cloud_uses_aiohttp_only_when_a_proxy_is_in_effect(
 
 
 async def test_aiohttp_transport_answers_like_the_lean_one(
-    serve: Callable[..., asyncio.Future[ScriptedServer]], transport: KeepAliveTransport
+    serve: StartServer, transport: KeepAliveTransport
 ) -> None:
     answer = body_answer(b'{"a":1}', "X-Request-Id: r-7")
-    server = await serve(always(answer))
+    server = await serve(scripted(always(answer)))
     async with aiohttp.ClientSession() as session:
         via_aiohttp = await AiohttpTransport(session).get(server.endpoint, "/x", HEADERS, 5)
     lean = await transport.get(server.endpoint, "/x", HEADERS, 5)

@@ -11,8 +11,7 @@ import gzip
 import socket
 import ssl
 import struct
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable
 from pathlib import Path
 
 import pytest
@@ -21,6 +20,7 @@ import trustme
 from notifier.dcs import transport as transport_module
 from notifier.dcs.http import TlsPolicy
 from notifier.dcs.transport import KeepAliveTransport, TransportError, _Connection
+from tests.support.loopback_http import Handler, LoopbackServer, StartServer
 from tests.support.wait import until
 
 HEADERS = {"Host": "dcs.test", "User-Agent": "t/1", "X-Project-Id": "p1"}
@@ -29,102 +29,12 @@ TARGET = f"/v2/p1/instances/i-1/tasks?offset=0&{SECRET}"
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Request-Id: r-1\r\n\r\n{}"
 
 
-@dataclass
-class Server:
-    """Loopback server: ``handler(server, reader, writer)`` runs once per accepted connection."""
-
-    handler: Callable[[Server, asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-    host: str = "127.0.0.1"
-    tls: ssl.SSLContext | None = None
-    port: int = 0
-    connections: int = 0
-    #: Connections the client ended (EOF or reset seen by the server).
-    ended_by_client: int = 0
-    heads: list[bytes] = field(default_factory=list)
-    _server: asyncio.Server | None = None
-    _writers: list[asyncio.StreamWriter] = field(default_factory=list)
-    _handlers: list[asyncio.Task[None]] = field(default_factory=list)
-
-    async def start(self) -> Server:
-        self._server = await asyncio.start_server(self._serve, self.host, 0, ssl=self.tls)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    @property
-    def endpoint(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
-
-    @property
-    def name(self) -> str:
-        return self.endpoint.split("://")[1]
-
-    async def head(self, reader: asyncio.StreamReader) -> bytes | None:
-        """The next request head, or None once the client ended the connection."""
-        try:
-            head = await reader.readuntil(b"\r\n\r\n")
-        except (asyncio.IncompleteReadError, ConnectionError):
-            self.ended_by_client += 1
-            return None
-        self.heads.append(head)
-        return head
-
-    async def until_client_ends(self, reader: asyncio.StreamReader) -> None:
-        try:
-            while await reader.read(65536):
-                pass
-        except ConnectionError:
-            pass
-        self.ended_by_client += 1
-
-    async def stop(self) -> None:
-        for writer in self._writers:
-            writer.close()
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-        await asyncio.wait_for(asyncio.gather(*self._handlers, return_exceptions=True), 5)
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        self._writers.append(writer)
-        task = asyncio.current_task()
-        assert task is not None
-        self._handlers.append(task)
-        try:
-            await self.handler(self, reader, writer)
-        finally:
-            writer.close()
-
-
-Handler = Callable[[Server, asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-
-
-@pytest.fixture
-async def serve() -> AsyncIterator[Callable[..., Awaitable[Server]]]:
-    servers: list[Server] = []
-
-    async def start(handler: Handler, host: str = "127.0.0.1", tls: ssl.SSLContext | None = None) -> Server:
-        server = Server(handler, host, tls)
-        servers.append(server)
-        return await server.start()
-
-    yield start
-    for server in servers:
-        await server.stop()
-
-
-@pytest.fixture
-async def transport() -> AsyncIterator[KeepAliveTransport]:
-    t = KeepAliveTransport()
-    yield t
-    await t.aclose()
-
-
 def answering(*answers: bytes) -> Handler:
     """Answer request n (counted over all connections) with answers[n] (the last one from then on)."""
 
-    async def handler(server: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def handler(
+        server: LoopbackServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         while await server.head(reader) is not None:
             writer.write(answers[min(len(server.heads), len(answers)) - 1])
             await writer.drain()
@@ -163,7 +73,7 @@ async def outcome(pending: Awaitable[object]) -> object:
     ],
 )
 async def test_empty_body_with_a_content_encoding_is_an_answer_not_an_error(
-    serve: Callable[..., Awaitable[Server]], transport: KeepAliveTransport, answer: bytes
+    serve: StartServer, transport: KeepAliveTransport, answer: bytes
 ) -> None:
     # A gateway keeps `Content-Encoding: gzip` on bodiless answers; aiohttp returns them with b"".
     # Inflating b"" finds no end of a gzip stream: the answer, and a 429's Retry-After, were lost.
@@ -173,11 +83,13 @@ async def test_empty_body_with_a_content_encoding_is_an_answer_not_an_error(
 
 
 async def test_truncated_chunked_body_is_an_error_whatever_the_case_of_chunked(
-    serve: Callable[..., Awaitable[Server]], transport: KeepAliveTransport
+    serve: StartServer, transport: KeepAliveTransport
 ) -> None:
     # `Transfer-Encoding: Chunked` is chunked (names and codings are case-insensitive): a close in the
     # middle of its body must not be taken for the end of a body delimited by the close.
-    async def handler(server: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def handler(
+        server: LoopbackServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         await server.head(reader)
         writer.write(b'HTTP/1.1 200 OK\r\nTransfer-Encoding: Chunked\r\n\r\n20\r\n{"tasks": [')
         await writer.drain()
@@ -188,13 +100,15 @@ async def test_truncated_chunked_body_is_an_error_whatever_the_case_of_chunked(
 
 
 async def test_read_until_close_body_cut_by_a_reset_is_an_error(
-    serve: Callable[..., Awaitable[Server]], transport: KeepAliveTransport
+    serve: StartServer, transport: KeepAliveTransport
 ) -> None:
     # A body delimited by the end of the connection ends with a FIN; a reset (RST) cuts it short and
     # must not be returned as a complete 200.
     release = asyncio.Event()
 
-    async def handler(server: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def handler(
+        server: LoopbackServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         await server.head(reader)
         writer.write(b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n{"tasks": [{"id":')
         await writer.drain()
@@ -210,9 +124,11 @@ async def test_read_until_close_body_cut_by_a_reset_is_an_error(
 
 
 async def test_aclose_during_a_read_until_close_body_does_not_return_it_as_complete(
-    serve: Callable[..., Awaitable[Server]],
+    serve: StartServer,
 ) -> None:
-    async def handler(server: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def handler(
+        server: LoopbackServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         await server.head(reader)
         writer.write(b'HTTP/1.1 200 OK\r\n\r\n{"tasks": [{"id":')
         await writer.drain()
@@ -228,11 +144,13 @@ async def test_aclose_during_a_read_until_close_body_does_not_return_it_as_compl
 
 
 async def test_a_request_in_flight_on_a_reused_connection_is_not_resent_after_aclose(
-    serve: Callable[..., Awaitable[Server]],
+    serve: StartServer,
 ) -> None:
     # aclose() aborts the busy connection before any byte came back: that is not a stale kept-alive
     # connection to send the GET again on a new one (after aclose()).
-    async def handler(server: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def handler(
+        server: LoopbackServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         while await server.head(reader) is not None:
             if len(server.heads) == 2:  # the second request: hang until the client gives up
                 await server.until_client_ends(reader)
@@ -255,7 +173,7 @@ async def test_a_request_in_flight_on_a_reused_connection_is_not_resent_after_ac
 
 
 async def test_a_request_still_connecting_at_aclose_leaves_no_connection_open(
-    serve: Callable[..., Awaitable[Server]], monkeypatch: pytest.MonkeyPatch
+    serve: StartServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A connection still being made at aclose() is neither idle nor busy: it must not be used and then
     # put into the cleared pool, open for good.
@@ -269,7 +187,9 @@ async def test_a_request_still_connecting_at_aclose_leaves_no_connection_open(
 
     monkeypatch.setattr(KeepAliveTransport, "_connect", staticmethod(slow_connect))
 
-    async def handler(server: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def handler(
+        server: LoopbackServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         while await server.head(reader) is not None:
             writer.write(OK)
             await writer.drain()
@@ -291,7 +211,7 @@ async def test_a_request_still_connecting_at_aclose_leaves_no_connection_open(
 
 
 async def test_a_second_answer_in_the_same_segment_does_not_alter_the_first(
-    serve: Callable[..., Awaitable[Server]], transport: KeepAliveTransport
+    serve: StartServer, transport: KeepAliveTransport
 ) -> None:
     # The parser goes on through the rest of the segment: a stray answer's headers must not be added
     # to the answer already returned.
@@ -302,7 +222,7 @@ async def test_a_second_answer_in_the_same_segment_does_not_alter_the_first(
 
 
 async def test_the_header_block_is_capped(
-    serve: Callable[..., Awaitable[Server]],
+    serve: StartServer,
     transport: KeepAliveTransport,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -318,7 +238,7 @@ async def test_the_header_block_is_capped(
 
 
 async def test_answers_fed_one_byte_at_a_time(
-    serve: Callable[..., Awaitable[Server]],
+    serve: StartServer,
     transport: KeepAliveTransport,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -356,7 +276,7 @@ async def test_answers_fed_one_byte_at_a_time(
 
 
 async def test_bodiless_statuses_keep_the_connection(
-    serve: Callable[..., Awaitable[Server]], transport: KeepAliveTransport
+    serve: StartServer, transport: KeepAliveTransport
 ) -> None:
     answers = [
         b"HTTP/1.1 204 No Content\r\n\r\n",
@@ -370,9 +290,11 @@ async def test_bodiless_statuses_keep_the_connection(
 
 
 async def test_connection_close_with_chunked_and_close_right_after_a_complete_answer(
-    serve: Callable[..., Awaitable[Server]], transport: KeepAliveTransport
+    serve: StartServer, transport: KeepAliveTransport
 ) -> None:
-    async def handler(server: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def handler(
+        server: LoopbackServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         await server.head(reader)
         if server.connections == 1:
             writer.write(
@@ -390,9 +312,11 @@ async def test_connection_close_with_chunked_and_close_right_after_a_complete_an
 
 
 async def test_a_server_answering_before_reading_the_whole_request(
-    serve: Callable[..., Awaitable[Server]], transport: KeepAliveTransport
+    serve: StartServer, transport: KeepAliveTransport
 ) -> None:
-    async def handler(server: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def handler(
+        server: LoopbackServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         while await reader.readline():  # the request line only
             writer.write(OK)
             await writer.drain()
@@ -413,7 +337,7 @@ async def test_a_server_answering_before_reading_the_whole_request(
     ],
 )
 async def test_ambiguous_framing_is_refused(
-    serve: Callable[..., Awaitable[Server]], transport: KeepAliveTransport, answer: bytes
+    serve: StartServer, transport: KeepAliveTransport, answer: bytes
 ) -> None:
     server = await serve(answering(answer))
     with pytest.raises(TransportError) as info:
@@ -422,9 +346,11 @@ async def test_ambiguous_framing_is_refused(
 
 
 async def test_the_deadline_covers_a_tls_handshake_that_never_ends(
-    serve: Callable[..., Awaitable[Server]], transport: KeepAliveTransport
+    serve: StartServer, transport: KeepAliveTransport
 ) -> None:
-    async def handler(server: Server, reader: asyncio.StreamReader, _writer: asyncio.StreamWriter) -> None:
+    async def handler(
+        server: LoopbackServer, reader: asyncio.StreamReader, _writer: asyncio.StreamWriter
+    ) -> None:
         await server.until_client_ends(reader)  # takes the ClientHello, never answers it
 
     server = await serve(handler)
@@ -436,10 +362,10 @@ async def test_the_deadline_covers_a_tls_handshake_that_never_ends(
     await until(lambda: server.ended_by_client == 1, 5, "the half-open TLS connection closed")
 
 
-async def test_the_deadline_covers_a_slow_body(
-    serve: Callable[..., Awaitable[Server]], transport: KeepAliveTransport
-) -> None:
-    async def handler(server: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def test_the_deadline_covers_a_slow_body(serve: StartServer, transport: KeepAliveTransport) -> None:
+    async def handler(
+        server: LoopbackServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         await server.head(reader)
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{")
         await writer.drain()
@@ -452,9 +378,11 @@ async def test_the_deadline_covers_a_slow_body(
 
 
 async def test_many_concurrent_requests_then_aclose_all_end_promptly(
-    serve: Callable[..., Awaitable[Server]],
+    serve: StartServer,
 ) -> None:
-    async def handler(server: Server, reader: asyncio.StreamReader, _writer: asyncio.StreamWriter) -> None:
+    async def handler(
+        server: LoopbackServer, reader: asyncio.StreamReader, _writer: asyncio.StreamWriter
+    ) -> None:
         await server.head(reader)
         await server.until_client_ends(reader)
 
@@ -478,7 +406,7 @@ def _ipv6_works() -> bool:
 
 
 @pytest.mark.skipif(not _ipv6_works(), reason="no IPv6 loopback")
-async def test_ipv6_loopback_endpoint_plain_and_tls(serve: Callable[..., Awaitable[Server]]) -> None:
+async def test_ipv6_loopback_endpoint_plain_and_tls(serve: StartServer) -> None:
     ca = trustme.CA()
     server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("::1").configure_cert(server_tls)
@@ -499,7 +427,7 @@ async def test_ipv6_loopback_endpoint_plain_and_tls(serve: Callable[..., Awaitab
 
 
 async def test_error_messages_never_carry_the_query(
-    serve: Callable[..., Awaitable[Server]], transport: KeepAliveTransport
+    serve: StartServer, transport: KeepAliveTransport
 ) -> None:
     answers: list[bytes | None] = [
         b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n{",  # truncated
@@ -509,7 +437,9 @@ async def test_error_messages_never_carry_the_query(
         b"HTTP/1.1 200 OK\r\nContent-Encoding: zstd\r\nContent-Length: 3\r\n\r\nxyz",  # unknown
     ]
 
-    async def handler(server: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def handler(
+        server: LoopbackServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         await server.head(reader)
         answer = answers[len(server.heads) - 1]
         if answer is not None:
