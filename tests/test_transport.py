@@ -431,14 +431,36 @@ async def test_cloud_uses_aiohttp_only_when_a_proxy_is_in_effect(
 async def test_aiohttp_transport_answers_like_the_lean_one(
     serve: StartServer, transport: KeepAliveTransport
 ) -> None:
-    answer = body_answer(b'{"a":1}', "X-Request-Id: r-7")
-    server = await serve(scripted(always(answer)))
+    answers = [
+        body_answer(
+            gzip.compress(b'{"a":1}'), "X-Request-Id: r-7", "Via: a", "Via: b", "Content-Encoding: gzip"
+        ),
+        b"HTTP/1.1 429 Too Many\r\nRetry-After: 3\r\nContent-Length: 0\r\n\r\n",
+    ]
+    server = await serve(scripted(lambda n, _h: answers[n % 2]))
     async with aiohttp.ClientSession() as session:
-        via_aiohttp = await AiohttpTransport(session).get(server.endpoint, "/x", HEADERS, 5)
-    lean = await transport.get(server.endpoint, "/x", HEADERS, 5)
-    assert (via_aiohttp.status, via_aiohttp.body, via_aiohttp.headers.get("x-request-id")) == (
-        200,
-        b'{"a":1}',
-        "r-7",
+        via_aiohttp = [
+            await AiohttpTransport(session).get(server.endpoint, "/x", HEADERS, 5) for _ in answers
+        ]
+    lean = [await transport.get(server.endpoint, "/x", HEADERS, 5) for _ in answers]
+
+    def seen(answer: HttpAnswer) -> tuple[int, bytes, dict[str, str]]:
+        wanted = ("x-request-id", "via", "retry-after")
+        return answer.status, answer.body, {k: v for k, v in answer.headers.items() if k in wanted}
+
+    assert (
+        [seen(a) for a in via_aiohttp]
+        == [seen(a) for a in lean]
+        == [
+            (200, b'{"a":1}', {"x-request-id": "r-7", "via": "a, b"}),
+            (429, b"", {"retry-after": "3"}),
+        ]
     )
-    assert (lean.status, lean.body, lean.headers.get("x-request-id")) == (200, b'{"a":1}', "r-7")
+
+
+async def test_aiohttp_transport_caps_answers(serve: StartServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(transport_module, "MAX_ANSWER_BYTES", 1000)
+    server = await serve(scripted(always(body_answer(gzip.compress(b"x" * 5000), "Content-Encoding: gzip"))))
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(TransportError, match=f"{server.name} sent an answer larger than 0 MiB"):
+            await AiohttpTransport(session).get(server.endpoint, "/x", HEADERS, 5)

@@ -142,8 +142,19 @@ class AiohttpTransport:
                 ssl=ssl_arg,
                 allow_redirects=False,  # a redirect would carry the signature (and ssl=) elsewhere
             ) as resp:
-                body = await resp.read()
-                return HttpAnswer(resp.status, resp.headers, body)
+                chunks: list[bytes] = []
+                size = 0
+                async for chunk in resp.content.iter_any():  # decoded (gzip, deflate) by aiohttp
+                    size += len(chunk)
+                    if size > MAX_ANSWER_BYTES:
+                        raise TransportError(
+                            f"{host} sent an answer larger than {MAX_ANSWER_BYTES >> 20} MiB"
+                        )
+                    chunks.append(chunk)
+                # The same headers as the lean transport's: lower-case names, repeated values joined.
+                names = {name.lower() for name in resp.headers}
+                headers = {name: ", ".join(resp.headers.getall(name)) for name in names}
+                return HttpAnswer(resp.status, headers, b"".join(chunks))
         except aiohttp.ClientError as exc:
             raise TransportError(describe_client_error(exc, host)) from None
 
