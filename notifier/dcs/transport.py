@@ -13,21 +13,22 @@ transport of its own, :class:`KeepAliveTransport`, which does only what these GE
   on a kept-alive connection that the server had closed meanwhile (no byte of an answer came back) is
   sent again once on a new connection — a GET is idempotent;
 * bodies framed by ``Content-Length``, chunked, or by the end of the connection; gzip and deflate;
-* one deadline per request, connecting included; a cap on the size of an answer.
+* one deadline per request, connecting included; caps on the size of an answer and of its headers;
+* requests that could be split (CR/LF, a header name that is not a token, non-Latin-1) refused.
 
 It has no proxy support, no redirects, no cookies, no request bodies. When a proxy is in effect
 (``api.proxy``, or ``HTTPS_PROXY``/``HTTP_PROXY`` in the environment) the client uses
 :class:`AiohttpTransport`, aiohttp's full client, instead: :func:`transport_for` picks.
 
 Both raise :class:`TransportError` (no complete HTTP answer: the message names the host, never the
-URL, whose query carries a signature) or :class:`TimeoutError`; every complete answer, whatever its
-status, is returned as an :class:`HttpAnswer` for the client to judge.
+URL, whose query carries a signature), :class:`TimeoutError`, or :class:`ValueError` (a request that
+cannot be sent as it is); every complete answer, whatever its status, is returned as an
+:class:`HttpAnswer` for the client to judge.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import re
 import ssl
 import zlib
@@ -49,8 +50,6 @@ from notifier.dcs.http import (
     ssl_for,
     tls_policy,
 )
-
-log = logging.getLogger(__name__)
 
 #: A kept-alive connection idle this long is closed rather than reused (aiohttp's default, too).
 IDLE_SECONDS = 15.0
@@ -74,14 +73,15 @@ class HttpAnswer:
 
 
 class TransportError(Exception):
-    """No complete HTTP answer (connection, TLS, malformed or truncated answer).
+    """No complete HTTP answer (connection, TLS, malformed or truncated answer): worth asking again
+    later (the client reports it as ``Reason.CONNECTION``, retryable).
 
     The message names the endpoint's host and port and the cause, never a URL.
     """
 
 
 class HttpTransport(Protocol):
-    """Sends one GET and returns the complete answer; raises TransportError or TimeoutError."""
+    """Sends one GET and returns the complete answer; raises TransportError, TimeoutError or ValueError."""
 
     async def get(
         self,
