@@ -49,7 +49,7 @@ from notifier.errors import ConfigError
 log = logging.getLogger(__name__)
 
 #: What fixes an untrusted certificate (said in every such error).
-CA_HINT = "set api.ca_bundle, or list the endpoint in api.insecure_endpoints"
+_CA_HINT = "set api.ca_bundle, or list the endpoint in api.insecure_endpoints"
 
 #: The TLS policy of each session made by make_session(), for ssl_for().
 _POLICIES: WeakKeyDictionary[aiohttp.ClientSession, TlsPolicy] = WeakKeyDictionary()
@@ -242,7 +242,7 @@ _ERRNO_TEXT = {
 }
 
 
-def os_reason(err: OSError | None) -> str:
+def _os_reason(err: OSError | None) -> str:
     """Why a connection failed, in a few words (``connection refused``, ``name not resolved``...)."""
     if err is None:
         return "unknown error"
@@ -262,6 +262,29 @@ def _hostport(host: str | None, port: int | None) -> str:
     return shown if port is None else f"{shown}:{port}"
 
 
+def describe_connect_error(err: OSError, host: str) -> str:
+    """One line about a failed connection to ``host`` (``name:port``): TLS or socket, without any URL.
+
+    The same words as :func:`describe_client_error` says of aiohttp's connection errors.
+    """
+    if isinstance(err, ssl.SSLCertVerificationError):
+        return _untrusted(host, err)
+    if isinstance(err, ssl.SSLError):
+        return _handshake_failed(host, err)
+    return f"cannot connect to {host} ({_os_reason(err)})"
+
+
+def _untrusted(host: str, cert_err: object) -> str:
+    detail = getattr(cert_err, "verify_message", None) or getattr(cert_err, "reason", None)
+    why = f": {detail}" if isinstance(detail, str) and detail else ""
+    return f"TLS certificate of {host} not trusted{why} ({_CA_HINT})"
+
+
+def _handshake_failed(host: str, err: object) -> str:
+    reason = getattr(err, "reason", None) or type(err).__name__
+    return f"TLS handshake with {host} failed ({reason})"
+
+
 def describe_client_error(exc: aiohttp.ClientError, host: str) -> str:
     """One line for an operator about a failed call to ``host`` (``name:port``), without any URL.
 
@@ -269,22 +292,17 @@ def describe_client_error(exc: aiohttp.ClientError, host: str) -> str:
     (or the proxy) and the cause. Nothing from the request URL, its query or a proxy URL is quoted.
     """
     if isinstance(exc, aiohttp.ClientConnectorCertificateError):
-        cert_err = exc.certificate_error
-        detail = getattr(cert_err, "verify_message", None) or getattr(cert_err, "reason", None)
-        why = f": {detail}" if isinstance(detail, str) and detail else ""
-        return f"TLS certificate of {host} not trusted{why} ({CA_HINT})"
+        return _untrusted(host, exc.certificate_error)
     if isinstance(exc, aiohttp.ClientSSLError):
-        os_err = exc.os_error
-        reason = getattr(os_err, "reason", None) or type(os_err).__name__
-        return f"TLS handshake with {host} failed ({reason})"
+        return _handshake_failed(host, exc.os_error)
     if isinstance(exc, aiohttp.ClientProxyConnectionError):
         proxy = _hostport(exc.host, exc.port)
-        return f"cannot connect to the HTTP proxy {proxy} ({os_reason(exc.os_error)}) to reach {host}"
+        return f"cannot connect to the HTTP proxy {proxy} ({_os_reason(exc.os_error)}) to reach {host}"
     if isinstance(exc, aiohttp.ClientHttpProxyError):
         what = "proxy authentication required" if exc.status == 407 else f"HTTP {exc.status}"
         return f"the HTTP proxy refused the tunnel to {host} ({what})"
     if isinstance(exc, aiohttp.ClientConnectorError):
-        return f"cannot connect to {host} ({os_reason(exc.os_error)})"
+        return f"cannot connect to {host} ({_os_reason(exc.os_error)})"
     if isinstance(exc, aiohttp.ServerTimeoutError):
         return f"timed out talking to {host}"
     if isinstance(exc, aiohttp.ServerDisconnectedError):
@@ -298,5 +316,5 @@ def describe_client_error(exc: aiohttp.ClientError, host: str) -> str:
     if isinstance(exc, aiohttp.InvalidURL):
         return f"invalid request URL for {host}"
     if isinstance(exc, aiohttp.ClientOSError):
-        return f"connection to {host} failed ({os_reason(exc)})"
+        return f"connection to {host} failed ({_os_reason(exc)})"
     return f"request to {host} failed ({type(exc).__name__})"

@@ -42,11 +42,10 @@ import httptools
 from yarl import URL
 
 from notifier.dcs.http import (
-    CA_HINT,
     TlsPolicy,
     describe_client_error,
+    describe_connect_error,
     environment_has_proxies,
-    os_reason,
     ssl_for,
     tls_policy,
 )
@@ -291,15 +290,8 @@ class KeepAliveTransport:
                 )
         except TimeoutError:
             raise
-        except ssl.SSLCertVerificationError as exc:
-            detail = f": {exc.verify_message}" if exc.verify_message else ""
-            raise TransportError(f"TLS certificate of {name} not trusted{detail} ({CA_HINT})") from None
-        except ssl.SSLError as exc:
-            raise TransportError(
-                f"TLS handshake with {name} failed ({exc.reason or type(exc).__name__})"
-            ) from None
-        except OSError as exc:
-            raise TransportError(f"cannot connect to {name} ({os_reason(exc)})") from None
+        except OSError as exc:  # ssl.SSLError included
+            raise TransportError(describe_connect_error(exc, name)) from None
         return conn
 
 
