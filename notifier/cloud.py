@@ -47,11 +47,13 @@ class Cloud:
     def __init__(self, config: Config) -> None:
         require_credentials(config)
         api = config.api
-        proxy = api.proxy.get_secret_value() if api.proxy else None
         self.session = make_session(
-            ca_bundle=api.ca_bundle, insecure_hosts=api.insecure_endpoints, proxy=proxy, user_agent=USER_AGENT
+            ca_bundle=api.ca_bundle,
+            insecure_hosts=api.insecure_endpoints,
+            proxy=api.proxy.get_secret_value() if api.proxy else None,
+            user_agent=USER_AGENT,
         )
-        self.transport = transport_for(self.session, proxy)
+        self.transport = transport_for(self.session)
         self.gate = ApiGate(
             max_concurrency=api.max_concurrency,
             region_concurrency=api.region_concurrency,

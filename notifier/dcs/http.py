@@ -39,7 +39,7 @@ import warnings
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
-from weakref import WeakKeyDictionary
+from weakref import WeakKeyDictionary, WeakSet
 
 import aiohttp
 from yarl import URL
@@ -51,8 +51,10 @@ log = logging.getLogger(__name__)
 #: What fixes an untrusted certificate (said in every such error).
 _CA_HINT = "set api.ca_bundle, or list the endpoint in api.insecure_endpoints"
 
-#: The TLS policy of each session made by make_session(), for ssl_for().
+#: The TLS policy of each session made by make_session(), for ssl_for() and tls_policy().
 _POLICIES: WeakKeyDictionary[aiohttp.ClientSession, TlsPolicy] = WeakKeyDictionary()
+#: The sessions make_session() made that go through a proxy (configured, or from the environment).
+_PROXIED: WeakSet[aiohttp.ClientSession] = WeakSet()
 
 
 def _host_key(host: str, port: int | None) -> str:
@@ -163,7 +165,7 @@ def _split_proxy(proxy: str) -> tuple[URL, str, str] | tuple[URL, None, None]:
     return bare, url.user or "", url.password or ""
 
 
-def environment_has_proxies() -> bool:
+def _environment_has_proxies() -> bool:
     """Whether ``*_proxy`` variables name a proxy (``NO_PROXY`` alone names none)."""
     return any(scheme != "no" for scheme in urllib.request.getproxies())
 
@@ -187,7 +189,7 @@ def make_session(
     proxy_url, user, password = _split_proxy(proxy) if proxy else (None, None, None)
     # aiohttp looks the environment's proxies up on every request (about half the CPU of a poll): only
     # when some *_proxy variable is set is that worth it. They do not change while the process runs.
-    trust_env = trust_env and proxy_url is None and environment_has_proxies()
+    trust_env = trust_env and proxy_url is None and _environment_has_proxies()
     proxy_auth: aiohttp.BasicAuth | None = None
     with warnings.catch_warnings():
         # aiohttp 3.13+ deprecates BasicAuth and proxy_auth (for aiohttp 4) in favour of per-request
@@ -207,6 +209,8 @@ def make_session(
             trust_env=trust_env,
         )
     _POLICIES[session] = policy
+    if proxy_url is not None or trust_env:
+        _PROXIED.add(session)
     if policy.insecure_hosts:
         log.warning("TLS certificate verification is OFF for: %s", ", ".join(sorted(policy.insecure_hosts)))
     if proxy_url is not None:
@@ -230,6 +234,11 @@ def ssl_for(session: aiohttp.ClientSession, url: str | URL) -> ssl.SSLContext | 
 def tls_policy(session: aiohttp.ClientSession) -> TlsPolicy | None:
     """The TLS policy :func:`make_session` gave ``session`` (None for any other session)."""
     return _POLICIES.get(session)
+
+
+def uses_proxy(session: aiohttp.ClientSession) -> bool:
+    """Whether :func:`make_session` set ``session`` up to go through a proxy (``NO_PROXY`` aside)."""
+    return session in _PROXIED
 
 
 _ERRNO_TEXT = {

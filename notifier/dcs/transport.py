@@ -45,9 +45,9 @@ from notifier.dcs.http import (
     TlsPolicy,
     describe_client_error,
     describe_connect_error,
-    environment_has_proxies,
     ssl_for,
     tls_policy,
+    uses_proxy,
 )
 
 #: A kept-alive connection idle this long is closed rather than reused (aiohttp's default, too).
@@ -95,14 +95,14 @@ class HttpTransport(Protocol):
     async def aclose(self) -> None: ...
 
 
-def transport_for(session: aiohttp.ClientSession, proxy: str | None) -> HttpTransport:
+def transport_for(session: aiohttp.ClientSession) -> HttpTransport:
     """The lean transport, unless a proxy is in effect: then aiohttp's, through ``session``.
 
-    ``session`` is the one :func:`~notifier.dcs.http.make_session` made (its TLS policy is reused);
-    ``proxy`` is ``api.proxy``. Proxies from the environment count as in effect whatever ``NO_PROXY``
-    says: aiohttp applies the exclusions.
+    ``session`` is the one :func:`~notifier.dcs.http.make_session` made: it decided whether a proxy is
+    in effect (``api.proxy``, or proxies from the environment whatever ``NO_PROXY`` says: aiohttp applies
+    the exclusions), and its TLS policy is reused.
     """
-    if proxy or environment_has_proxies():
+    if uses_proxy(session):
         return AiohttpTransport(session)
     return KeepAliveTransport(tls_policy(session) or TlsPolicy.build())
 
