@@ -20,7 +20,7 @@ import trustme
 from notifier.dcs import transport as transport_module
 from notifier.dcs.http import TlsPolicy
 from notifier.dcs.transport import KeepAliveTransport, TransportError, _Connection
-from tests.support.loopback_http import Handler, LoopbackServer, StartServer
+from tests.support.loopback_http import Handler, LoopbackServer, StartServer, scripted
 from tests.support.wait import until
 
 HEADERS = {"Host": "dcs.test", "User-Agent": "t/1", "X-Project-Id": "p1"}
@@ -31,15 +31,7 @@ OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Request-Id: r-1\r\n\r\n{}"
 
 def answering(*answers: bytes) -> Handler:
     """Answer request n (counted over all connections) with answers[n] (the last one from then on)."""
-
-    async def handler(
-        server: LoopbackServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        while await server.head(reader) is not None:
-            writer.write(answers[min(len(server.heads), len(answers)) - 1])
-            await writer.drain()
-
-    return handler
+    return scripted(lambda n, _head: answers[min(n, len(answers) - 1)])
 
 
 def reset(writer: asyncio.StreamWriter) -> None:
