@@ -3,7 +3,13 @@
 Exactly one layer retries: slack-sdk's own retry handlers are switched off (``retry_handlers=[]``) and every
 failure becomes a ``DeliveryError`` the delivery loop decides about. A Slack webhook URL is a secret (whoever
 has it can post), as is a token: neither appears in errors, ``repr`` or logs — slack-sdk's debug logging goes
-through a per-channel logger whose filter masks them.
+through a per-channel logger whose filter masks them (and caps what it logs of an answer).
+
+slack-sdk makes the requests, on a session from :func:`~notifier.channels.http.channel_session` (no redirects,
+answers capped); the answer is judged here, not by slack-sdk's exceptions. A 2xx whose body cannot be read
+(too large, not text, not JSON, JSON without ``ok``) means Slack took the message: it counts as delivered,
+with a warning, since sending it again would post it twice. Any other status is judged by the status (and
+Slack's error code when the body has one).
 """
 
 from __future__ import annotations
@@ -21,18 +27,26 @@ from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
 from notifier.channels.base import Channel, redact_url
-from notifier.channels.webhook import (
+from notifier.channels.http import (
+    AnswerError,
+    AnswerSeen,
+    RedirectRefused,
+    channel_session,
     check_http_url,
     classify_status,
+    describe_exception,
     parse_retry_after,
     scrub,
     transport_error,
+    watch_answers,
 )
 from notifier.errors import DeliveryError, Reason
 from notifier.events import Notification
 from notifier.formatters.slack import SlackMessage, format_slack
 
 DEFAULT_API_BASE_URL: Final = "https://slack.com/api/"
+
+log = logging.getLogger(__name__)
 
 #: Slack error codes meaning the credentials or permissions are wrong: retrying cannot help.
 AUTH_ERRORS: Final = frozenset(
@@ -106,7 +120,7 @@ class SlackChannelConfig(BaseModel):
     username: str | None = None
     icon_emoji: str | None = None
     #: Messages per second. Slack allows about one per second per incoming webhook / channel.
-    rate: float | None = Field(default=1.0, gt=0)
+    rate: float | None = Field(default=1.0, ge=0.001, le=10_000, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _one_mode(self) -> SlackChannelConfig:
@@ -131,7 +145,8 @@ class SlackChannelConfig(BaseModel):
 
 
 class _MaskSecrets(logging.Filter):
-    """Masks a channel's secrets in records of slack-sdk's logger (it logs the webhook URL at DEBUG)."""
+    """Masks a channel's secrets in records of slack-sdk's logger (it logs the webhook URL at DEBUG), and cuts
+    long ones (it logs answers whole)."""
 
     def __init__(self, secrets: list[str]) -> None:
         super().__init__()
@@ -182,7 +197,7 @@ class SlackChannel(Channel):
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self._config.timeout))
+            self._session = channel_session(self._config.timeout)
             self._webhook = None
             self._web = None
         return self._session
@@ -215,12 +230,22 @@ class SlackChannel(Channel):
         return self._web
 
     def _error(
-        self, status: int, error: str | None, retry_after: str | None, *, what: str = ""
+        self, status: int, error: str | None, retry_after: str | None, *, what: str, detail: str = ""
     ) -> DeliveryError:
         retryable, reason = classify_slack(status, error)
-        message = f"Slack{what} answered HTTP {status}" + (f" {error}" if error else "")
+        message = f"Slack {what} answered HTTP {status}" + (f" {error}" if error else "") + detail
         wait = parse_retry_after(retry_after) if reason is Reason.RATE_LIMITED else None
         return DeliveryError(self.name, retryable, reason, message, retry_after=wait)
+
+    def _accepted_unreadable(self, status: int, what: str, problem: str) -> None:
+        log.warning(
+            "channel %r: Slack %s accepted the message (HTTP %d) but its answer is unreadable: %s; "
+            "counted as delivered, not sent again",
+            self.name,
+            what,
+            status,
+            problem,
+        )
 
     async def send(self, notification: Notification) -> None:
         message = format_slack(notification)
@@ -232,44 +257,76 @@ class SlackChannel(Channel):
     def _extras(self) -> dict[str, Any]:
         return {"username": self._config.username, "icon_emoji": self._config.icon_emoji}
 
+    def _judge_failure(self, what: str, exc: Exception, seen: AnswerSeen) -> None:
+        """A slack-sdk call failed. Returns (delivered) if the answer was a 2xx, else raises DeliveryError."""
+        if isinstance(exc, RedirectRefused) or (seen.status is None and not isinstance(exc, AnswerError)):
+            raise transport_error(self.name, exc, self._secrets) from None
+        status = exc.status if isinstance(exc, AnswerError) else seen.status
+        headers = (exc.headers if isinstance(exc, AnswerError) else None) or seen.headers
+        problem = exc.problem if isinstance(exc, AnswerError) else self._unread(exc, headers)
+        assert status is not None
+        if 200 <= status < 300:
+            self._accepted_unreadable(status, what, problem)
+            return
+        raise self._error(
+            status, None, headers.get("Retry-After"), what=what, detail=f" ({problem})"
+        ) from None
+
+    def _unread(self, exc: BaseException, headers: Mapping[str, str]) -> str:
+        if isinstance(exc, AttributeError | TypeError | KeyError):
+            return _not_an_answer(headers)  # slack-sdk choked on a body that is no API answer
+        return f"answer could not be read ({describe_exception(exc, self._secrets)})"
+
     async def _send_webhook(self, message: SlackMessage) -> None:
         client = self._webhook_client()
         body: dict[str, Any] = {"text": message.text, "blocks": message.blocks, **self._extras()}
         if self._config.channel:
             body["channel"] = self._config.channel  # honoured by legacy webhooks, ignored by app webhooks
-        try:
-            resp = await client.send_dict(body)
-        except Exception as exc:
-            raise transport_error(self.name, exc, self._secrets) from None
+        with watch_answers() as seen:
+            try:
+                resp = await client.send_dict(body)
+            except Exception as exc:
+                self._judge_failure("webhook", exc, seen)
+                return
         if 200 <= resp.status_code < 300:
             return
         headers: Mapping[str, str] = resp.headers
         raise self._error(
-            resp.status_code, slack_error_code(resp.body), headers.get("Retry-After"), what=" webhook"
+            resp.status_code, slack_error_code(resp.body), headers.get("Retry-After"), what="webhook"
         )
 
     async def _send_bot(self, message: SlackMessage) -> None:
         client = self._web_client()
         assert self._config.channel is not None
-        try:
-            await client.chat_postMessage(
-                channel=self._config.channel,
-                text=message.text,
-                blocks=message.blocks,
-                **self._extras(),
-            )
-        except SlackApiError as exc:
-            resp = exc.response
-            status = int(resp.status_code)
-            error = slack_error_code(resp.data)
-            headers: Mapping[str, str] = resp.headers or {}
-            if status == 200 and error is None:
-                raise DeliveryError(
-                    self.name, False, Reason.INVALID_RESPONSE, "Slack chat.postMessage answered without ok"
-                ) from None
-            raise self._error(status, error, headers.get("Retry-After"), what=" chat.postMessage") from None
-        except Exception as exc:
-            raise transport_error(self.name, exc, self._secrets) from None
+        with watch_answers() as seen:
+            try:
+                await client.chat_postMessage(
+                    channel=self._config.channel, text=message.text, blocks=message.blocks, **self._extras()
+                )
+            except SlackApiError as exc:
+                self._judge_api_answer(exc.response)
+            except Exception as exc:
+                self._judge_failure("chat.postMessage", exc, seen)
+
+    def _judge_api_answer(self, resp: object) -> None:
+        """An answer slack-sdk did not take for a success (``SlackApiError.response``: slack-sdk's response
+        object, or aiohttp's). Returns if Slack did take the message, else raises DeliveryError."""
+        what = "chat.postMessage"
+        status = getattr(resp, "status_code", None) or getattr(resp, "status", None)
+        if not isinstance(status, int):
+            raise DeliveryError(
+                self.name, False, Reason.INVALID_RESPONSE, f"Slack {what}: no HTTP status"
+            ) from None
+        data = getattr(resp, "data", None)
+        headers: Mapping[str, str] = getattr(resp, "headers", None) or {}
+        if not 200 <= status < 300:
+            raise self._error(status, slack_error_code(data), headers.get("Retry-After"), what=what) from None
+        if isinstance(data, Mapping) and "ok" in data:
+            if data["ok"] is True:
+                return  # a 2xx other than 200 with ok: slack-sdk wants exactly 200
+            error = slack_error_code(data)
+            raise self._error(status, error, None, what=what, detail="" if error else " ok=false") from None
+        self._accepted_unreadable(status, what, _not_an_answer(headers))
 
     async def aclose(self) -> None:
         if self._session is not None and not self._session.closed:
@@ -277,6 +334,13 @@ class SlackChannel(Channel):
         self._session = None
         self._webhook = None
         self._web = None
+
+
+def _not_an_answer(headers: Mapping[str, str]) -> str:
+    """What is wrong with a 2xx body that holds no Web API answer (slack-sdk read it as ``{}`` or text)."""
+    if "json" in headers.get("Content-Type", "").lower():
+        return "JSON answer without 'ok'"
+    return "answer is not JSON"
 
 
 def masked_slack_config(config: SlackChannelConfig) -> dict[str, Any]:

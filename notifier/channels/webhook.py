@@ -4,8 +4,7 @@ Headers sent: ``Content-Type: application/json``, ``User-Agent: dcs-notifier/0.1
 id, an idempotency key), ``webhook-timestamp`` (unix seconds at send time) and, with a secret,
 ``webhook-signature: v1,<base64 HMAC-SHA256(key, "{id}.{timestamp}.{body}")>``, plus configured headers.
 
-Also home of the small HTTP helpers every channel shares (status classification, ``Retry-After``, scrubbing
-secrets out of exception text).
+No redirect is followed and no answer body is read (see :mod:`notifier.channels.http`): a 2xx is enough.
 """
 
 from __future__ import annotations
@@ -14,19 +13,16 @@ import base64
 import binascii
 import hashlib
 import hmac
-import re
 import time
-from collections.abc import Iterable, Iterator
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
+from collections.abc import Iterator
 from typing import Any, ClassVar, Final, Literal
-from urllib.parse import urlsplit
 
 import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from notifier.channels.base import Channel, redact_url
-from notifier.errors import DeliveryError, Reason
+from notifier.channels.http import channel_session, check_http_url, http_error, transport_error
+from notifier.channels.http import parse_retry_after as parse_retry_after  # tests import it from here
 from notifier.events import Notification
 from notifier.formatters.webhook import webhook_body
 
@@ -37,23 +33,8 @@ RESERVED_HEADERS: Final = frozenset(
     {"content-type", "content-length", "host", "webhook-id", "webhook-timestamp", "webhook-signature"}
 )
 
-_URL_RE: Final = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>()\]\[,]+")
 
-
-# --- helpers shared by channels ------------------------------------------------------------------------
-
-
-def check_http_url(url: str, what: str) -> None:
-    """Raise ``ValueError`` (without echoing the URL: it may be a secret) unless ``url`` is http(s)://host."""
-    try:
-        parts = urlsplit(url)
-        _ = parts.port  # raises on a malformed port
-    except ValueError:
-        raise ValueError(f"{what} is not a valid URL") from None
-    if parts.scheme not in ("http", "https"):
-        raise ValueError(f"{what} must start with http:// or https://")
-    if not parts.hostname:
-        raise ValueError(f"{what} has no host")
+# --- signing ---------------------------------------------------------------------------------------------
 
 
 def decode_secret(secret: str) -> bytes:
@@ -86,66 +67,6 @@ def sign(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
     return "v1," + base64.b64encode(hmac.new(key, to_sign, hashlib.sha256).digest()).decode("ascii")
 
 
-def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
-    """``Retry-After`` as seconds: delta-seconds or an HTTP date; ``None`` when absent or unreadable."""
-    if value is None:
-        return None
-    text = value.strip()
-    if not text:
-        return None
-    try:
-        seconds = float(text)
-    except ValueError:
-        try:
-            when = parsedate_to_datetime(text)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-        seconds = (when - (now or datetime.now(UTC))).total_seconds()
-    if seconds != seconds or seconds in (float("inf"), float("-inf")):  # NaN/inf
-        return None
-    return max(0.0, seconds)
-
-
-def classify_status(status: int) -> tuple[bool, Reason]:
-    """(retryable, reason) of an HTTP error status."""
-    if status == 429:
-        return True, Reason.RATE_LIMITED
-    if status == 408:
-        return True, Reason.TIMEOUT
-    if status >= 500:
-        return True, Reason.SERVER_ERROR
-    if status in (401, 403):
-        return False, Reason.AUTH
-    if status in (404, 410):
-        return False, Reason.NOT_FOUND
-    return False, Reason.CLIENT_ERROR
-
-
-def scrub(text: str, secrets: Iterable[str] = ()) -> str:
-    """Remove secrets from text meant for errors/logs: every URL becomes ``scheme://host/…``."""
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, redact_url(secret) if _URL_RE.fullmatch(secret) else "****")
-    return _URL_RE.sub(lambda m: redact_url(m.group(0)), text)
-
-
-def describe_exception(exc: BaseException, secrets: Iterable[str] = ()) -> str:
-    """``ClientConnectorError: Cannot connect to host …`` with URLs and secrets scrubbed."""
-    detail = scrub(str(exc), secrets)
-    return f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
-
-
-def transport_error(channel: str, exc: BaseException, secrets: Iterable[str] = ()) -> DeliveryError:
-    """Classify a failure to get any HTTP answer: timeouts and broken connections are retryable."""
-    if isinstance(exc, TimeoutError):
-        return DeliveryError(channel, True, Reason.TIMEOUT, f"timed out ({type(exc).__name__})")
-    if isinstance(exc, aiohttp.ClientConnectionError | OSError):
-        return DeliveryError(channel, True, Reason.CONNECTION, describe_exception(exc, secrets))
-    return DeliveryError(channel, False, Reason.INVALID_RESPONSE, describe_exception(exc, secrets))
-
-
 # --- the channel -----------------------------------------------------------------------------------------
 
 
@@ -160,7 +81,7 @@ class WebhookChannelConfig(BaseModel):
     headers: dict[str, str] = Field(default_factory=dict)
     timeout: float = Field(default=10.0, gt=0, le=300)
     #: Messages per second; None (the default) sends as fast as the receiver answers.
-    rate: float | None = Field(default=None, gt=0)
+    rate: float | None = Field(default=None, ge=0.001, le=10_000, allow_inf_nan=False)
 
     @field_validator("url")
     @classmethod
@@ -218,7 +139,7 @@ class WebhookChannel(Channel):
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self._config.timeout))
+            self._session = channel_session(self._config.timeout)
         return self._session
 
     def build_headers(self, notification: Notification, body: bytes, timestamp: int) -> dict[str, str]:
@@ -237,6 +158,7 @@ class WebhookChannel(Channel):
         headers = self.build_headers(notification, body, int(time.time()))
         session = self._get_session()
         try:
+            # The answer's body is never read; redirects are refused by the session (and not asked for).
             async with session.post(self._url, data=body, headers=headers, allow_redirects=False) as resp:
                 status = resp.status
                 retry_after = resp.headers.get("Retry-After")
@@ -250,23 +172,6 @@ class WebhookChannel(Channel):
         if self._session is not None and not self._session.closed:
             await self._session.close()
         self._session = None
-
-
-def http_error(
-    channel: str, status: int, retry_after: str | None, detail: str | None = None
-) -> DeliveryError:
-    """A ``DeliveryError`` for a non-2xx answer."""
-    if 300 <= status < 400:
-        return DeliveryError(channel, False, Reason.CLIENT_ERROR, f"unexpected redirect (HTTP {status})")
-    retryable, reason = classify_status(status)
-    message = f"HTTP {status}" + (f" {detail}" if detail else "")
-    return DeliveryError(
-        channel,
-        retryable,
-        reason,
-        message,
-        retry_after=parse_retry_after(retry_after) if retryable else None,
-    )
 
 
 def masked_webhook_config(config: WebhookChannelConfig) -> dict[str, Any]:

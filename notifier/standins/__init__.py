@@ -9,6 +9,9 @@ test wait for requests without sleeping::
         ...
         first, second = await slack.wait_for(2)
 
+A hostile receiver's answer: ``CannedResponse(200, Flood(300 * 2**20))`` streams 300 MB made on the fly
+(never held in memory); :attr:`StandInServer.floods` says how much was written before the client hung up.
+
 Specific stand-ins live in :mod:`notifier.standins.slack` and :mod:`notifier.standins.webhook`; this module
 holds what they share.
 """
@@ -34,16 +37,42 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
+class Flood:
+    """A body of ``size`` bytes written chunk by chunk as the client reads (``head``, then ``fill`` repeated),
+    with a ``Content-Length`` when ``declare_length``, else chunked: a receiver answering without end.
+    ``stall``: send the status line, the headers and ``head``, then nothing more until the stand-in stops."""
+
+    size: int
+    declare_length: bool = False
+    head: bytes = b""
+    fill: bytes = b"x"
+    chunk: int = 64 * 1024
+    content_type: str = "application/json"
+    stall: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class FloodReport:
+    """How one :class:`Flood` answer ended: bytes handed to the socket, and whether all of them were."""
+
+    written: int
+    complete: bool
+
+
+@dataclass(frozen=True, slots=True)
 class CannedResponse:
     """An answer to give instead of the normal one. ``delay`` holds the answer back (a slow server)."""
 
     status: int = 200
-    body: str | bytes | Mapping[str, Any] | None = None
+    body: str | bytes | Mapping[str, Any] | Flood | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
     delay: float = 0.0
 
-    def to_response(self) -> web.Response:
+    def to_response(self) -> web.StreamResponse:
         headers = dict(self.headers)
+        if isinstance(self.body, Flood):
+            headers.setdefault("Content-Type", self.body.content_type)
+            return web.StreamResponse(status=self.status, headers=headers)
         if isinstance(self.body, Mapping):
             return web.Response(
                 status=self.status,
@@ -115,6 +144,8 @@ class StandInServer(abc.ABC):
 
     def __init__(self, *, policy: Policy | None = None, on_message: OnMessage | None = None) -> None:
         self.requests: list[RecordedRequest] = []
+        #: One report per :class:`Flood` answer, once it ended (written out, or the client hung up).
+        self.floods: list[FloodReport] = []
         self.policy = policy
         self.on_message = on_message
         self._faults: deque[CannedResponse] = deque()
@@ -230,7 +261,31 @@ class StandInServer(abc.ABC):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._release.wait(), delay)
 
-    async def answer(self, request: web.Request, normal: NormalAnswer) -> web.Response:
+    async def flood(self, request: web.Request, response: web.StreamResponse, flood: Flood) -> None:
+        """Stream ``flood`` as the body of ``response`` until it is all written or the client hangs up."""
+        if flood.declare_length:
+            response.content_length = flood.size
+        else:
+            response.enable_chunked_encoding()
+        block = (flood.fill * (flood.chunk // max(1, len(flood.fill)) + 1))[: flood.chunk]
+        written = 0
+        try:
+            await response.prepare(request)
+            piece = flood.head[: flood.size]
+            while written < flood.size:
+                await response.write(piece)
+                written += len(piece)
+                if flood.stall:
+                    await self._release.wait()  # until the stand-in stops; the body stays unfinished
+                    return
+                piece = block[: flood.size - written]
+            await response.write_eof()
+        except ConnectionError:
+            pass  # the client hung up: that is the point
+        finally:
+            self.floods.append(FloodReport(written, written >= flood.size))
+
+    async def answer(self, request: web.Request, normal: NormalAnswer) -> web.StreamResponse:
         """Read the request, pick a canned or the normal answer, record, hold back if asked, answer."""
         body = await request.read()
         parsed = parse_json(body)
@@ -254,4 +309,6 @@ class StandInServer(abc.ABC):
         )
         if fault is not None:
             await self.hold(fault.delay)
+            if isinstance(fault.body, Flood):
+                await self.flood(request, response, fault.body)
         return response

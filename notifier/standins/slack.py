@@ -90,7 +90,7 @@ class SlackStandIn(StandInServer):
             web.post("/api/{method}", self._unknown_method),
         ]
 
-    async def _webhook(self, request: web.Request) -> web.Response:
+    async def _webhook(self, request: web.Request) -> web.StreamResponse:
         return await self.answer(request, self._webhook_normal)
 
     def _webhook_normal(self, request: web.Request, body: bytes, payload: Any) -> tuple[web.Response, None]:
@@ -104,7 +104,7 @@ class SlackStandIn(StandInServer):
             return web.Response(status=400, text="invalid_blocks"), None
         return web.Response(status=200, text="ok"), None
 
-    async def _post_message(self, request: web.Request) -> web.Response:
+    async def _post_message(self, request: web.Request) -> web.StreamResponse:
         return await self.answer(request, self._post_message_normal)
 
     def _post_message_normal(

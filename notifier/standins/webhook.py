@@ -85,7 +85,7 @@ class WebhookReceiver(StandInServer):
     def routes(self) -> list[web.RouteDef]:
         return [web.post("/{tail:.*}", self._receive)]
 
-    async def _receive(self, request: web.Request) -> web.Response:
+    async def _receive(self, request: web.Request) -> web.StreamResponse:
         return await self.answer(request, self._normal)
 
     def _normal(self, request: web.Request, body: bytes, payload: Any) -> tuple[web.Response, bool | None]:
