@@ -28,7 +28,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from notifier.channels import ChannelConfig
-from notifier.constants import DEFAULT_PREFIX
+from notifier.constants import DEFAULT_PREFIX, DELIVERED_TTL_SECONDS
 from notifier.errors import ConfigError
 from notifier.events import EventType
 
@@ -47,6 +47,21 @@ class Environment(BaseSettings):
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+HOUR = 3600.0
+DAY = 86_400.0
+
+
+def seconds(default: float, *, le: float, ge: float | None = None, description: str | None = None) -> Any:
+    """A duration setting: finite, above 0 (or ``ge``), at most ``le`` — its documented maximum.
+
+    Every duration has a maximum: an unbounded one (``1e12``, ``.inf``) validates and then overflows the
+    date arithmetic of every poll.
+    """
+    if ge is None:
+        return Field(default=default, gt=0, le=le, allow_inf_nan=False, description=description)
+    return Field(default=default, ge=ge, le=le, allow_inf_nan=False, description=description)
 
 
 _URL = re.compile(r"^https?://[^/\s]+")
@@ -93,7 +108,7 @@ class IamCredentials(_Model):
     #: Default: ``https://iam.{region}.myhuaweicloud.com`` of each project's region.
     iam_endpoint: str | None = None
     #: Get a new token this many seconds before the current one expires (tokens last 24 h).
-    refresh_before: float = Field(default=3600.0, ge=0, le=72_000)
+    refresh_before: float = Field(default=3600.0, ge=0, le=72_000, allow_inf_nan=False)
 
     @field_validator("iam_endpoint")
     @classmethod
@@ -218,16 +233,16 @@ class ProjectSpec:
 class ApiConfig(_Model):
     """How the DCS (and IAM) APIs are called: timeouts, paging, politeness, TLS and proxy."""
 
-    timeout: float = Field(default=10.0, gt=0, le=300)
+    timeout: float = seconds(10.0, le=300)
     page_size: int = Field(default=100, ge=1, le=1000)
     #: At most this many API calls at once, over all projects and regions...
     max_concurrency: int = Field(default=16, ge=1, le=1024)
     #: ...and at most this many at once to one region.
     region_concurrency: int = Field(default=8, ge=1, le=1024)
     #: Requests per second to one endpoint at most (a token bucket); lowered on 429 and raised back (AIMD).
-    rate_limit: float = Field(default=20.0, gt=0)
+    rate_limit: float = Field(default=20.0, gt=0, le=1_000_000, allow_inf_nan=False)
     #: The rate never drops below this, however often the API throttles.
-    min_rate: float = Field(default=0.2, gt=0)
+    min_rate: float = Field(default=0.2, ge=0.001, le=1_000_000, allow_inf_nan=False)
     #: A PEM file of CA certificates trusted in addition to the system's.
     ca_bundle: Path | None = None
     #: Endpoints (URLs or host[:port]) whose TLS certificate is NOT verified. Empty by default.
@@ -260,30 +275,32 @@ class ApiConfig(_Model):
 
 class DiscoveryConfig(_Model):
     #: List each discovering project's instances this often (seconds).
-    interval: float = Field(default=300.0, gt=0)
+    interval: float = seconds(300.0, le=DAY)
     #: A deleted instance's state is kept this long (seconds) after ``instance.removed``, then dropped.
-    removed_ttl: float = Field(default=7 * 86_400.0, ge=1)
+    removed_ttl: float = seconds(7 * DAY, ge=1, le=365 * DAY)
 
 
 class HealthConfig(_Model):
     """``poller.unhealthy`` once polling an instance has failed this long; ``poller.recovered`` after."""
 
-    after: float = Field(default=300.0, gt=0, description="seconds of continuous failure")
+    after: float = seconds(300.0, le=7 * DAY, description="seconds of continuous failure")
     #: Channels that get poller health events in addition to what the rules route there.
     channels: list[str] = Field(default_factory=list)
 
 
 class PollConfig(_Model):
-    interval: float = Field(default=30.0, gt=0)
-    baseline_grace: float = Field(default=900.0, ge=0)
+    interval: float = seconds(30.0, le=DAY)
+    baseline_grace: float = seconds(900.0, ge=0, le=7 * DAY)
     #: How far back the first poll of an instance looks (seconds); later polls ask only for what is new.
-    window: float = Field(default=86_400.0, gt=0)
+    window: float = seconds(DAY, le=30 * DAY)
     #: Margin for clock skew between us and the API: each window starts this long before the last poll.
-    skew: float = Field(default=300.0, ge=0, le=86_400)
+    skew: float = seconds(300.0, ge=0, le=DAY)
     #: Each poll is scheduled ``interval`` ± this fraction, so instances do not poll in lock-step.
     jitter: float = Field(default=0.1, ge=0, le=0.5)
     #: After a rejected credential or a missing instance, ask again only this often (seconds).
-    recheck: float = Field(default=300.0, gt=0)
+    recheck: float = seconds(300.0, le=DAY)
+    #: A poll refuses an answer that counts more tasks than this in its window (see README, Politeness).
+    max_tasks: int = Field(default=10_000, ge=1, le=1_000_000)
 
 
 @dataclass(frozen=True)
@@ -415,18 +432,19 @@ class DeliveryConfig(_Model):
     #: Give up (dead letter) after this many failed attempts at one notification...
     max_attempts: int = Field(default=10, ge=1, le=10_000)
     #: ...or once it has waited this many seconds since it was queued.
-    max_age: float = Field(default=86_400.0, gt=0)
-    backoff_initial: float = Field(default=1.0, gt=0)
-    backoff_max: float = Field(default=60.0, gt=0)
+    #: At most the notification log's 7 days: an older entry could be sent again once its log expired.
+    max_age: float = seconds(DAY, le=DELIVERED_TTL_SECONDS)
+    backoff_initial: float = seconds(1.0, le=HOUR)
+    backoff_max: float = seconds(60.0, le=HOUR)
     #: ``dcs-notifier once`` tries a failing notification at most this many times, then leaves it queued.
-    once_attempts: int = Field(default=3, ge=1)
+    once_attempts: int = Field(default=3, ge=1, le=100)
     #: On SIGTERM, sends in flight get this long to finish before they are abandoned (and stay queued).
-    stop_timeout: float = Field(default=10.0, gt=0)
+    stop_timeout: float = seconds(10.0, le=HOUR)
     #: This daemon's name in the Redis consumer group. Fixed by default, so that a restarted daemon (a new
     #: container, another host) resumes its own unacknowledged entries at once.
     consumer: str = Field(default="dcs-notifier", min_length=1)
     #: Entries another consumer left pending this long (seconds) are taken over.
-    claim_idle: float = Field(default=60.0, gt=0)
+    claim_idle: float = seconds(60.0, le=DAY)
     #: Entries read at a time; they stay claimed until sent, so keep batch / rate well under claim_idle.
     batch: int = Field(default=10, ge=1, le=1000)
 
@@ -513,7 +531,7 @@ class ScalingConfig(_Model):
     #: The fleet is split into this many shards, each leased to one replica.
     shards: int = Field(default=256, ge=1, le=65_536)
     #: Seconds a lease lasts without renewal (renewed every third of it). At least ``poll.interval``.
-    lease_ttl: float = Field(default=30.0, gt=0)
+    lease_ttl: float = seconds(30.0, le=DAY)
 
 
 class Config(_Model):
@@ -679,10 +697,48 @@ def _format_validation_error(source: str, exc: ValidationError, translate: Calla
     return "\n".join(lines)
 
 
+_MERGE = "tag:yaml.org,2002:merge"
+
+
+def _refuse_duplicate_keys(document: yaml.Node | None) -> None:
+    """Raise when a key is given twice in one mapping: PyYAML keeps the last silently, so a second
+    ``poll:`` or channel would replace the first without a word.
+
+    Checked on the composed document, as written: once constructed, keys merged in with ``<<`` (which
+    may be overridden on purpose) can no longer be told from keys written twice.
+    """
+    seen: set[int] = set()
+    stack = [document] if document is not None else []
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:  # an alias: the same node again
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            stack.extend(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            first: dict[tuple[str, str], yaml.Node] = {}
+            for key, value in node.value:
+                stack.append(value)
+                if key.tag == _MERGE or not isinstance(key, yaml.ScalarNode):
+                    continue
+                earlier = first.setdefault((key.tag, key.value), key)
+                if earlier is not key:
+                    shown = repr(key.value) if len(key.value) <= 60 else repr(key.value[:57] + "...")
+                    raise yaml.constructor.ConstructorError(
+                        None,
+                        None,
+                        f"duplicate key {shown}: set on line {earlier.start_mark.line + 1} "
+                        f"and again on line {key.start_mark.line + 1} (keep one)",
+                        key.start_mark,
+                    )
+
+
 def parse_config(text: str, source: str = "<config>", environ: Mapping[str, str] | None = None) -> Config:
     """Parse YAML text into a validated Config; raises ConfigError naming ``source`` and the key."""
     env_map = dict(os.environ if environ is None else environ)
     try:
+        _refuse_duplicate_keys(yaml.compose(text, Loader=yaml.SafeLoader))
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         where = ""
