@@ -28,10 +28,17 @@ from notifier.delivery import send_with_retries
 from notifier.discovery import tags_of
 from notifier.errors import ConfigError, DcsApiError, StateStoreError
 from notifier.events import Event, EventType, InstanceRef, Notification, event_id
-from notifier.logsetup import configure_logging
+from notifier.leases import DaemonConflict
+from notifier.logsetup import configure_logging, escape_controls
 from notifier.state import DeadLetter, StateStore
 
 log = logging.getLogger("notifier")
+
+
+def say(text: str, *, err: bool = False) -> None:
+    """Print one line that may carry values from outside (an API's messages, task names, tags): escaped
+    like the logs, so that none can start a line of its own."""
+    print(escape_controls(text), file=sys.stderr if err else sys.stdout)
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -169,7 +176,11 @@ async def _run(config: Config) -> int:
     async with Daemon(config) as daemon:
         _install_stop_handlers(daemon)
         freeze_startup_heap(config.poll.interval)
-        await daemon.run()
+        try:
+            await daemon.run()
+        except DaemonConflict as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     return 0
 
 
@@ -180,7 +191,7 @@ async def _once(config: Config) -> int:
     delivered = sum(r.delivered for r in report.deliveries.values())
     print(f"polled {len(report.polls)} instance(s): {events} event(s), {delivered} notification(s) delivered")
     for problem in report.problems:
-        print(f"FAILED {problem}", file=sys.stderr)
+        say(f"FAILED {problem}", err=True)
     return 1 if report.problems else 0
 
 
@@ -224,7 +235,7 @@ async def _send_test(config: Config, channel_name: str) -> int:
     finally:
         await channel.aclose()
     if error is not None:
-        print(f"FAILED {error}", file=sys.stderr)
+        say(f"FAILED {error}", err=True)
         return 1
     print(f"test notification {notification.event.id} delivered to {channel_name}")
     return 0
@@ -238,7 +249,7 @@ async def _list_instances(config: Config) -> int:
             try:
                 instances = await cloud.clients[spec.project_id].list_instances()
             except DcsApiError as exc:
-                print(f"error: project {spec.project_id}: {exc}", file=sys.stderr)
+                say(f"error: project {spec.project_id}: {exc}", err=True)
                 failed += 1
                 continue
             print(f"# account {spec.account}, region {spec.region}, project {spec.project_id}")
@@ -251,7 +262,7 @@ async def _list_instances(config: Config) -> int:
                 if tags:
                     details += " tags " + ", ".join(f"{k}={v}" for k, v in sorted(tags.items()))
                 name = json.dumps(inst.get("name", ""))
-                print(f'  - {{id: "{inst.get("instance_id")}", name: {name}}}  # {details}')
+                say(f'  - {{id: "{inst.get("instance_id")}", name: {name}}}  # {details}')
     finally:
         await cloud.aclose()
     return 1 if failed else 0
@@ -262,7 +273,7 @@ async def _health(config: Config) -> int:
     try:
         beat = await store.last_heartbeat()
     except StateStoreError as exc:
-        print(f"unhealthy: {exc}", file=sys.stderr)
+        say(f"unhealthy: {exc}", err=True)
         return 1
     finally:
         await store.redis.aclose()
@@ -306,10 +317,10 @@ async def _replay(config: Config, store: StateStore, letters: list[DeadLetter]) 
                 print(f"{d.entry_id}: delivered to {d.channel}")
             elif error.retryable:
                 await store.requeue_dead([d])
-                print(f"{d.entry_id}: {d.channel} still failing ({error}); re-queued for the daemon")
+                say(f"{d.entry_id}: {d.channel} still failing ({error}); re-queued for the daemon")
             else:
                 failed += 1
-                print(f"{d.entry_id}: refused again by {d.channel}: {error}; kept", file=sys.stderr)
+                say(f"{d.entry_id}: refused again by {d.channel}: {error}; kept", err=True)
     finally:
         for ch in built.values():
             await ch.aclose()
@@ -331,8 +342,8 @@ async def _dead_letters(config: Config, args: argparse.Namespace) -> int:
                     if n
                     else f"unreadable: {d.raw[:80]!r}"
                 )
-                print(f"{d.entry_id}  {d.channel}  {d.failed_at}  attempts={d.attempts}  {what}")
-                print(f"    error: {d.error}")
+                say(f"{d.entry_id}  {d.channel}  {d.failed_at}  attempts={d.attempts}  {what}")
+                say(f"    error: {d.error}")
             print(f"{len(letters)} dead letter(s)", file=sys.stderr)
             return 0
         if args.action == "purge":

@@ -78,6 +78,7 @@ class Cloud:
                 region=spec.region,
                 timeout=api.timeout,
                 page_size=api.page_size,
+                max_tasks=config.poll.max_tasks,
                 session=self.session,
                 transport=self.transport,
                 gate=self.gate,

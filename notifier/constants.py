@@ -43,6 +43,19 @@ one server or a Sentinel-managed master; a Redis Cluster uses hash-tagged names 
 ``{p}:heartbeat`` — STRING (ISO 8601), TTL 3 × poll interval + 10 s. Written every few seconds while
     some poll succeeded within the last 3 intervals; ``dcs-notifier health`` checks that it exists.
 
+``{p}:epoch`` — STRING (ISO 8601 of when it was written and a random token), no TTL.
+    Written by ``dcs-notifier run`` (and every replica) when missing. A running daemon reads it every few
+    seconds: gone, or another token than it saw, Redis has lost its data (FLUSHALL, a restart without
+    persistence, an eviction), and every instance is polled at once, writing back first the state the
+    daemon holds in memory instead of being baselined again by the next start (which would announce
+    again what was delivered).
+
+``{p}:daemon`` — STRING (``scaling.enabled: false`` only), TTL 3 × the heartbeat period (at least 3 s).
+    The name (``{hostname}-{pid}-{random}``) of the one daemon running this config; renewed by it alone.
+    A second daemon started on the same Redis and prefix refuses to start (two would send every
+    notification twice); one that finds it held by a killed predecessor waits for it to expire. Replicas
+    with ``scaling.enabled`` do not join while it is held.
+
 ``{p}:replicas`` — ZSET (``scaling.enabled`` only), TTL 10 × ``scaling.lease_ttl``.
     Live replicas: member = replica name, score = when its membership expires (ms since the epoch).
 
@@ -60,7 +73,8 @@ in its own::
     {p}:delivered:{{channel}}:{event_id}     e.g. dcsn:delivered:{audit}:evt_4f78...
     {p}:attempts:{{channel}}                 e.g. dcsn:attempts:{audit}
     {p}:dead:{{channel}}                     one dead-letter stream per channel (not one {p}:dead)
-    {p}:health, {p}:heartbeat               unchanged (single keys)
+    {p}:health, {p}:heartbeat, {p}:epoch    unchanged (single keys)
+    {p}:daemon                              unchanged (single key)
     {p}:replicas, {p}:lease:{shard}         unchanged (single keys)
 
 Types, fields and TTLs are as above. One server and Sentinel keep the untagged names (no migration).
@@ -150,6 +164,14 @@ class Keys:
     @property
     def heartbeat(self) -> str:
         return f"{self.prefix}:heartbeat"
+
+    @property
+    def epoch(self) -> str:
+        return f"{self.prefix}:epoch"
+
+    @property
+    def daemon(self) -> str:
+        return f"{self.prefix}:daemon"
 
     @property
     def replicas(self) -> str:

@@ -30,11 +30,21 @@ from notifier.config import Config, parse_redis_url
 from notifier.constants import Keys
 from notifier.delivery import Deliverer, PassResult
 from notifier.errors import StateStoreError
-from notifier.leases import ShardLeases, default_replica_id
+from notifier.leases import (
+    DaemonConflict,
+    DaemonLock,
+    ShardLeases,
+    daemon_holder,
+    default_replica_id,
+    wait_out,
+)
 from notifier.poller import Poller, PollOutcome, utcnow
 from notifier.state import RedisClient, StateStore
 
 log = logging.getLogger(__name__)
+
+#: The daemon lock's TTL is 3 heartbeat periods, and at least this many seconds.
+MIN_LOCK_TTL = 3.0
 
 
 def freeze_startup_heap(poll_interval: float) -> None:
@@ -195,6 +205,13 @@ class Daemon:
             delivery = delivery.model_copy(update={"consumer": f"{delivery.consumer}-{self.replica}"})
         self.deliverer = Deliverer(self.store, self.channels, delivery, stop=self.stop)
         self.poller = Poller(config, self.cloud.clients, self.store, clock=clock)
+        #: Set when another daemon of this config turned out to run (see DaemonLock).
+        self.conflict: DaemonConflict | None = None
+        #: The token of {p}:epoch this daemon saw (None: not yet): from then on, another means loss.
+        self._epoch: str | None = None
+        self.lock: DaemonLock | None = None
+        if self.replica is None:
+            self.lock = DaemonLock(self.store.redis, self.store.keys, ttl=max(3 * self._period, MIN_LOCK_TTL))
         if self.replica is not None:
             self.poller.leases = ShardLeases(
                 self.store.redis,
@@ -220,19 +237,86 @@ class Daemon:
         report.deliveries = await deliverer.drain_all(budget=cfg.once_attempts)
         return report
 
-    async def _heartbeat(self) -> None:
-        """Alive means: polls succeed. The heartbeat is written only while some poll succeeded lately."""
+    @property
+    def _period(self) -> float:
+        """How often the daemon writes its heartbeat, renews its lock and checks Redis kept its data."""
+        return min(self.config.poll.interval, 5.0)
+
+    async def _keep(self) -> None:
+        """Every few seconds: the heartbeat (only while some poll succeeded lately: alive means polls
+        succeed), the daemon's lock, and whether Redis still holds the daemon's data."""
         interval = self.config.poll.interval
         while not self.stop.is_set():
             last = self.poller.last_success
-            if last is not None and time.monotonic() - last <= 3 * interval:
-                with contextlib.suppress(StateStoreError):
+            with contextlib.suppress(StateStoreError):
+                if last is not None and time.monotonic() - last <= 3 * interval:
                     await self.store.heartbeat(int(interval * 3) + 10)
+            await self._keep_lock()
+            await self._check_data()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stop.wait(), timeout=min(interval, 5.0))
+                await asyncio.wait_for(self.stop.wait(), timeout=self._period)
+
+    async def _keep_lock(self) -> None:
+        if self.lock is None:
+            return
+        try:
+            problem = await self.lock.check()
+        except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException, OSError):
+            return  # Redis is away (the store logs that): keep running, renew when it returns
+        if problem is not None:
+            # Another daemon took the lock while this one could not renew it, or a replica with
+            # scaling.enabled started while Redis was away: this one gives way.
+            self.conflict = problem
+            log.error("%s; stopping this one", problem)
+            self.request_stop()
+
+    async def _check_data(self) -> None:
+        """Notice Redis losing its data while the daemon runs (see ``{p}:epoch`` in constants)."""
+        try:
+            if self._epoch is None:
+                self._epoch = await self.store.claim_epoch()
+                return
+            if await self.store.epoch() == self._epoch:
+                return
+            # Gone, or written anew by another replica that noticed the loss first.
+            restored = self.poller.restore()
+            log.warning(
+                "Redis has lost its data (FLUSHALL, or a restart without persistence): the state of %d "
+                "instance(s) is written back from memory with their next polls; notifications that were "
+                "waiting in the outbox were lost with it",
+                restored,
+            )
+            self._epoch = None
+            await self.store.rewrite_health(dict(self.poller.health.announced))
+            self._epoch = await self.store.claim_epoch()
+        except StateStoreError:
+            pass  # logged once per episode by the store
 
     async def run(self) -> None:
-        """Poll and deliver until ``request_stop()``; sends in flight finish first."""
+        """Poll and deliver until ``request_stop()``; sends in flight finish first.
+
+        Raises :class:`~notifier.leases.DaemonConflict` when another daemon of this config runs on the
+        same Redis (at start, or when it turns out later that one took over).
+        """
+        try:
+            if self.lock is not None:
+                admitted = await self.lock.acquire(self.stop)
+            else:
+                admitted = await wait_out(
+                    lambda: daemon_holder(self.store.redis, self.store.keys), self.stop, self._period * 3
+                )
+        except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException, OSError) as exc:
+            log.warning("cannot check for another daemon now (Redis: %s); checking when it answers", exc)
+            admitted = not self.stop.is_set()
+        if not admitted:
+            return
+        with contextlib.suppress(StateStoreError):
+            self._epoch = await self.store.claim_epoch()
+        await self._run()
+        if self.conflict is not None:
+            raise self.conflict
+
+    async def _run(self) -> None:
         log.info(
             "dcs-notifier running: %d project(s), %d instance(s) named, %d discovering, %d channel(s), "
             "poll every %g s",
@@ -261,7 +345,7 @@ class Daemon:
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self.poller.run(self.stop), name="poller")
-                tg.create_task(self._heartbeat(), name="heartbeat")
+                tg.create_task(self._keep(), name="keep")
         finally:
             self.request_stop()
             # Sends in flight get stop_timeout to finish; whatever is left stays queued for the next start.
@@ -278,6 +362,8 @@ class Daemon:
                     "they will be sent again after the restart, with the same ids",
                     unacked,
                 )
+            if self.lock is not None:
+                await self.lock.release()
         log.info("dcs-notifier stopped")
 
     async def aclose(self) -> None:

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 from notifier.channels.base import Channel
 from notifier.config import DeliveryConfig
-from notifier.errors import DeliveryError, Reason, StateStoreError
+from notifier.errors import CorruptStateError, DeliveryError, Reason, StateStoreError
 from notifier.events import Notification
 from notifier.state import OutboxEntry, StateStore
 
@@ -324,6 +324,7 @@ class Deliverer:
         """A channel's worker: pass after pass until stopped, idling in a blocking read of new entries."""
         recover = True
         next_claim = 0.0
+        reported = ""
         while not self.stop.is_set():
             now = time.monotonic()
             claim = now >= next_claim
@@ -332,8 +333,11 @@ class Deliverer:
             try:
                 result = await self.drain(name, recover=recover, claim=claim, block_ms=IDLE_BLOCK_MS)
             except StateStoreError as exc:
-                if not self.store.down:  # an outage is logged once by the store; anything else here
+                # Redis's problems are logged once per episode by the store; the channel's own keys
+                # being unreadable is this channel's, logged when it starts or changes.
+                if isinstance(exc, CorruptStateError) and str(exc) != reported:
                     log.error("delivery to %s paused: %s", name, exc)
+                reported = str(exc)
                 recover = True
                 await pause(retry_interval, self.stop)
                 continue
@@ -345,6 +349,7 @@ class Deliverer:
                 recover = True
                 await pause(retry_interval, self.stop)
                 continue
+            reported = ""
             recover = not result.ok
             if not result.ok:
                 await pause(retry_interval, self.stop)

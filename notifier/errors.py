@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
+from dataclasses import dataclass
+
+#: How much of an unexpected exception's text a report keeps.
+MAX_FAILURE_TEXT = 300
 
 
 class NotifierError(Exception):
@@ -66,14 +70,40 @@ class DcsApiError(NotifierError):
         super().__init__(text)
 
     @property
-    def fingerprint(self) -> tuple[object, ...]:
-        """What makes two errors "the same" for reporting (the request id differs every time)."""
-        return (self.reason, self.http_status, self.error_code, self.message)
-
-    @property
     def retryable(self) -> bool:
         """Worth trying again soon: throttling, server errors, timeouts, broken connections."""
         return self.reason in {Reason.RATE_LIMITED, Reason.SERVER_ERROR, Reason.TIMEOUT, Reason.CONNECTION}
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """What a report needs of a failed poll — never the exception itself, whose traceback would keep
+    every frame it passed through alive (a pager's frames hold the pages read so far)."""
+
+    reason: Reason
+    #: The whole line, as the exception said it (instance, status, code, message, request id).
+    text: str
+    #: The cause alone (``error_msg``, or the exception's text).
+    message: str
+    http_status: int | None = None
+    error_code: str | None = None
+    request_id: str | None = None
+
+    @classmethod
+    def of(cls, exc: BaseException) -> Failure:
+        """The failure an exception stands for; one that is not a :class:`DcsApiError` is INTERNAL."""
+        if isinstance(exc, DcsApiError):
+            return cls(exc.reason, str(exc), exc.message, exc.http_status, exc.error_code, exc.request_id)
+        if isinstance(exc, NotifierError):  # one of ours: its message says it all
+            return cls(Reason.INTERNAL, str(exc)[:MAX_FAILURE_TEXT], str(exc)[:MAX_FAILURE_TEXT])
+        detail = str(exc)[:MAX_FAILURE_TEXT]
+        text = f"unexpected {type(exc).__name__}" + (f": {detail}" if detail else "")
+        return cls(Reason.INTERNAL, text, text)
+
+    @property
+    def fingerprint(self) -> tuple[object, ...]:
+        """What makes two failures "the same" for reporting (the request id differs every time)."""
+        return (self.reason, self.http_status, self.error_code, self.message)
 
 
 class DeliveryError(NotifierError):
@@ -93,6 +123,11 @@ class DeliveryError(NotifierError):
 
 class StateStoreError(NotifierError):
     """Redis could not be reached or refused an operation; no state was advanced."""
+
+
+class CorruptStateError(StateStoreError):
+    """What Redis holds for one instance cannot be read (a key of the wrong type, a field that is not
+    the JSON this version writes): that instance's failure, not an outage."""
 
 
 class CredentialsError(NotifierError):

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from notifier.errors import DcsApiError, Reason
+from notifier.errors import Failure, Reason
 from notifier.events import Event, EventType, InstanceRef, PollProblem, event_id
 
 #: The 404 of a deleted instance: announced as instance.removed, not a polling problem. Any other 404
@@ -26,7 +26,7 @@ _INSTANCE_GONE = "DCS.3022"
 class _Streak:
     started: float  # monotonic
     since: datetime  # wall clock, for the message
-    error: DcsApiError
+    failure: Failure  # the latest (a record, not the exception: see Failure)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,21 +54,23 @@ class HealthTracker:
         self._monotonic = monotonic
         self._clock = clock
 
-    def failed(self, subject: Subject, error: DcsApiError) -> Event | None:
-        """A poll failed: the ``poller.unhealthy`` event to announce now, if this crosses the threshold."""
-        if error.reason is Reason.NOT_FOUND and error.error_code == _INSTANCE_GONE:
+    def failed(self, subject: Subject, error: BaseException | Failure) -> Event | None:
+        """A poll failed (any way: an API error or an unexpected one): the ``poller.unhealthy`` event to
+        announce now, if this crosses the threshold."""
+        failure = error if isinstance(error, Failure) else Failure.of(error)
+        if failure.reason is Reason.NOT_FOUND and failure.error_code == _INSTANCE_GONE:
             return None
         streak = self._streaks.get(subject.key)
         if streak is None:
-            streak = self._streaks[subject.key] = _Streak(self._monotonic(), self._clock(), error)
-        streak.error = error
+            streak = self._streaks[subject.key] = _Streak(self._monotonic(), self._clock(), failure)
+        streak.failure = failure
         if subject.key in self.announced or self._monotonic() - streak.started < self.after:
             return None
         problem = PollProblem(
-            reason=error.reason.value,
-            message=str(error),
-            http_status=error.http_status,
-            error_code=error.error_code,
+            reason=failure.reason.value,
+            message=failure.text,
+            http_status=failure.http_status,
+            error_code=failure.error_code,
             since=streak.since,
         )
         return self._event(subject, EventType.POLLER_UNHEALTHY, problem)

@@ -21,17 +21,22 @@ an instance only while it holds the lease of its shard, a Redis key with a TTL:
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import logging
 import os
+import secrets
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis.exceptions
 
 from notifier.constants import Keys
+from notifier.errors import NotifierError
 from notifier.state import RedisClient
 
 log = logging.getLogger(__name__)
@@ -47,6 +52,27 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+
+
+#: Renew the daemon lock if it is ours, take it if it is free; else answer who holds it.
+_HOLD = """
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] or not holder then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return false
+end
+return holder
+"""
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+class DaemonConflict(NotifierError):
+    """Another daemon runs on the same Redis and key prefix: both would send every notification."""
 
 
 def default_replica_id() -> str:
@@ -184,3 +210,125 @@ class ShardLeases:
                 self.ttl,
             )
         self.held = set()
+
+
+class DaemonLock:
+    """The one daemon of a config without ``scaling.enabled``: a key (``{p}:daemon``) only it renews.
+
+    Two such daemons on one Redis would each poll every instance and send every notification twice
+    (measured: 4.7 % of sends duplicated, as their polls interleave). The second to start refuses to.
+    One that finds the key held by a predecessor killed with SIGKILL waits for it to expire (it is not
+    renewed any more, so it is gone within its TTL); so does one that finds the membership of a killed
+    replica with ``scaling.enabled``. The owner's name carries a random token: two containers with the
+    same hostname and process id are still two daemons.
+    """
+
+    def __init__(
+        self, redis_client: RedisClient, keys: Keys, *, ttl: float, owner: str | None = None
+    ) -> None:
+        self.redis = redis_client
+        self.keys = keys
+        self.owner = owner or f"{default_replica_id()}-{secrets.token_hex(4)}"
+        self.ttl = ttl
+
+    async def acquire(self, stop: asyncio.Event) -> bool:
+        """Take the lock once no other daemon or replica is live; False when stopped meanwhile.
+
+        Raises DaemonConflict when one is (it outlives the time a killed one would take to vanish), and
+        Redis errors for the caller."""
+        if not await wait_out(lambda: live_replicas(self.redis, self.keys), stop, self.ttl):
+            return False
+        return await wait_out(self._holder, stop, self.ttl)
+
+    async def _holder(self) -> tuple[DaemonConflict, float] | None:
+        holder = await self.hold()
+        if holder is None:
+            return None
+        left = float(await self.redis.pttl(self.keys.daemon)) / 1000
+        return conflict(holder, self.keys.prefix), max(0.0, left)
+
+    async def hold(self) -> str | None:
+        """Renew (or take) the lock: None when this daemon holds it, else who does."""
+        holder = await self.redis.eval(_HOLD, 1, self.keys.daemon, self.owner, int(self.ttl * 1000))
+        return None if holder is None else str(holder)
+
+    async def check(self) -> DaemonConflict | None:
+        """While running: renew the lock; the conflict, when another daemon took it (this one could not
+        renew it for longer than its TTL) or replicas with ``scaling.enabled`` run (one started while
+        Redis was away): this daemon then gives way."""
+        holder = await self.hold()
+        if holder is not None:
+            return conflict(holder, self.keys.prefix)
+        found = await live_replicas(self.redis, self.keys)
+        return None if found is None else found[0]
+
+    async def release(self) -> None:
+        """On stop: let a successor start at once."""
+        try:
+            await self.redis.eval(_RELEASE, 1, self.keys.daemon, self.owner)
+        except (redis.exceptions.RedisError, OSError) as exc:
+            log.warning("could not release the daemon lock (%s); it expires in %g s", exc, self.ttl)
+
+
+Probe = Callable[[], Awaitable[tuple[DaemonConflict, float] | None]]
+
+
+async def wait_out(probe: Probe, stop: asyncio.Event, period: float) -> bool:
+    """Wait while ``probe`` finds another process (the conflict, and how long until a dead one would be
+    gone); True once it finds none, False when stopped. A process that renews its mark meanwhile (the
+    time left grew), or is still there after that time, is alive: its conflict is raised."""
+    deadline: float | None = None
+    before = float("inf")
+    while (found := await probe()) is not None:
+        problem, left = found
+        if left > before:  # a dead process's mark only ever runs down
+            raise problem
+        before = left
+        if deadline is None:
+            deadline = time.monotonic() + left + 0.5
+            log.warning(
+                "%s; waiting up to %.0f s in case it was killed and its mark expires", problem, left + 0.5
+            )
+        if time.monotonic() >= deadline:
+            raise problem
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), min(period / 3, max(0.05, deadline - time.monotonic())))
+        if stop.is_set():
+            return False
+    return True
+
+
+async def live_replicas(redis_client: RedisClient, keys: Keys) -> tuple[DaemonConflict, float] | None:
+    """Replicas with ``scaling.enabled`` whose membership has not expired, and when the last would."""
+    now_ms = int(time.time() * 1000)
+    found: list[Any] = await redis_client.zrangebyscore(keys.replicas, now_ms, "+inf", withscores=True)
+    if not found:
+        return None
+    members = [(str(m), float(score)) for m, score in found]
+    names = ", ".join(sorted(m for m, _ in members)[:5])
+    problem = DaemonConflict(
+        f"replicas with scaling.enabled ({names}) run on this Redis with key prefix {keys.prefix!r}: "
+        "set scaling.enabled: true here too, or stop them"
+    )
+    return problem, max(0.0, (max(score for _, score in members) - now_ms) / 1000)
+
+
+async def daemon_holder(redis_client: RedisClient, keys: Keys) -> tuple[DaemonConflict, float] | None:
+    """A daemon without ``scaling.enabled`` holding the lock (a replica must not join), and its TTL."""
+    holder = await redis_client.get(keys.daemon)
+    if holder is None:
+        return None
+    left = float(await redis_client.pttl(keys.daemon)) / 1000
+    problem = DaemonConflict(
+        f"a dcs-notifier without scaling.enabled ({holder!s}) runs on this Redis with key prefix "
+        f"{keys.prefix!r}: set scaling.enabled: true there too, or stop it"
+    )
+    return problem, max(0.0, left)
+
+
+def conflict(holder: str, prefix: str) -> DaemonConflict:
+    return DaemonConflict(
+        f"another dcs-notifier ({holder}) is running on this Redis with key prefix {prefix!r}: two "
+        "daemons would send every notification twice. Stop it, or set scaling.enabled: true on both "
+        "to share the fleet"
+    )

@@ -11,6 +11,12 @@ instance list returns (re-listed every ``discovery.interval``; see :mod:`notifie
 Windows are incremental: a poll asks only for tasks created since the last successful poll (minus
 ``poll.skew``), or since the oldest task still in progress, so its cost does not grow with history.
 
+What the poller keeps of each watched instance is one record (:class:`_Watch`): retiring an instance
+drops it whole. Events a poll found but could not commit (Redis refused or was away) stay in that
+record and are committed with the next poll's, so a task that started and finished meanwhile still
+has its ``task.started``. If Redis loses its data while the daemon runs (:meth:`Poller.restore`), each
+instance's next poll writes back the state this process last committed instead of starting over.
+
 Scheduling per instance, after a poll (each delay jittered by ``poll.jitter``, first polls spread
 over one interval, so instances never poll in lock-step):
 * success, throttling (the shared rate limiter slows down instead), Redis down → ``poll.interval``;
@@ -22,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import math
@@ -38,7 +45,14 @@ from notifier.dcs.client import DcsClient
 from notifier.dcs.models import IN_PROGRESS_STATUSES, Outcome, classify_status
 from notifier.diff import DiffContext, DiffResult, Snapshot, diff
 from notifier.discovery import select
-from notifier.errors import DcsApiError, Reason, StateStoreError
+from notifier.errors import (
+    CorruptStateError,
+    DcsApiError,
+    Failure,
+    NotifierError,
+    Reason,
+    StateStoreError,
+)
 from notifier.events import Event, EventType, InstanceRef, Notification, event_id
 from notifier.health import HealthTracker, Subject
 from notifier.leases import TICKS_PER_TTL, ShardLeases
@@ -59,8 +73,12 @@ SCHEDULE_TICK_SECONDS = 0.1
 MIN_END_MARGIN = timedelta(seconds=60)
 #: Margin added to a measured clock offset (the Date header has 1 s resolution, plus latency).
 SKEW_SLACK_SECONDS = 60.0
+#: Windows are widened for the API's clock by at most this (poll.skew's own maximum).
+MAX_SKEW_SECONDS = 86_400.0
 #: The 404 code of an instance that does not exist (any more).
 INSTANCE_GONE = "DCS.3022"
+#: Events found but not yet committed (Redis refusing writes) kept per instance, the oldest first.
+MAX_UNCOMMITTED = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +104,12 @@ class PollOutcome:
     target: Target
     events: list[Event] = field(default_factory=list)
     notifications: list[Notification] = field(default_factory=list)
+    #: Why the poll failed, without its traceback (whose frames would keep a partial answer alive).
     error: Exception | None = None
+
+    def failed(self, exc: Exception) -> None:
+        exc.__traceback__ = exc.__context__ = exc.__cause__ = None
+        self.error = exc
 
     @property
     def instance(self) -> InstanceConfig:
@@ -134,6 +157,29 @@ class _Control:
 def _release(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_result(None)
+
+
+@dataclass(slots=True)
+class _Watch:
+    """Everything the poller keeps about one watched instance; :meth:`Poller.retire` drops it whole."""
+
+    target: Target
+    #: The switches of its polling loop (a running daemon only).
+    control: _Control | None = None
+    #: Its state as this process last committed it, while this process owns it (see _Known).
+    known: _Known | None = None
+    #: The state to write back when Redis has lost it (see Poller.restore).
+    remembered: Snapshot | None = None
+    #: When it was last polled successfully, and (monotonic) when that was last written as ``~polled``.
+    last_polled: datetime | None = None
+    touched: float = 0.0
+    #: Failed polls in a row (backoff), and the failure last logged (logged again only when it changes).
+    failures: int = 0
+    reported: tuple[object, ...] | None = None
+    #: Discovery listings in a row that did not list it.
+    unlisted: int = 0
+    #: Events found but not committed yet (Redis refused the commit), oldest first.
+    uncommitted: list[Event] = field(default_factory=list)
 
 
 def utcnow() -> datetime:
@@ -190,6 +236,22 @@ def _phase(key: str) -> float:
     return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=4).digest(), "big") / 2**32
 
 
+def _forget_known(w: _Watch) -> None:
+    """Read the instance's state from Redis at its next poll, remembering what this process committed
+    last, to write it back should Redis hold none then (see Poller._write_back)."""
+    if w.known is not None:
+        w.remembered, w.known = w.known.snapshot, None
+
+
+def _with_uncommitted(uncommitted: list[Event], result: DiffResult) -> DiffResult:
+    """``result`` with the events earlier polls found but could not commit, first (each once)."""
+    if not uncommitted:
+        return result
+    fresh = {ev.id for ev in uncommitted}
+    events = [*uncommitted, *(ev for ev in result.events if ev.id not in fresh)]
+    return dataclasses.replace(result, events=events)
+
+
 class Poller:
     def __init__(
         self,
@@ -207,21 +269,14 @@ class Poller:
         self._monotonic = monotonic
         self.projects = config.projects()
         #: Every watched instance, by key ``{project_id}/{instance_id}``.
-        self.targets: dict[str, Target] = {
-            t.key: t for spec in self.projects for t in (Target(spec, i) for i in spec.instances)
+        self._watches: dict[str, _Watch] = {
+            t.key: _Watch(t) for spec in self.projects for t in (Target(spec, i) for i in spec.instances)
         }
         #: ``time.monotonic()`` of the last successful poll of any instance (the heartbeat's source).
         self.last_success: float | None = None
         self.health = HealthTracker(config.health.after, monotonic=monotonic, clock=clock)
         self._channels = list(config.channels)
-        self._reported: dict[str, tuple[object, ...]] = {}  # key (or project id) → last error reported
-        self._failures: dict[str, int] = {}
-        self._last_polled: dict[str, datetime] = {}
-        self._touched: dict[str, float] = {}
-        self._unlisted: dict[str, int] = {}  # discovered instances missing from consecutive listings
-        self._controls: dict[str, _Control] = {}
-        #: The state of instances this process owns, as it last committed it (see _Known).
-        self._known: dict[str, _Known] = {}
+        self._discovery_reported: dict[str, tuple[object, ...]] = {}  # project id → last error logged
         self._cold = asyncio.Semaphore(config.api.max_concurrency)
         self._skew_warned: set[str] = set()
         # The poll settings as the per-poll path uses them (converted once, not on every poll).
@@ -234,13 +289,18 @@ class Poller:
         self.leases: ShardLeases | None = None
         self._stop: asyncio.Event | None = None
 
+    @property
+    def targets(self) -> dict[str, Target]:
+        """Every watched instance, by key ``{project_id}/{instance_id}`` (a copy)."""
+        return {key: w.target for key, w in self._watches.items()}
+
     # -- one poll --------------------------------------------------------------------------------
 
     async def poll_instance(self, inst: InstanceConfig) -> PollOutcome:
         """Poll a configured instance by its config entry (looked up among the targets)."""
-        for target in self.targets.values():
-            if target.instance.id == inst.id:
-                return await self.poll_target(target)
+        for w in self._watches.values():
+            if w.target.instance.id == inst.id:
+                return await self.poll_target(w.target)
         raise KeyError(f"instance {inst.id} is not watched")
 
     async def poll_target(self, target: Target) -> PollOutcome:
@@ -252,21 +312,26 @@ class Poller:
         tasks) are also limited to ``api.max_concurrency`` at once, which bounds the memory of a start
         with thousands of instances.
         """
-        if target.key in self._known:
-            return await self._poll(target)
+        # An instance retired meanwhile keeps its record for this last poll, which then goes nowhere.
+        w = self._watches.get(target.key)
+        if w is None or w.target != target:
+            w = _Watch(target)
+        if w.known is not None:
+            return await self._poll(w)
         async with self._cold:
-            return await self._poll(target)
+            return await self._poll(w)
 
-    async def _poll(self, target: Target) -> PollOutcome:
+    async def _poll(self, w: _Watch) -> PollOutcome:
+        target = w.target
         outcome = PollOutcome(target)
-        key, spec, inst = target.key, target.project, target.instance
+        spec, inst = target.project, target.instance
         now = self.clock()
-        last = self._last_polled.get(key)
+        last = w.last_polled
         touch = None
-        if last is not None and self._monotonic() - self._touched.get(key, 0.0) >= TOUCH_EVERY_SECONDS:
+        if last is not None and self._monotonic() - w.touched >= TOUCH_EVERY_SECONDS:
             touch = last
         previous: Snapshot | None = None
-        known = self._known.get(key)
+        known = w.known
         try:
             if known is not None:
                 # This process owns the instance and wrote its state last: no need to read it back.
@@ -274,7 +339,9 @@ class Poller:
             else:
                 previous = await self.store.load(spec.project_id, inst.id, touch=touch)
                 if touch is not None:
-                    self._touched[key] = self._monotonic()
+                    w.touched = self._monotonic()
+                if previous is None and w.remembered is not None:
+                    previous = await self._write_back(w, w.remembered)
             client = self.clients[spec.project_id]
             skew = self._skew(spec, client)
             start = query_start(previous, last, now, window=self._window, skew=skew)
@@ -285,9 +352,8 @@ class Poller:
                 unchanged=known.digest if known is not None else None,
             )
             if answer.tasks is None:  # the very same answer as last time: nothing can have changed
-                await self._succeeded(target, now)
+                await self._succeeded(w, now)
                 return outcome
-            tasks = answer.tasks
             ctx = DiffContext(
                 project_id=spec.project_id,
                 region=spec.region,
@@ -297,83 +363,175 @@ class Poller:
                 window_start=start,
                 next_window_start=now - skew,
             )
-            result = diff(previous, tasks, ctx)
+            result = _with_uncommitted(w.uncommitted, diff(previous, answer.tasks, ctx))
             notifications = [n for ev in result.events for n in self._route(ev)]
-            await self.store.commit(
-                spec.project_id,
-                inst.id,
-                result,
-                notifications,
-                baseline_at=previous.baseline_at if previous is not None else now,
-                polled_at=now,
-                revived=previous is not None and previous.removed_at is not None,
-            )
-            self._known[key] = _Known(advance(previous, result, now), answer.digest)
-        except DcsApiError as exc:
-            outcome.error = exc
-            if exc.reason is Reason.NOT_FOUND and previous is not None:
-                await self._instance_gone(target, previous, exc)
-            else:
-                self._report(target, exc)
-                await self._announce(target.key, self.health.failed(target.subject, exc))
-            return outcome
-        except StateStoreError as exc:
-            outcome.error = exc
-            self._known.pop(key, None)  # read the state back once Redis answers (it may have lost it)
-            self._report(target, exc)
+            snapshot = advance(previous, result, now)
+            try:
+                committed = await self.store.commit(
+                    spec.project_id,
+                    inst.id,
+                    result,
+                    notifications,
+                    baseline_at=previous.baseline_at if previous is not None else now,
+                    polled_at=now,
+                    revived=previous is not None and previous.removed_at is not None,
+                    expected=snapshot if previous is not None else None,
+                )
+            except StateStoreError:
+                w.uncommitted = result.events[:MAX_UNCOMMITTED]
+                raise
+            w.uncommitted = []
+            w.remembered = None
+            w.known = _Known(snapshot, answer.digest)
+        except Exception as exc:
+            await self._poll_failed(w, previous, exc)
+            outcome.failed(exc)  # only now: the report above had the whole traceback
             return outcome
         outcome.events = result.events
         outcome.notifications = notifications
         if result.baseline_at is not None:
             log.info("baseline of %s (%s): %d task(s) recorded", inst.name, inst.id, len(result.upserts))
+        if committed.rewritten:
+            log.warning("state of %s (%s) was gone from Redis: written back whole", inst.name, inst.id)
+        if committed.parts > 1:
+            log.warning(
+                "%s (%s): %d event(s) and %d task change(s) in one poll, committed in %d parts",
+                inst.name,
+                inst.id,
+                len(result.events),
+                len(result.upserts),
+                committed.parts,
+            )
         for ev in result.events:
             log.info("%s: %s [%s]", ev.type.value, ev.summary, ev.task.id if ev.task else "-")
-        await self._succeeded(target, now)
+        await self._succeeded(w, now)
         return outcome
 
-    async def _succeeded(self, target: Target, now: datetime) -> None:
-        key = target.key
-        self._last_polled[key] = now
-        self._touched.setdefault(key, self._monotonic())
-        self._unlisted.pop(key, None)
+    async def _write_back(self, w: _Watch, snapshot: Snapshot) -> Snapshot:
+        """Redis holds nothing for an instance whose state this process knows (it lost its data): write
+        it back, before anything else (should the API fail now, the next start must still find it)."""
+        spec, inst = w.target.project, w.target.instance
+        empty = DiffResult(events=[], upserts={}, removals=[], baseline_at=None)
+        await self.store.commit(
+            spec.project_id,
+            inst.id,
+            empty,
+            [],
+            baseline_at=snapshot.baseline_at,
+            polled_at=snapshot.polled_at,
+            whole=snapshot,
+        )
+        w.remembered = None
+        log.info("state of %s (%s) written back to Redis from memory", inst.name, inst.id)
+        return snapshot
+
+    async def _poll_failed(self, w: _Watch, previous: Snapshot | None, exc: Exception) -> None:
+        target = w.target
+        if isinstance(exc, DcsApiError):
+            if exc.reason is Reason.NOT_FOUND and previous is not None:
+                await self._instance_gone(w, previous, exc)
+            elif target.discovered and exc.error_code == INSTANCE_GONE:
+                # Listed, then deleted before its first poll: nothing to announce, nothing to keep.
+                name, iid = target.instance.name, target.instance.id
+                log.info("instance %s (%s) was deleted before its first poll", name, iid)
+                await self._close_health(target.key)
+                self.retire(target.key)
+            else:
+                await self._failed(w, exc)
+            return
+        # Read the state back once Redis answers; should it have lost it meanwhile (restarted empty),
+        # write back this one instead of starting over.
+        _forget_known(w)
+        if isinstance(exc, StateStoreError) and not isinstance(exc, CorruptStateError):
+            return  # Redis as a whole: logged once per episode by the store; no backoff, no health
+        # This instance's state being unreadable, a bug, or an answer nothing foresaw: this instance's
+        # failure, logged (whole, for a bug) when it starts or changes, counted towards its health.
+        await self._failed(w, exc)
+
+    async def _succeeded(self, w: _Watch, now: datetime) -> None:
+        w.last_polled = now
+        if not w.touched:
+            w.touched = self._monotonic()
+        w.unlisted = 0
+        w.failures = 0
         self.last_success = time.monotonic()
-        if key in self._reported:
-            self._recovered(target)
+        if w.reported is not None:
+            w.reported = None
+            log.info("poll of %s recovered", w.target.instance.name)
+        key = w.target.key
+        if self._watches.get(key) is not w:
+            return  # retired while this poll was under way
         if key in self.health.announced or self.health.failing(key):
-            await self._announce(key, self.health.succeeded(target.subject))
+            await self._announce(key, self.health.succeeded(w.target.subject))
+
+    async def _failed(self, w: _Watch, exc: Exception) -> None:
+        """A failed poll (not Redis's doing): log it when it starts or changes, count it for health."""
+        if self._watches.get(w.target.key) is not w:
+            return  # retired while this poll was under way: nothing more to say of it
+        w.failures += 1
+        failure = Failure.of(exc)
+        name = w.target.instance.name
+        if failure.reason is Reason.RATE_LIMITED:
+            # The endpoint's rate limiter logs each slow-down once; per instance, it is routine.
+            log.debug("poll of %s throttled: %s", name, failure.text)
+        elif w.reported != failure.fingerprint:
+            w.reported = failure.fingerprint
+            if not isinstance(exc, NotifierError):  # a bug, or an input nothing foresaw: the traceback
+                log.error("poll of %s failed unexpectedly: %s", name, failure.text, exc_info=exc)
+            else:
+                log.error("poll of %s failed: %s", name, failure.text)
+        else:
+            log.debug("poll of %s still failing: %s", name, failure.text)
+        await self._announce(w.target.key, self.health.failed(w.target.subject, failure))
 
     def _skew(self, spec: ProjectSpec, client: DcsClient) -> timedelta:
-        """``poll.skew``, widened when the API's clock (its ``Date`` header) is further off than that."""
+        """``poll.skew``, widened when the API's clock (its ``Date`` header) is further off than that,
+        up to a day (a Date in another millennium is a broken gateway, not a clock to follow)."""
         margin = self.config.poll.skew
         offset = client.clock_offset
         if offset is None or abs(offset) + SKEW_SLACK_SECONDS <= margin:
             return self._skew_margin
+        widened = min(abs(offset) + SKEW_SLACK_SECONDS, MAX_SKEW_SECONDS)
         if spec.host not in self._skew_warned:
             self._skew_warned.add(spec.host)
             log.warning(
                 "the clock of %s differs from ours by %+.0f s, more than poll.skew (%g s): "
-                "poll windows are widened to cover it; check NTP on this host",
+                "poll windows are widened by %.0f s to cover it; check NTP on this host",
                 spec.host,
                 offset,
                 margin,
+                widened,
             )
-        return timedelta(seconds=abs(offset) + SKEW_SLACK_SECONDS)
+        return timedelta(seconds=widened)
 
     def _route(self, event: Event) -> list[Notification]:
         return route(event, self.config.rules, self._channels, self.config.health.channels)
 
+    def restore(self) -> int:
+        """Redis lost its data while running: each instance this process holds the state of polls at
+        once, writing that state back first (the diff then runs against it, so nothing is announced
+        twice). Returns how many instances do."""
+        count = 0
+        for key, w in self._watches.items():
+            if w.known is not None:
+                _forget_known(w)
+                count += 1
+                self.wake(key)  # written back now, not at the next poll (maybe minutes away, in backoff)
+        return count
+
     # -- removed instances and health --------------------------------------------------------------
 
-    async def _instance_gone(self, target: Target, previous: Snapshot, exc: DcsApiError | None) -> None:
+    async def _instance_gone(self, w: _Watch, previous: Snapshot, exc: DcsApiError | None) -> None:
         """The instance was deleted: announce ``instance.removed`` once, keep its state for a TTL."""
+        target = w.target
         inst = target.instance
         if exc is not None and exc.error_code != INSTANCE_GONE:
-            self._report(target, exc)  # a 404 of another kind (a wrong URL, a proxy?): not proof of deletion
+            await self._failed(w, exc)  # a 404 of another kind (a wrong URL, a proxy?): not proof of deletion
             return
         key = target.key
-        self._known.pop(key, None)
-        self._last_polled.pop(key, None)  # no more ~polled writes: the state is left to expire
-        self._touched.pop(key, None)
+        w.known = w.remembered = None
+        w.last_polled = None  # no more ~polled writes: the state is left to expire
+        w.touched = 0.0
         if previous.removed_at is None:
             now = self.clock()
             event = Event(
@@ -398,7 +556,8 @@ class Poller:
             except StateStoreError:
                 return  # announced on a later attempt
             log.warning("instance.removed: %s", event.summary)
-        self._failures.pop(key, None)
+        w.failures = 0
+        w.reported = None
         await self._close_health(key)
         if target.discovered:
             self.retire(key)
@@ -430,33 +589,6 @@ class Poller:
         with contextlib.suppress(StateStoreError):
             self.health.announced.update(await self.store.load_health())
 
-    # -- error reporting -------------------------------------------------------------------------
-
-    def _report(self, target: Target, exc: Exception) -> None:
-        name = target.instance.name
-        if isinstance(exc, StateStoreError):
-            # Not the API's fault: no backoff (polling resumes as soon as Redis does), and an outage
-            # is logged once by the store, not once per poll.
-            if not self.store.down:
-                log.error("poll of %s failed: %s", name, exc)
-            return
-        self._failures[target.key] = self._failures.get(target.key, 0) + 1
-        if isinstance(exc, DcsApiError) and exc.reason is Reason.RATE_LIMITED:
-            # The endpoint's rate limiter logs each slow-down once; per instance, it is routine.
-            log.debug("poll of %s throttled: %s", name, exc)
-            return
-        fingerprint = exc.fingerprint if isinstance(exc, DcsApiError) else (str(exc),)
-        if self._reported.get(target.key) != fingerprint:
-            self._reported[target.key] = fingerprint
-            log.error("poll of %s failed: %s", name, exc)
-        else:
-            log.debug("poll of %s still failing: %s", name, exc)
-
-    def _recovered(self, target: Target) -> None:
-        self._failures.pop(target.key, None)
-        if self._reported.pop(target.key, None) is not None:
-            log.info("poll of %s recovered", target.instance.name)
-
     # -- scheduling ------------------------------------------------------------------------------
 
     def _jittered(self, seconds: float) -> float:
@@ -477,7 +609,8 @@ class Poller:
         if isinstance(exc, DcsApiError) and exc.reason is Reason.RATE_LIMITED:
             # The endpoint's rate limiter has slowed down for everyone; this instance keeps its turn.
             return max(self._jittered(interval), exc.retry_after or 0.0)
-        n = self._failures.get(outcome.target.key, 1)
+        w = self._watches.get(outcome.target.key)
+        n = max(1, w.failures) if w is not None else 1
         delay: float = min(MAX_BACKOFF_SECONDS, interval * 2.0 ** min(n - 1, 10))
         if isinstance(exc, DcsApiError) and exc.retry_after is not None:
             delay = max(delay, exc.retry_after)
@@ -486,7 +619,7 @@ class Poller:
     async def poll_all(self) -> list[PollOutcome]:
         """Discover, then poll every watched instance once (``dcs-notifier once``)."""
         await asyncio.gather(*(self.discover(spec) for spec in self.projects if spec.discover))
-        targets = list(self.targets.values())
+        targets = [w.target for w in self._watches.values()]
         outcomes: list[PollOutcome] = []
         queue = iter(targets)
 
@@ -502,31 +635,35 @@ class Poller:
 
     def add(self, target: Target) -> None:
         """Watch ``target`` (a running poller starts polling it within one interval)."""
-        is_new = target.key not in self.targets
-        self.targets[target.key] = target
-        if is_new and self._tg is not None and self._stop is not None:
-            delay = _phase(target.key) * self.config.poll.interval
-            self._start(target.key, delay)
+        w = self._watches.get(target.key)
+        if w is not None:
+            w.target = target  # its labels or name may have changed; what it has learnt is kept
+            return
+        self._watches[target.key] = _Watch(target)
+        if self._tg is not None and self._stop is not None:
+            self._start(target.key, _phase(target.key) * self.config.poll.interval)
 
     def retire(self, key: str) -> None:
-        """Stop watching one instance (its state stays in Redis)."""
-        self.targets.pop(key, None)
-        self._unlisted.pop(key, None)
-        self._known.pop(key, None)
+        """Stop watching one instance (its state stays in Redis); everything kept of it goes."""
+        w = self._watches.pop(key, None)
         self.health.forget(key)
-        control = self._controls.pop(key, None)
-        if control is not None:
-            control.retired = True
-            control.set()
+        if w is None:
+            return
+        client = self.clients.get(w.target.project.project_id)
+        if client is not None:
+            client.forget(w.target.instance.id)
+        if w.control is not None:
+            w.control.retired = True
+            w.control.set()
 
     def wake(self, key: str) -> None:
-        control = self._controls.get(key)
-        if control is not None:
-            control.set()
+        w = self._watches.get(key)
+        if w is not None and w.control is not None:
+            w.control.set()
 
     def _start(self, key: str, delay: float) -> None:
         assert self._tg is not None and self._stop is not None
-        control = self._controls[key] = _Control()
+        control = self._watches[key].control = _Control()
         control.task = self._tg.create_task(
             self._run_target(key, control, self._stop, delay), name=f"poll:{key}"
         )
@@ -550,22 +687,15 @@ class Poller:
             control.wake.clear()
             if stop.is_set() or control.retired:
                 return
-            target = self.targets.get(key)
-            if target is None:
+            w = self._watches.get(key)
+            if w is None:
                 return
             if self.leases is not None and not self.leases.owns(key):
                 # Another replica's instance (or ours once a lease is taken): look again next interval.
-                self._known.pop(key, None)
+                _forget_known(w)
                 delay = self._jittered(self.config.poll.interval)
                 continue
-            try:
-                outcome = await self.poll_target(target)
-            except Exception:
-                # A bug must not stop this instance's polling, nor the daemon: log it whole, back off.
-                log.exception("poll of %s failed unexpectedly", target.instance.name)
-                outcome = PollOutcome(target, error=RuntimeError("unexpected error"))
-                self._failures[key] = self._failures.get(key, 0) + 1
-            delay = self.next_delay(outcome)
+            delay = self.next_delay(await self.poll_target(w.target))
 
     # -- discovery -------------------------------------------------------------------------------
 
@@ -575,26 +705,29 @@ class Poller:
         try:
             raw = await self.clients[spec.project_id].list_instances()
         except DcsApiError as exc:
-            fingerprint = ("discovery", *exc.fingerprint)
-            if self._reported.get(spec.project_id) != fingerprint:
-                self._reported[spec.project_id] = fingerprint
+            fingerprint = Failure.of(exc).fingerprint
+            if self._discovery_reported.get(spec.project_id) != fingerprint:
+                self._discovery_reported[spec.project_id] = fingerprint
                 log.error("discovery of project %s (%s) failed: %s", spec.project_id, spec.account, exc)
             # A project whose instance list keeps failing is watched by nobody: that is ops' business.
             await self._announce(subject.key, self.health.failed(subject, exc))
             return False
-        if self._reported.pop(spec.project_id, None) is not None:
+        if self._discovery_reported.pop(spec.project_id, None) is not None:
             log.info("discovery of project %s recovered", spec.project_id)
         await self._announce(subject.key, self.health.succeeded(subject))
         listing = select(raw, spec)
         for inst in listing.watched.values():
             target = Target(spec, inst, discovered=inst.id not in {i.id for i in spec.instances})
-            known = self.targets.get(target.key)
-            if known is None:
+            w = self._watches.get(target.key)
+            if w is None:
                 log.info("discovered instance %s (%s) in project %s", inst.name, inst.id, spec.project_id)
-            if known != target:
                 self.add(target)
-            self._unlisted.pop(target.key, None)
-        for key, target in list(self.targets.items()):
+            else:
+                if w.target != target:
+                    self.add(target)
+                w.unlisted = 0
+        for key, w in list(self._watches.items()):
+            target = w.target
             if target.project.project_id != spec.project_id or not target.discovered:
                 continue
             if target.instance.id in listing.watched:
@@ -608,23 +741,27 @@ class Poller:
                 continue
             if self.leases is not None and not self.leases.owns(key):
                 continue  # the replica that owns it decides whether it was deleted
-            missing = self._unlisted[key] = self._unlisted.get(key, 0) + 1
-            if missing == 1:
+            w.unlisted += 1
+            if w.unlisted == 1:
                 self.wake(key)  # confirm at once: its tasks answer 404 DCS.3022 if it was deleted
             else:
-                await self._gone_from_list(target)
+                await self._gone_from_list(w)
         self.check_rate()
         return True
 
-    async def _gone_from_list(self, target: Target) -> None:
+    async def _gone_from_list(self, w: _Watch) -> None:
+        target = w.target
         try:
             previous = await self.store.load(target.project.project_id, target.instance.id)
         except StateStoreError:
             return
         if previous is None:
+            name, iid = target.instance.name, target.instance.id
+            log.info("instance %s (%s) was deleted before its first poll", name, iid)
+            await self._close_health(target.key)
             self.retire(target.key)  # never baselined: nothing to announce
             return
-        await self._instance_gone(target, previous, None)
+        await self._instance_gone(w, previous, None)
 
     async def _discovery_loop(self, spec: ProjectSpec, stop: asyncio.Event) -> None:
         interval = self.config.discovery.interval
@@ -639,8 +776,9 @@ class Poller:
     def check_rate(self) -> None:
         """Warn when an endpoint's instances need more requests per second than ``api.rate_limit``."""
         per_host: dict[str, int] = {}
-        for target in self.targets.values():
-            per_host[target.project.host] = per_host.get(target.project.host, 0) + 1
+        for w in self._watches.values():
+            host = w.target.project.host
+            per_host[host] = per_host.get(host, 0) + 1
         limit, interval = self.config.api.rate_limit, self.config.poll.interval
         for host, count in sorted(per_host.items()):
             if count / interval > limit and host not in self._rate_warned:
@@ -664,7 +802,7 @@ class Poller:
         try:
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
-                for key in list(self.targets):
+                for key in list(self._watches):
                     self._start(key, _phase(key) * self.config.poll.interval)
                 for spec in self.projects:
                     if spec.discover:
@@ -698,9 +836,11 @@ class Poller:
                 change = leases.lapse()
             if change.gained or change.lost:
                 moved = change.gained | change.lost
-                for key in list(self.targets):
+                for key, w in list(self._watches.items()):
                     if leases.shard(key) in moved:
-                        self._known.pop(key, None)  # read the state back from Redis: another replica wrote it
+                        # Read the state back from Redis (another replica may write it meanwhile);
+                        # should Redis hold none when this replica polls it again, write back this.
+                        _forget_known(w)
                         if leases.shard(key) in change.gained:
                             self.wake(key)
             with contextlib.suppress(TimeoutError):
@@ -709,11 +849,11 @@ class Poller:
     async def _wake_all_on(self, stop: asyncio.Event) -> None:
         """On stop, end every instance's loop at once, a poll in flight included.
 
-        A poll may be waiting out a throttled endpoint's pause; cancelling it is safe: a commit is one
-        MULTI/EXEC (applied whole or not at all) and a poll that did not commit is simply done again
-        after the restart, with the same event ids.
+        A poll may be waiting out a throttled endpoint's pause; cancelling it is safe: each part of a
+        commit is one MULTI/EXEC (applied whole or not at all, its tasks with their events) and what a
+        poll did not commit is simply found again after the restart, with the same event ids.
         """
         await stop.wait()
-        for control in self._controls.values():
-            if control.task is not None:
-                control.task.cancel()
+        for w in self._watches.values():
+            if w.control is not None and w.control.task is not None:
+                w.control.task.cancel()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 import time
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
@@ -28,7 +29,7 @@ from redis.typing import EncodableT, FieldT
 
 from notifier.constants import DEAD_LETTER_MAXLEN, DELIVERED_TTL_SECONDS, META_FIELD, POLLED_FIELD, Keys
 from notifier.diff import DiffResult, SeenTask, Snapshot
-from notifier.errors import StateStoreError
+from notifier.errors import CorruptStateError, StateStoreError
 from notifier.events import Notification, PollProblem
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,32 @@ def _is_outage(exc: BaseException) -> bool:
     return True  # connection errors, timeouts, OSError
 
 
+#: The cause of an episode of Redis being unreachable (see StateStore._op).
+UNAVAILABLE = "unavailable"
+#: Seconds without a refusal after which any success ends a refusal's episode.
+EPISODE_QUIET = 60.0
+
+
+def _cause(exc: BaseException) -> str:
+    """Why a call failed, as an episode's name: ``unavailable``, or the refusal's Redis error code."""
+    if _is_outage(exc):
+        return UNAVAILABLE
+    if type(exc) is not redis.exceptions.ResponseError:
+        return type(exc).__name__  # OutOfMemoryError, NoPermissionError, ...
+    # A pipeline's error reads "Command # 1 (...) of pipeline caused error: OOM command not allowed..."
+    code = str(exc).rsplit("caused error: ", 1)[-1].split(" ", 1)[0]
+    return code if code.isalpha() and code.isupper() else "ResponseError"
+
+
+@dataclass(slots=True)
+class _Episode:
+    """One Redis problem under way: since when, its last failure (monotonic), the actions it refused."""
+
+    opened: float
+    last: float
+    actions: set[str]
+
+
 def _iso(value: datetime | None) -> str:
     return "" if value is None else value.astimezone(UTC).isoformat()
 
@@ -72,6 +99,46 @@ def encode_seen(seen: SeenTask) -> str:
 def decode_seen(raw: str) -> SeenTask:
     data = json.loads(raw)
     return SeenTask(status=data["s"], updated_at=_dt(data.get("u", "")), created_at=_dt(data.get("c", "")))
+
+
+@dataclass(frozen=True, slots=True)
+class Committed:
+    """What :meth:`StateStore.commit` did: how many MULTI/EXECs, and whether it had to write the whole
+    snapshot because Redis no longer held the state the change was made on."""
+
+    parts: int
+    rewritten: bool
+
+
+#: At most this many task states and outbox entries, together, in one MULTI/EXEC of a commit.
+COMMIT_CHUNK = 500
+
+
+def _parts(
+    fields: dict[str, str], notifications: list[Notification]
+) -> list[tuple[dict[str, str], list[Notification]]]:
+    """A commit split into parts of at most COMMIT_CHUNK items, in order; a task's state goes with its
+    last event's outbox entries (so no part records a task whose later events are still to come)."""
+    if len(fields) + len(notifications) <= COMMIT_CHUNK:
+        return [(fields, notifications)]
+    last_part: dict[str, int] = {}
+    parts: list[tuple[dict[str, str], list[Notification]]] = [({}, [])]
+    for n in notifications:
+        if len(parts[-1][1]) >= COMMIT_CHUNK:
+            parts.append(({}, []))
+        parts[-1][1].append(n)
+        task = n.event.task
+        if task is not None:
+            last_part[task.id] = len(parts) - 1
+    for tid, value in fields.items():
+        where = last_part.get(tid)
+        if where is None:  # no event: a part of its own, after those with events
+            if len(parts[-1][0]) + len(parts[-1][1]) >= COMMIT_CHUNK:
+                parts.append(({}, []))
+            parts[-1][0][tid] = value
+        else:
+            parts[where][0][tid] = value
+    return parts
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,31 +189,77 @@ class StateStore:
         self.cluster = keys.cluster or isinstance(client, RedisCluster)
         self.keys = keys if keys.cluster == self.cluster else Keys(keys.prefix, cluster=True)
         self._groups: set[str] = set()
-        self.down = False  # True from the first failed call of an outage until a later call succeeds
-        self._failed_at = 0.0
-        self._recovered_at = 0.0
+        #: Redis problems under way, by cause (see _op), and when each cause last ended (monotonic).
+        self._episodes: dict[str, _Episode] = {}
+        self._ended: dict[str, float] = {}
+
+    @property
+    def down(self) -> bool:
+        """Whether some Redis problem is under way (unreachable, or refusing commands)."""
+        return bool(self._episodes)
 
     @asynccontextmanager
     async def _op(self, action: str) -> AsyncIterator[None]:
-        """Run one Redis operation: failures become StateStoreError; an outage is logged once."""
+        """Run one Redis operation: failures become StateStoreError, logged once per episode.
+
+        An episode is one cause ("unavailable", or a refusal such as OOM or NOAUTH). It is logged when
+        it starts and when it ends, never per call: an unreachable Redis ends when any call that began
+        after its last failure succeeds; a refusal when such a call of an action it refused does (a
+        read that works while Redis refuses writes for want of memory does not end it), or any call
+        once nothing was refused for EPISODE_QUIET seconds. A WRONGTYPE is
+        one key's problem, not Redis's: it is raised as :class:`CorruptStateError` for its owner to
+        report.
+        """
         started = time.monotonic()
         try:
             yield
         except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException, OSError) as exc:
-            if not _is_outage(exc):
-                raise StateStoreError(f"Redis {action} failed: {_describe(exc)}") from None
-            self._failed_at = time.monotonic()
-            # A call already under way when Redis came back does not open a new outage.
-            if not self.down and started >= self._recovered_at:
-                self.down = True
-                log.error("Redis is unavailable (%s); no state advances until it returns", _describe(exc))
-            raise StateStoreError(f"Redis {action} failed: {_describe(exc)}") from None
-        # Recovered: a call that began after the last failure succeeded.
-        if self.down and started > self._failed_at:
-            self.down = False
-            self._recovered_at = time.monotonic()
+            message = f"Redis {action} failed: {_describe(exc)}"
+            cause = _cause(exc)
+            if cause == "WRONGTYPE":
+                raise CorruptStateError(message) from None
+            self._failed(cause, action, started, exc)
+            raise StateStoreError(message) from None
+        if self._episodes:
+            self._succeeded(action, started)
+
+    def _failed(self, cause: str, action: str, started: float, exc: BaseException) -> None:
+        now = time.monotonic()
+        episode = self._episodes.get(cause)
+        if episode is not None:
+            episode.last = now
+            episode.actions.add(action)
+            return
+        if started < self._ended.get(cause, 0.0):
+            return  # a call already under way when the problem ended does not start it again
+        self._episodes[cause] = _Episode(now, now, {action})
+        if cause == UNAVAILABLE:
+            log.error("Redis is unavailable (%s); no state advances until it returns", _describe(exc))
+        else:
+            log.error(
+                "Redis refuses commands (%s), the %s first; no state advances while it does",
+                _describe(exc),
+                action,
+            )
+
+    def _succeeded(self, action: str, started: float) -> None:
+        now = time.monotonic()
+        for cause, episode in list(self._episodes.items()):
+            if started <= episode.last:
+                continue
+            # A refusal ends when an action it refused works again; or, should none be tried again,
+            # once nothing has been refused for a while and something works.
+            if cause != UNAVAILABLE and action not in episode.actions and now - episode.last < EPISODE_QUIET:
+                continue
+            del self._episodes[cause]
+            self._ended[cause] = now
             self._groups.clear()  # a restarted Redis may have lost the consumer groups
-            log.info("Redis is reachable again; resuming")
+            if cause == UNAVAILABLE:
+                log.info("Redis is reachable again; resuming")
+            else:
+                log.info(
+                    "Redis accepts commands again (%s for %.0f s); resuming", cause, now - episode.opened
+                )
 
     # -- snapshots -------------------------------------------------------------------------------
 
@@ -167,20 +280,26 @@ class StateStore:
                 pipe.hset(key, POLLED_FIELD, _iso(touch))
                 pipe.hgetall(key)
                 raw = (await pipe.execute())[1]
-        meta = raw.pop(META_FIELD, None)
-        polled = _dt(raw.pop(POLLED_FIELD, ""))
-        if meta is None:
-            return None
-        data = json.loads(meta)
-        baseline_at = _dt(data.get("baseline_at", ""))
-        if baseline_at is None:
-            return None
-        return Snapshot(
-            baseline_at=baseline_at,
-            tasks={tid: decode_seen(v) for tid, v in raw.items()},
-            polled_at=polled,
-            removed_at=_dt(data.get("removed_at", "")),
-        )
+        try:
+            meta = raw.pop(META_FIELD, None)
+            polled = _dt(raw.pop(POLLED_FIELD, ""))
+            if meta is None:
+                return None
+            data = json.loads(meta)
+            baseline_at = _dt(data.get("baseline_at", ""))
+            if baseline_at is None:
+                return None
+            return Snapshot(
+                baseline_at=baseline_at,
+                tasks={tid: decode_seen(v) for tid, v in raw.items()},
+                polled_at=polled,
+                removed_at=_dt(data.get("removed_at", "")),
+            )
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise CorruptStateError(
+                f"the state of instance {instance_id} in Redis ({key}) is unreadable "
+                f"({type(exc).__name__}: {str(exc)[:100]}); delete the key to record it afresh"
+            ) from None
 
     async def commit(
         self,
@@ -192,35 +311,67 @@ class StateStore:
         baseline_at: datetime | None = None,
         polled_at: datetime | None = None,
         revived: bool = False,
-    ) -> None:
+        whole: Snapshot | None = None,
+        expected: Snapshot | None = None,
+    ) -> Committed:
         """Write the new snapshot and its outbox entries in one MULTI/EXEC: both or neither.
 
         On a cluster the outbox entries are written first, then the snapshot (in a MULTI/EXEC of its
         own): a crash in between leaves the entries without the snapshot, so the next poll queues the
         same events again (same ids) and delivery's notification log drops the repeats.
 
+        A change larger than COMMIT_CHUNK (a baseline of thousands of tasks) is written in parts, each
+        a MULTI/EXEC holding a task's state change with the outbox entries of its events, the meta
+        field last: a crash between parts leaves every task either recorded with its notifications or
+        not at all (a baseline without its meta is done again), and no part holds Redis long.
+
         ``baseline_at`` (default: the result's, for a baseline) rewrites the meta field, dropping a
         ``removed_at``; ``polled_at`` is stored as ``~polled``. ``revived``: the instance had been announced
-        as removed and answers again (its key loses its TTL).
+        as removed and answers again (its key loses its TTL). ``whole``: write all of this snapshot
+        (Redis lost the instance's state), not only what changed. ``expected``: the whole state after
+        this change, which is written when Redis turns out not to hold the state the change was made on
+        (it lost its data since): a change alone would leave a partial snapshot that looks whole.
         """
-        if not result.changed and not revived:
-            return
+        if not result.changed and not revived and whole is None:
+            return Committed(0, False)
         key = self.keys.snapshot(project_id, instance_id)
+        source = result.upserts if whole is None else whole.tasks
+        fields: dict[str, str] = {tid: encode_seen(s) for tid, s in source.items()}
+        parts = _parts(fields, list(notifications))
+        last: dict[FieldT, EncodableT] = {}
+        baseline_at = baseline_at or result.baseline_at
+        if baseline_at is not None:
+            last[META_FIELD] = json.dumps({"baseline_at": _iso(baseline_at)})
+        if polled_at is not None:
+            last[POLLED_FIELD] = _iso(polled_at)
+        existed = True
         async with self._op("commit of instance state and outbox"):
-            pipe = await self._state_pipeline(notifications)
-            mapping: dict[FieldT, EncodableT] = {tid: encode_seen(s) for tid, s in result.upserts.items()}
-            baseline_at = baseline_at or result.baseline_at
-            if baseline_at is not None:
-                mapping[META_FIELD] = json.dumps({"baseline_at": _iso(baseline_at)})
-            if polled_at is not None:
-                mapping[POLLED_FIELD] = _iso(polled_at)
-            if mapping:
-                pipe.hset(key, mapping=mapping)
-            if result.removals:
-                pipe.hdel(key, *result.removals)
-            if revived:
-                pipe.persist(key)
-            await self._execute(pipe)
+            for n, (part_fields, part_notes) in enumerate(parts, 1):
+                pipe = await self._state_pipeline(part_notes)
+                probe = len(pipe)
+                if n == 1 and expected is not None:
+                    pipe.exists(key)
+                mapping: dict[FieldT, EncodableT] = {}
+                mapping.update(part_fields)
+                if n == len(parts):
+                    mapping.update(last)
+                if mapping:
+                    pipe.hset(key, mapping=mapping)
+                if n == len(parts):
+                    if result.removals:
+                        pipe.hdel(key, *result.removals)
+                    if revived:
+                        pipe.persist(key)
+                answers = await pipe.execute() if len(pipe) else []
+                if n == 1 and expected is not None:
+                    existed = bool(answers[probe])
+        if existed or expected is None:
+            return Committed(len(parts), False)
+        empty = DiffResult(events=[], upserts={}, removals=[], baseline_at=None)
+        again = await self.commit(
+            project_id, instance_id, empty, [], baseline_at=baseline_at, polled_at=polled_at, whole=expected
+        )
+        return Committed(len(parts) + again.parts, True)
 
     async def mark_removed(
         self,
@@ -608,6 +759,30 @@ class StateStore:
                     if n:
                         found[channel] = n
         return found
+
+    async def claim_epoch(self) -> str:
+        """Mark this Redis as holding the daemon's data (``{p}:epoch``) unless it already is; the marker's
+        token either way (one written anew after a loss differs from the one before)."""
+        token = f"{datetime.now(UTC).isoformat()} {secrets.token_hex(8)}"
+        async with self._op("write of the epoch marker"):
+            await self.redis.set(self.keys.epoch, token, nx=True)
+            current = await self.redis.get(self.keys.epoch)
+        return token if current is None else str(current)
+
+    async def epoch(self) -> str | None:
+        """The epoch marker's token (None: gone, Redis lost its data)."""
+        async with self._op("read of the epoch marker"):
+            value = await self.redis.get(self.keys.epoch)
+        return None if value is None else str(value)
+
+    async def rewrite_health(self, announced: dict[str, PollProblem]) -> None:
+        """Write back which instances are announced unhealthy (after Redis lost its data)."""
+        if not announced:
+            return
+        async with self._op("record of poller health"):
+            await self.redis.hset(
+                self.keys.health, mapping={k: p.model_dump_json() for k, p in announced.items()}
+            )
 
     async def heartbeat(self, ttl_seconds: int) -> None:
         async with self._op("heartbeat"):

@@ -94,6 +94,7 @@ class DcsClient:
         region: str = "",
         timeout: float = 10.0,
         page_size: int = 100,
+        max_tasks: int = 10_000,
         max_concurrency: int = 16,
         session: aiohttp.ClientSession | None = None,
         transport: HttpTransport | None = None,
@@ -113,6 +114,7 @@ class DcsClient:
         self._region = region or split.hostname
         self._timeout = timeout
         self._page_size = page_size
+        self._max_tasks = max_tasks
         self._gate = gate or ApiGate(
             max_concurrency=max_concurrency, region_concurrency=max_concurrency, rate=1e6, min_rate=1e6
         )
@@ -181,11 +183,25 @@ class DcsClient:
                 digest = hashlib.blake2b(raw, digest_size=16).digest()
                 if digest == unchanged:
                     return TaskAnswer(None, digest)
-            page = parse_tasks_page(self._decode(instance_id, raw, request_id), instance_id)
+            page = parse_tasks_page(self._decode(instance_id, raw, request_id), instance_id, request_id)
+            if page.task_count > self._max_tasks:
+                # Refused before fetching it: a lying count must not cost the endpoint's whole budget (and
+                # as no page is read past the count, no poll holds more than max_tasks tasks).
+                raise DcsApiError(
+                    instance_id,
+                    Reason.INVALID_RESPONSE,
+                    f"{page.task_count:,} tasks in one poll window, more than poll.max_tasks "
+                    f"({self._max_tasks:,}): not fetched (raise poll.max_tasks if that is real)",
+                    http_status=200,
+                    request_id=request_id,
+                )
+            before = len(seen)
             for task in page.tasks:
                 seen.setdefault(task.id, task)
             offset += len(page.tasks)
-            if not page.tasks or offset >= page.task_count:
+            # The end: the count is reached, or a page brought no task not seen already (an API
+            # that repeats a page would otherwise be asked for the same page until MAX_PAGES).
+            if len(seen) == before or offset >= page.task_count:
                 # Only a one-page answer can be recognised again by its bytes.
                 return TaskAnswer(list(seen.values()), digest if number == 0 else None)
         raise DcsApiError(
@@ -216,6 +232,10 @@ class DcsClient:
     ) -> dict[str, Any]:
         raw, request_id = await self._get_raw(instance_id, path, canonical_query(params))
         return self._decode(instance_id, raw, request_id)
+
+    def forget(self, instance_id: str) -> None:
+        """The instance is no longer watched: drop what the client keeps for it."""
+        self._paths.pop(instance_id, None)
 
     def _tasks_path(self, instance_id: str) -> str:
         path = self._paths.get(instance_id)
@@ -251,7 +271,7 @@ class DcsClient:
     def _decode(instance_id: str, raw: bytes, request_id: str | None) -> dict[str, Any]:
         try:
             body = json_loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):
             snippet = raw[:80].decode("utf-8", "replace")
             raise DcsApiError(
                 instance_id,
@@ -358,13 +378,20 @@ class TaskAnswer:
     digest: bytes | None
 
 
-def parse_tasks_page(body: dict[str, Any], instance_id: str) -> TaskList:
-    """Validate one page; a malformed page is an INVALID_RESPONSE error naming the bad field."""
+def parse_tasks_page(body: dict[str, Any], instance_id: str, request_id: str | None = None) -> TaskList:
+    """Validate one page; a malformed page is an INVALID_RESPONSE error naming the bad field.
+
+    Whatever goes wrong while reading an answer is that instance's invalid answer, never an exception
+    out of its poll (or anyone else's).
+    """
     try:
         return TaskList.model_validate(body)
     except ValidationError as exc:
         first = exc.errors()[0]
         loc = ".".join(str(p) for p in first["loc"])
-        raise DcsApiError(
-            instance_id, Reason.INVALID_RESPONSE, f"malformed task list at {loc}: {first['msg']}"
-        ) from None
+        message = f"malformed task list at {loc}: {first['msg']}"
+    except Exception as exc:  # a validator tripping on an input nothing foresaw
+        message = f"unreadable task list ({type(exc).__name__}: {str(exc)[:_MAX_ERROR_TEXT]})"
+    raise DcsApiError(
+        instance_id, Reason.INVALID_RESPONSE, message, http_status=200, request_id=request_id
+    ) from None

@@ -3,20 +3,22 @@
 Quirks absorbed here, so nothing downstream has to care:
 
 * ``task_count`` is documented as a string and returned as a number: both are accepted.
-* Unknown fields (``error_code``, ``job_id``, anything new) are kept, on tasks and on details.
+* Unknown fields (``error_code``, ``job_id``, anything new) are kept, on tasks and on details, within
+  bounds (:func:`bound_unknown_fields`): whatever is kept must survive the outbox and reach a receiver.
 * ``details`` is present only for some task kinds; every detail field is optional.
 * Timestamps (``2020-06-17T07:38:42.503Z``) become timezone-aware datetimes; an empty or absent
-  ``updated_at`` (an unfinished task) becomes ``None``.
+  ``updated_at`` (an unfinished task) becomes ``None``; one that is not a date in UTC's range is invalid.
 """
 
 from __future__ import annotations
 
 import enum
 import functools
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class Outcome(enum.StrEnum):
@@ -77,13 +79,20 @@ def parse_api_time(value: Any) -> datetime | None:
     parsed = datetime.fromisoformat(text)
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:  # 9999-12-31T23:59:59-05:00 is in year 10000 in UTC
+        raise ValueError(f"timestamp {value[:40]!r} is out of range in UTC") from None
 
 
 def format_api_time(value: datetime) -> str:
     """The API's own timestamp form, millisecond precision: ``2020-06-17T07:38:42.503Z``."""
     v = value.astimezone(UTC)
-    return v.strftime("%Y-%m-%dT%H:%M:%S.") + f"{v.microsecond // 1000:03d}Z"
+    # Not strftime: its %Y does not pad years before 1000 on glibc.
+    return (
+        f"{v.year:04d}-{v.month:02d}-{v.day:02d}T{v.hour:02d}:{v.minute:02d}:{v.second:02d}."
+        f"{v.microsecond // 1000:03d}Z"
+    )
 
 
 def format_query_time(value: datetime) -> str:
@@ -96,10 +105,81 @@ def _query_time(epoch_second: int) -> str:
     return datetime.fromtimestamp(epoch_second, UTC).strftime("%Y%m%d%H%M%S")
 
 
+#: Unknown fields are kept as they came while nested at most this deep...
+MAX_UNKNOWN_DEPTH = 16
+#: ...and while they take at most this many characters of JSON, together, per task (and per details).
+MAX_UNKNOWN_SIZE = 16 * 1024
+#: The field that lists the unknown fields left out (its own size is bounded too).
+OMITTED_FIELD = "dcs_notifier_omitted"
+_OMITTED_NAMES_SHOWN = 10
+
+
+def _json_size(value: Any, budget: int) -> int | None:
+    """Roughly how many characters ``value`` takes as JSON; None when that is over ``budget`` or it
+    nests containers deeper than MAX_UNKNOWN_DEPTH. The walk stops as soon as either is known, so its
+    cost is bounded by the budget, not by the value."""
+    size = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]  # (item, containers around it)
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth >= MAX_UNKNOWN_DEPTH:
+                return None
+            size += 2
+            if isinstance(item, dict):
+                size += sum(len(str(k)) + 4 for k in item)
+                stack.extend((v, depth + 1) for v in item.values())
+            else:
+                stack.extend((v, depth + 1) for v in item)
+        elif isinstance(item, str):
+            size += len(item) + 2
+        else:
+            size += 8
+        if size > budget:
+            return None
+    return size
+
+
+def bound_unknown_fields(data: Any, known: Mapping[str, Any]) -> Any:
+    """Keep the unknown fields of one API object within MAX_UNKNOWN_DEPTH and MAX_UNKNOWN_SIZE.
+
+    Fields past either bound are left out and named under OMITTED_FIELD: a task nested hundreds of
+    levels deep could not be serialised into the outbox, or read back from it.
+    """
+    if not isinstance(data, dict) or data.keys() <= known.keys():
+        return data
+    kept: dict[str, Any] = {}
+    omitted: list[str] = []
+    budget = MAX_UNKNOWN_SIZE
+    for key, value in data.items():
+        if key in known:
+            kept[key] = value
+            continue
+        size = _json_size(value, budget - len(key))
+        if size is None:
+            omitted.append(key)
+        else:
+            budget -= size + len(key)
+            kept[key] = value
+    if omitted:
+        kept[OMITTED_FIELD] = {
+            "count": len(omitted),
+            "names": [name[:64] for name in omitted[:_OMITTED_NAMES_SHOWN]],
+            "why": f"unknown fields nested deeper than {MAX_UNKNOWN_DEPTH} levels, or over "
+            f"{MAX_UNKNOWN_SIZE // 1024} KiB of them, are not kept",
+        }
+    return kept
+
+
 class TaskDetails(BaseModel):
-    """``DetailsBody``: every field optional, unknown ones kept."""
+    """``DetailsBody``: every field optional, unknown ones kept (within bounds)."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bounded(cls, data: Any) -> Any:
+        return bound_unknown_fields(data, cls.model_fields)
 
     old_capacity: str | None = None
     new_capacity: str | None = None
@@ -141,6 +221,11 @@ class Task(BaseModel):
     """``SingleBackgroundTask``."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bounded(cls, data: Any) -> Any:
+        return bound_unknown_fields(data, cls.model_fields)
 
     id: str = Field(min_length=1)
     name: str = ""

@@ -378,7 +378,10 @@ class Simulator(SimulatorState):
         start = _time_param(request, "start_time", "begin_time")
         end = _time_param(request, "end_time")
         tasks = self.list_tasks(instance_id, start, end)
-        count: int | str = str(len(tasks)) if self.task_count_as_string else len(tasks)
+        total = len(tasks) if self.claimed_task_count is None else self.claimed_task_count
+        count: int | str = str(total) if self.task_count_as_string else total
+        if self.ignore_offset:
+            offset = 0
         return _json({"task_count": count, "tasks": tasks[offset : offset + limit]})
 
     async def _list_instances(self, request: web.Request) -> web.Response:

@@ -247,6 +247,10 @@ class SimulatorState:
         self.clock = clock
         self.task_count_as_string = task_count_as_string
         self.omit_unfinished_updated_at = omit_unfinished_updated_at
+        #: A hostile API: answer this ``task_count`` whatever the list holds (None: the truth)...
+        self.claimed_task_count: int | None = None
+        #: ...and serve the first page for every ``offset``.
+        self.ignore_offset = False
         self.instances: dict[str, SimInstance] = {}
         self.tasks: dict[str, list[SimTask]] = {}
         self.requests: list[RecordedRequest] = []
