@@ -8,6 +8,7 @@ import redis
 import redis.asyncio as aioredis
 
 from notifier.dcs.simulator import Simulator
+from notifier.standins.webhook import WebhookReceiver
 from tests.support.loopback_http import serve, transport  # noqa: F401 - fixtures for the transport's tests
 from tests.support.redis_cluster import RedisClusterServers, RedisSentinelServers
 from tests.support.redis_server import RedisServer
@@ -84,6 +85,7 @@ def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
 PROJECT_ID = "a4d31cb6-3d72-4fdc-8ec9-6e3a41e47f71"
 AK = "HPUAEXAMPLEAK0000001"
 SK = "sk-EXAMPLE-7fQ2x9Lk3PzVb8Wn"
+WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 ORDERS = "5560df16-cebf-4473-95c4-d1b573c16e79"
 SESSIONS = "7d1e0c2b-5a44-4e8e-9f3b-2a6c1d9e8f70"
 
@@ -97,3 +99,10 @@ async def sim() -> AsyncIterator[Simulator]:
     await simulator.start()
     yield simulator
     await simulator.stop()
+
+
+@pytest.fixture
+async def audit() -> AsyncIterator[WebhookReceiver]:
+    """A webhook receiver on 127.0.0.1 that verifies signatures made with WEBHOOK_SECRET."""
+    async with WebhookReceiver(secret=WEBHOOK_SECRET) as receiver:
+        yield receiver

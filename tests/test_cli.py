@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -17,8 +18,7 @@ from standardwebhooks.webhooks import Webhook
 from notifier.dcs.simulator import Simulator
 from notifier.standins.slack import SlackStandIn
 from notifier.standins.webhook import WebhookReceiver
-from tests.conftest import AK, ORDERS, PROJECT_ID, SK
-from tests.test_pipeline import WEBHOOK_SECRET
+from tests.conftest import AK, ORDERS, PROJECT_ID, SK, WEBHOOK_SECRET
 
 CONFIG = f"""
 cloud: {{endpoint: "${{SIM_URL}}", project_id: "{PROJECT_ID}"}}
@@ -54,10 +54,11 @@ class Cli:
         return proc.returncode, out.decode(), err.decode()
 
 
-@pytest.fixture
-async def cli(sim: Simulator, redis_url: str, tmp_path: Path) -> AsyncIterator[Cli]:
+@contextlib.asynccontextmanager
+async def cli_for(text: str, sim: Simulator, redis_url: str, tmp_path: Path) -> AsyncIterator[Cli]:
+    """The CLI with config ``text``, the simulator, a Slack stand-in and a webhook receiver."""
     config = tmp_path / "config.yaml"
-    config.write_text(CONFIG)
+    config.write_text(text)
     async with SlackStandIn() as slack, WebhookReceiver(secret=WEBHOOK_SECRET) as audit:
         env = {
             "PATH": os.environ.get("PATH", ""),
@@ -70,6 +71,12 @@ async def cli(sim: Simulator, redis_url: str, tmp_path: Path) -> AsyncIterator[C
             "CLOUD_SDK_SK": SK,
         }
         yield Cli(config, env, slack, audit)
+
+
+@pytest.fixture
+async def cli(sim: Simulator, redis_url: str, tmp_path: Path) -> AsyncIterator[Cli]:
+    async with cli_for(CONFIG, sim, redis_url, tmp_path) as c:
+        yield c
 
 
 async def test_once_delivers_signed_webhooks_a_third_party_verifies(cli: Cli, sim: Simulator) -> None:

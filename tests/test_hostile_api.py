@@ -11,7 +11,6 @@ from __future__ import annotations
 import gc
 import json
 import logging
-import os
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,14 +25,13 @@ from notifier.dcs.simulator import Fault, Simulator
 from notifier.errors import DcsApiError, Reason
 from notifier.events import EventType
 from notifier.poller import Poller
-from notifier.standins.slack import SlackStandIn
 from notifier.standins.webhook import WebhookReceiver
 from notifier.state import StateStore
-from tests.conftest import AK, ORDERS, PROJECT_ID, SESSIONS, SK
+from tests.conftest import AK, ORDERS, PROJECT_ID, SESSIONS, SK, WEBHOOK_SECRET
 from tests.support.daemons import running
 from tests.support.wait import until
-from tests.test_cli import Cli
-from tests.test_pipeline import CONFIG, WEBHOOK_SECRET, World, once
+from tests.test_cli import Cli, cli_for
+from tests.test_pipeline import CONFIG, World, once
 from tests.test_pipeline import world as world
 
 TWO_INSTANCES = f"""
@@ -51,19 +49,8 @@ delivery: {{max_attempts: 2, backoff_initial: 0.05, backoff_max: 0.1}}
 
 @pytest.fixture
 async def cli(sim: Simulator, redis_url: str, tmp_path: Path) -> AsyncIterator[Cli]:
-    config = tmp_path / "config.yaml"
-    config.write_text(TWO_INSTANCES)
-    async with SlackStandIn() as slack, WebhookReceiver(secret=WEBHOOK_SECRET) as audit:
-        env = {
-            "PATH": os.environ.get("PATH", ""),
-            "DCS_NOTIFIER_CONFIG": str(config),
-            "SIM_URL": str(sim.base_url),
-            "REDIS_URL": redis_url,
-            "AUDIT_URL": audit.url,
-            "CLOUD_SDK_AK": AK,
-            "CLOUD_SDK_SK": SK,
-        }
-        yield Cli(config, env, slack, audit)
+    async with cli_for(TWO_INSTANCES, sim, redis_url, tmp_path) as c:
+        yield c
 
 
 def raw_task(tid: str, **fields: object) -> dict[str, object]:

@@ -7,13 +7,11 @@ and a webhook receiver.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import signal
 import sys
 from collections import Counter
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -29,12 +27,12 @@ from notifier.events import EventType, Notification
 from notifier.poller import Poller
 from notifier.standins.webhook import WebhookReceiver
 from notifier.state import COMMIT_CHUNK, StateStore, _parts
-from tests.conftest import AK, ORDERS, PROJECT_ID, SESSIONS, SK
+from tests.conftest import AK, ORDERS, PROJECT_ID, SESSIONS, SK, WEBHOOK_SECRET
 from tests.factories import event, task
 from tests.support.daemons import running
+from tests.support.observe import deliveries, polls_of
 from tests.support.redis_server import RedisServer
 from tests.support.wait import until
-from tests.test_pipeline import WEBHOOK_SECRET
 
 CONFIG = f"""
 cloud: {{endpoint: "${{SIM_URL}}", project_id: "{PROJECT_ID}", ak: "{AK}", sk: "{SK}"}}
@@ -54,26 +52,10 @@ def config(sim: Simulator, redis_url: str, audit: WebhookReceiver, text: str = C
     return parse_config(text, "hostile.yaml", env)
 
 
-def deliveries(audit: WebhookReceiver) -> list[tuple[str, str]]:
-    """(task id, event type) of every accepted webhook, in order."""
-    out = []
-    for r in audit.requests:
-        if 200 <= r.status < 300:
-            data = json.loads(r.body)
-            out.append(((data["data"]["task"] or {}).get("id", ""), data["type"]))
-    return out
-
-
 def redis_complaints(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [
         r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and "Redis" in r.getMessage()
     ]
-
-
-@pytest.fixture
-async def audit() -> AsyncIterator[WebhookReceiver]:
-    async with WebhookReceiver(secret=WEBHOOK_SECRET) as receiver:
-        yield receiver
 
 
 def admin(server: RedisServer) -> redis.Redis:
@@ -86,11 +68,6 @@ def errors(r: redis.Redis) -> int:
 
 def connections(r: redis.Redis) -> int:
     return int(r.info("stats")["total_connections_received"])
-
-
-async def polls_of(sim: Simulator, instance: str, more: int, within: float = 10) -> None:
-    start = len(sim.task_requests(instance))
-    await until(lambda: len(sim.task_requests(instance)) >= start + more, within, f"{more} more polls")
 
 
 # -- OOM: refused writes are one episode; what changed meanwhile is still announced ---------------------
@@ -212,14 +189,23 @@ async def test_a_second_daemon_on_the_same_config_refuses_to_start(
     env = {"PATH": os.environ.get("PATH", ""), "SIM_URL": str(sim.base_url), "REDIS_URL": redis_url,
            "AUDIT_URL": audit.url, "DCS_NOTIFIER_CONFIG": str(path)}  # fmt: skip
 
+    started: list[asyncio.subprocess.Process] = []
+
     async def start() -> asyncio.subprocess.Process:
-        return await asyncio.create_subprocess_exec(
+        proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "notifier.cli", "run", env=env,
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
+        started.append(proc)
+        return proc
 
-    first = await start()
+    async def stop(proc: asyncio.subprocess.Process) -> str:
+        proc.send_signal(signal.SIGTERM)
+        _, err = await asyncio.wait_for(proc.communicate(), 20)
+        return err.decode()
+
     try:
+        first = await start()
         await polls_of(sim, ORDERS, 2, within=20)
         second = await start()
         _, err = await asyncio.wait_for(second.communicate(), 20)
@@ -228,25 +214,22 @@ async def test_a_second_daemon_on_the_same_config_refuses_to_start(
         tid = sim.start_task(ORDERS, "masterStandbySwapJob")
         await until(lambda: len(deliveries(audit)) == 1, 10, "the first daemon still working")
         assert first.returncode is None
-    finally:
         first.kill()
         await first.wait()
-    third = await start()  # after a SIGKILL: waits for the dead daemon's lock to expire, then runs
-    try:
+        third = await start()  # after a SIGKILL: waits for the dead daemon's lock to expire, then runs
         sim.finish_task(ORDERS, tid)
         await until(lambda: len(deliveries(audit)) == 2, 20, "the successor delivering")
-    finally:
-        third.send_signal(signal.SIGTERM)
-        _, err = await asyncio.wait_for(third.communicate(), 20)
-    assert third.returncode == 0, err.decode()
-    assert "waiting up to" in err.decode()
-    fourth = await start()  # after a SIGTERM the lock is released: no wait
-    try:
+        err_third = await stop(third)
+        assert third.returncode == 0, err_third
+        assert "waiting up to" in err_third
+        fourth = await start()  # after a SIGTERM the lock is released: no wait
         await polls_of(sim, ORDERS, 2, within=20)
+        assert "waiting up to" not in await stop(fourth)
     finally:
-        fourth.send_signal(signal.SIGTERM)
-        _, err = await asyncio.wait_for(fourth.communicate(), 20)
-    assert "waiting up to" not in err.decode()
+        for proc in started:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
     assert Counter(deliveries(audit)) == {(tid, "task.started"): 1, (tid, "task.succeeded"): 1}
 
 

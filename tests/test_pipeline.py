@@ -22,9 +22,7 @@ from notifier.formatters.slack import format_slack
 from notifier.formatters.webhook import webhook_body
 from notifier.standins.slack import SlackStandIn
 from notifier.standins.webhook import WebhookReceiver
-from tests.conftest import AK, ORDERS, PROJECT_ID, SESSIONS, SK
-
-WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+from tests.conftest import AK, ORDERS, PROJECT_ID, SESSIONS, SK, WEBHOOK_SECRET
 
 CONFIG = (
     """

@@ -26,11 +26,11 @@ from notifier.leases import DaemonConflict
 from notifier.poller import Poller
 from notifier.standins.webhook import WebhookReceiver
 from notifier.state import StateStore
-from tests.conftest import AK, ORDERS, PROJECT_ID, SESSIONS, SK
+from tests.conftest import AK, ORDERS, PROJECT_ID, SESSIONS, SK, WEBHOOK_SECRET
 from tests.support.daemons import running
+from tests.support.observe import deliveries, polls_of
 from tests.support.redis_server import RedisServer
 from tests.support.wait import until
-from tests.test_pipeline import WEBHOOK_SECRET
 
 CONFIG = f"""
 cloud: {{endpoint: "${{SIM_URL}}", project_id: "{PROJECT_ID}", ak: "{AK}", sk: "{SK}"}}
@@ -51,16 +51,6 @@ def config(sim: Simulator, redis_url: str, audit: WebhookReceiver, text: str = C
     return parse_config(text, "review.yaml", values)
 
 
-def deliveries(audit: WebhookReceiver) -> list[tuple[str, str]]:
-    """(task id, event type) of every accepted webhook, in order."""
-    out = []
-    for r in audit.requests:
-        if 200 <= r.status < 300:
-            data = json.loads(r.body)
-            out.append(((data["data"]["task"] or {}).get("id", ""), data["type"]))
-    return out
-
-
 def outbox(r: redis.Redis) -> list[tuple[str, str]]:
     """(task id, event type) of every entry queued in the audit channel's outbox, in order."""
     out = []
@@ -70,19 +60,8 @@ def outbox(r: redis.Redis) -> list[tuple[str, str]]:
     return out
 
 
-async def polls_of(sim: Simulator, instance: str, more: int, within: float = 10) -> None:
-    start = len(sim.task_requests(instance))
-    await until(lambda: len(sim.task_requests(instance)) >= start + more, within, f"{more} more polls")
-
-
 def said(caplog: pytest.LogCaptureFixture, text: str) -> bool:
     return any(text in r.getMessage() for r in caplog.records)
-
-
-@pytest.fixture
-async def audit() -> AsyncIterator[WebhookReceiver]:
-    async with WebhookReceiver(secret=WEBHOOK_SECRET) as receiver:
-        yield receiver
 
 
 @contextlib.asynccontextmanager
