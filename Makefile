@@ -60,6 +60,8 @@ bench: $(VENV)/.dev-deps redis-server
 	$(BIN)/python -m bench.poll_cost
 	$(BIN)/python -m bench.history_cost
 	$(BIN)/python -m bench.compare --quick
+	$(BIN)/python -m bench.hostile_api
+	$(BIN)/python -m bench.hostile_receivers
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
