@@ -47,9 +47,9 @@ delivery: {{backoff_initial: 0.05, backoff_max: 0.2}}
 """
 
 
-def config(sim: Simulator, redis_url: str, audit: WebhookReceiver, text: str = CONFIG) -> Config:
-    env = {"SIM_URL": str(sim.base_url), "REDIS_URL": redis_url, "AUDIT_URL": audit.url}
-    return parse_config(text, "hostile.yaml", env)
+def config(sim: Simulator, redis_url: str, audit: WebhookReceiver, text: str = CONFIG, **env: str) -> Config:
+    values = {"SIM_URL": str(sim.base_url), "REDIS_URL": redis_url, "AUDIT_URL": audit.url, **env}
+    return parse_config(text, "hostile.yaml", values)
 
 
 def redis_complaints(caplog: pytest.LogCaptureFixture) -> list[str]:

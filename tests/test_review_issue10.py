@@ -26,29 +26,19 @@ from notifier.leases import DaemonConflict
 from notifier.poller import Poller
 from notifier.standins.webhook import WebhookReceiver
 from notifier.state import StateStore
-from tests.conftest import AK, ORDERS, PROJECT_ID, SESSIONS, SK, WEBHOOK_SECRET
+from tests import test_hostile_redis as hostile
+from tests.conftest import AK, ORDERS, PROJECT_ID, SESSIONS, SK
 from tests.support.daemons import running
 from tests.support.observe import deliveries, polls_of
 from tests.support.redis_server import RedisServer
 from tests.support.wait import until
 
-CONFIG = f"""
-cloud: {{endpoint: "${{SIM_URL}}", project_id: "{PROJECT_ID}", ak: "{AK}", sk: "{SK}"}}
-instances:
-  - {{id: "{ORDERS}", name: orders-cache}}
-  - {{id: "{SESSIONS}", name: sessions-cache}}
-poll: {{interval: 0.2, jitter: 0}}
-redis: {{url: "${{REDIS_URL}}", key_prefix: rv}}
-channels:
-  audit: {{type: webhook, url: "${{AUDIT_URL}}", secret: "{WEBHOOK_SECRET}"}}
-delivery: {{backoff_initial: 0.05, backoff_max: 0.2}}
-"""
+CONFIG = hostile.CONFIG.replace("key_prefix: o}", "key_prefix: rv}")
 SCALING = CONFIG + 'scaling: {enabled: true, replica: "${REPLICA}", lease_ttl: 0.6}\n'
 
 
 def config(sim: Simulator, redis_url: str, audit: WebhookReceiver, text: str = CONFIG, **env: str) -> Config:
-    values = {"SIM_URL": str(sim.base_url), "REDIS_URL": redis_url, "AUDIT_URL": audit.url, **env}
-    return parse_config(text, "review.yaml", values)
+    return hostile.config(sim, redis_url, audit, text, **env)
 
 
 def outbox(r: redis.Redis) -> list[tuple[str, str]]:
