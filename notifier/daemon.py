@@ -281,8 +281,8 @@ class Daemon:
             # Gone, or written anew by another replica that noticed the loss first.
             restored = self.poller.restore()
             log.warning(
-                "Redis has lost its data (FLUSHALL, or a restart without persistence): the state of %d "
-                "instance(s) is written back from memory with their next polls; notifications that were "
+                "Redis has lost its data (FLUSHALL, or a restart without persistence): %d instance(s) are "
+                "polled now, writing back first the state held in memory; notifications that were "
                 "waiting in the outbox were lost with it",
                 restored,
             )
