@@ -36,6 +36,11 @@ class Reason(enum.StrEnum):
     INTERNAL = "internal"
 
 
+#: The 404 code of an instance that does not exist (any more): ``instance.removed``, not a polling
+#: problem. Any other 404 (a wrong endpoint path, a proxy) is one.
+INSTANCE_GONE = "DCS.3022"
+
+
 class DcsApiError(NotifierError):
     """A List Background Tasks call for one instance failed."""
 

@@ -14,19 +14,17 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from notifier.errors import Failure, Reason
+from notifier.errors import INSTANCE_GONE, Failure, Reason
 from notifier.events import Event, EventType, InstanceRef, PollProblem, event_id
 
-#: The 404 of a deleted instance: announced as instance.removed, not a polling problem. Any other 404
-#: (a wrong endpoint path, a proxy) is one.
-_INSTANCE_GONE = "DCS.3022"
 
-
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class _Streak:
+    """When an episode of failures began: nothing of the failures themselves is kept (an exception's
+    traceback held every page a failing pager had read)."""
+
     started: float  # monotonic
     since: datetime  # wall clock, for the message
-    failure: Failure  # the latest (a record, not the exception: see Failure)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,12 +56,11 @@ class HealthTracker:
         """A poll failed (any way: an API error or an unexpected one): the ``poller.unhealthy`` event to
         announce now, if this crosses the threshold."""
         failure = error if isinstance(error, Failure) else Failure.of(error)
-        if failure.reason is Reason.NOT_FOUND and failure.error_code == _INSTANCE_GONE:
+        if failure.reason is Reason.NOT_FOUND and failure.error_code == INSTANCE_GONE:
             return None
         streak = self._streaks.get(subject.key)
         if streak is None:
-            streak = self._streaks[subject.key] = _Streak(self._monotonic(), self._clock(), failure)
-        streak.failure = failure
+            streak = self._streaks[subject.key] = _Streak(self._monotonic(), self._clock())
         if subject.key in self.announced or self._monotonic() - streak.started < self.after:
             return None
         problem = PollProblem(

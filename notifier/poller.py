@@ -46,6 +46,7 @@ from notifier.dcs.models import IN_PROGRESS_STATUSES, Outcome, classify_status
 from notifier.diff import DiffContext, DiffResult, Snapshot, diff
 from notifier.discovery import select
 from notifier.errors import (
+    INSTANCE_GONE,
     CorruptStateError,
     DcsApiError,
     Failure,
@@ -75,8 +76,6 @@ MIN_END_MARGIN = timedelta(seconds=60)
 SKEW_SLACK_SECONDS = 60.0
 #: Windows are widened for the API's clock by at most this (poll.skew's own maximum).
 MAX_SKEW_SECONDS = 86_400.0
-#: The 404 code of an instance that does not exist (any more).
-INSTANCE_GONE = "DCS.3022"
 #: Events found but not yet committed (Redis refusing writes) kept per instance, the oldest first.
 MAX_UNCOMMITTED = 1000
 
