@@ -410,16 +410,7 @@ class Poller:
         """Redis holds nothing for an instance whose state this process knows (it lost its data): write
         it back, before anything else (should the API fail now, the next start must still find it)."""
         spec, inst = w.target.project, w.target.instance
-        empty = DiffResult(events=[], upserts={}, removals=[], baseline_at=None)
-        await self.store.commit(
-            spec.project_id,
-            inst.id,
-            empty,
-            [],
-            baseline_at=snapshot.baseline_at,
-            polled_at=snapshot.polled_at,
-            whole=snapshot,
-        )
+        await self.store.write_snapshot(spec.project_id, inst.id, snapshot)
         w.remembered = None
         log.info("state of %s (%s) written back to Redis from memory", inst.name, inst.id)
         return snapshot

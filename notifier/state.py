@@ -110,6 +110,9 @@ class Committed:
     rewritten: bool
 
 
+#: A diff that found nothing (for writes of a whole snapshot).
+_NOTHING = DiffResult(events=[], upserts={}, removals=[], baseline_at=None)
+
 #: At most this many task states and outbox entries, together, in one MULTI/EXEC of a commit.
 COMMIT_CHUNK = 500
 
@@ -367,11 +370,22 @@ class StateStore:
                     existed = bool(answers[probe])
         if existed or expected is None:
             return Committed(len(parts), False)
-        empty = DiffResult(events=[], upserts={}, removals=[], baseline_at=None)
-        again = await self.commit(
-            project_id, instance_id, empty, [], baseline_at=baseline_at, polled_at=polled_at, whole=expected
-        )
+        again = await self.write_snapshot(project_id, instance_id, expected, baseline_at=baseline_at)
         return Committed(len(parts) + again.parts, True)
+
+    async def write_snapshot(
+        self, project_id: str, instance_id: str, snapshot: Snapshot, *, baseline_at: datetime | None = None
+    ) -> Committed:
+        """Write all of ``snapshot`` (Redis lost the instance's state), no notifications."""
+        return await self.commit(
+            project_id,
+            instance_id,
+            _NOTHING,
+            [],
+            baseline_at=baseline_at or snapshot.baseline_at,
+            polled_at=snapshot.polled_at,
+            whole=snapshot,
+        )
 
     async def mark_removed(
         self,
