@@ -14,8 +14,9 @@ Windows are incremental: a poll asks only for tasks created since the last succe
 What the poller keeps of each watched instance is one record (:class:`_Watch`): retiring an instance
 drops it whole. Events a poll found but could not commit (Redis refused or was away) stay in that
 record and are committed with the next poll's, so a task that started and finished meanwhile still
-has its ``task.started``. If Redis loses its data while the daemon runs (:meth:`Poller.restore`), each
-instance's next poll writes back the state this process last committed instead of starting over.
+has its ``task.started``. If Redis loses its data while the daemon runs (:meth:`Poller.restore`), every
+instance is polled at once and writes back first the state this process last committed, instead of
+starting over.
 
 Scheduling per instance, after a poll (each delay jittered by ``poll.jitter``, first polls spread
 over one interval, so instances never poll in lock-step):
@@ -421,11 +422,7 @@ class Poller:
             if exc.reason is Reason.NOT_FOUND and previous is not None:
                 await self._instance_gone(w, previous, exc)
             elif target.discovered and exc.error_code == INSTANCE_GONE:
-                # Listed, then deleted before its first poll: nothing to announce, nothing to keep.
-                name, iid = target.instance.name, target.instance.id
-                log.info("instance %s (%s) was deleted before its first poll", name, iid)
-                await self._close_health(target.key)
-                self.retire(target.key)
+                await self._deleted_unseen(target)
             else:
                 await self._failed(w, exc)
             return
@@ -449,9 +446,8 @@ class Poller:
             w.reported = None
             log.info("poll of %s recovered", w.target.instance.name)
         key = w.target.key
-        if self._watches.get(key) is not w:
-            return  # retired while this poll was under way
-        if key in self.health.announced or self.health.failing(key):
+        # (A poll of an instance retired meanwhile says nothing of its health.)
+        if (key in self.health.announced or self.health.failing(key)) and self._watches.get(key) is w:
             await self._announce(key, self.health.succeeded(w.target.subject))
 
     async def _failed(self, w: _Watch, exc: Exception) -> None:
@@ -746,12 +742,17 @@ class Poller:
         except StateStoreError:
             return
         if previous is None:
-            name, iid = target.instance.name, target.instance.id
-            log.info("instance %s (%s) was deleted before its first poll", name, iid)
-            await self._close_health(target.key)
-            self.retire(target.key)  # never baselined: nothing to announce
+            await self._deleted_unseen(target)
             return
         await self._instance_gone(w, previous, None)
+
+    async def _deleted_unseen(self, target: Target) -> None:
+        """Listed, then deleted before its first poll: nothing to announce, nothing to keep."""
+        log.info(
+            "instance %s (%s) was deleted before its first poll", target.instance.name, target.instance.id
+        )
+        await self._close_health(target.key)
+        self.retire(target.key)
 
     async def _discovery_loop(self, spec: ProjectSpec, stop: asyncio.Event) -> None:
         interval = self.config.discovery.interval
