@@ -2,7 +2,7 @@
 
 For each history H, the DCS simulator runs in a process of its own (:mod:`bench.sim_server`) with
 ``--instances`` instances, each holding H finished tasks created over the last 7 days (up to 1 hour
-ago). The real poller (a :class:`~notifier.daemon.Daemon`, its own redis-server, a webhook receiver)
+ago). The real poller (a :class:`~notifier.app.Daemon`, its own redis-server, a webhook receiver)
 takes its baseline (timed apart: it pages through ``poll.window``, a day of history, once), then polls
 the unchanged instances ``--rounds`` times. Each of those polls asks only for the tasks created since
 the last poll minus ``poll.skew``, so its cost should be the same whatever H.
@@ -36,9 +36,9 @@ import redis.asyncio as aioredis
 
 from bench import sim_server
 from bench.measure import simulator
-from notifier.config import parse_config
-from notifier.daemon import Daemon
-from notifier.standins.webhook import WebhookReceiver
+from notifier.app import Daemon
+from notifier.config.models import parse_config
+from notifier.devtools.standins.webhook import WebhookReceiver
 from tests.support.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent

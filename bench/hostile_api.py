@@ -34,8 +34,8 @@ from typing import Any
 
 from aiohttp import web
 
-from notifier.config import PollConfig, parse_config
-from notifier.daemon import Daemon
+from notifier.app import Daemon
+from notifier.config.models import PollConfig, parse_config
 from notifier.dcs.models import Task, format_api_time
 from tests.support.redis_server import RedisServer
 

@@ -1,15 +1,15 @@
 """What a hostile receiver costs the notifier: scrubbing adversarial text, and a Slack answer of 300 MB.
 
-Scrubbing: the time :func:`notifier.channels.http.scrub` takes over a run of letters (the input that made
-the old URL pattern, kept below as ``OLD_URL_RE``, backtrack from every start position), uncapped over
-80 KB and 1 MB, capped (the default, as logs use it) over 1 MB, and the old pattern over 80 KB for the
+Scrubbing: the time :func:`notifier.delivery.channels.http.scrub` takes over a run of letters (the input
+that made the old URL pattern, kept below as ``OLD_URL_RE``, backtrack from every start position), uncapped
+over 80 KB and 1 MB, capped (the default, as logs use it) over 1 MB, and the old pattern over 80 KB for the
 ratio.
 
 Memory: a fresh client process (``--client``) sends one notification through a real
-:class:`~notifier.channels.slack.SlackChannel` (incoming webhook, then bot token) to a Slack stand-in in
-this process that answers HTTP 200 with a 300 MB body made on the fly. Reported: the client's peak RSS
-(``ru_maxrss``) against the same client answered normally, the outcome, the time, and how many bytes
-the stand-in had written when the client hung up.
+:class:`~notifier.delivery.channels.slack.SlackChannel` (incoming webhook, then bot token) to a Slack
+stand-in in this process that answers HTTP 200 with a 300 MB body made on the fly. Reported: the client's
+peak RSS (``ru_maxrss``) against the same client answered normally, the outcome, the time, and how many
+bytes the stand-in had written when the client hung up.
 
     .venv/bin/python -m bench.hostile_receivers            # prints a table, writes the results
     .venv/bin/python -m bench.hostile_receivers --before   # records the figures under "before" instead
@@ -34,8 +34,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
-from notifier.standins import CannedResponse, Flood, every_nth
-from notifier.standins.slack import SlackStandIn
+from notifier.devtools.standins import CannedResponse, Flood, every_nth
+from notifier.devtools.standins.slack import SlackStandIn
 
 RESULTS = Path(__file__).parent / "results" / "hostile_receivers.json"
 FLOOD_BYTES: Final = 300 * 2**20
@@ -64,7 +64,7 @@ def scrub_figures(old: bool) -> dict[str, float]:
     if old:
         figures["old_regex_80kb_s"] = round(timed(lambda: OLD_URL_RE.sub("", small)), 4)
     try:
-        from notifier.channels.http import scrub
+        from notifier.delivery.channels.http import scrub
     except ImportError:  # the code before the hardening: no capped scrubber to time
         return figures
     figures["scrub_80kb_uncapped_s"] = round(timed(lambda: scrub(small, limit=None)), 5)
@@ -80,7 +80,7 @@ def scrub_figures(old: bool) -> dict[str, float]:
 
 def notification() -> Any:
     from notifier.dcs.models import Task
-    from notifier.events import Event, EventType, InstanceRef, Notification, event_id
+    from notifier.pipeline.events import Event, EventType, InstanceRef, Notification, event_id
 
     task = Task.model_validate(
         {
@@ -111,7 +111,7 @@ def peak_rss_mib() -> float:
 
 async def client(mode: str, base_url: str) -> dict[str, Any]:
     """Send one notification to the stand-in at ``base_url``; report outcome, time and peak RSS."""
-    from notifier.channels import SlackChannelConfig, build_channel
+    from notifier.delivery.channels import SlackChannelConfig, build_channel
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     settings: dict[str, Any] = {"type": "slack", "timeout": 120}

@@ -1,8 +1,8 @@
 """The notifier, alone in this process, against the benchmark's simulator, redis-server and webhook receiver.
 
-Builds a :class:`~notifier.config.Config` (single-project form: ``cloud: {endpoint, project_id, ak, sk}``,
-the ``instances`` list, ``api: {rate_limit: 1000000, max_concurrency: 64, region_concurrency: 64}``, a
-webhook channel to the receiver, the Redis URL) and a :class:`~notifier.daemon.Daemon`, then:
+Builds a :class:`~notifier.config.models.Config` (single-project form: ``cloud: {endpoint, project_id, ak,
+sk}``, the ``instances`` list, ``api: {rate_limit: 1000000, max_concurrency: 64, region_concurrency: 64}``,
+a webhook channel to the receiver, the Redis URL) and a :class:`~notifier.app.Daemon`, then:
 
 1. **baseline** — ``daemon.poller.poll_all()`` (each instance's first poll pages through ``poll.window``
    of history), repeated while some polls fail (at most 3 rounds), timed apart, not in the figures;
@@ -58,8 +58,8 @@ from bench.measure import (
     resolve_loop,
     run_async,
 )
-from notifier.config import Config, parse_config
-from notifier.daemon import Daemon, freeze_startup_heap
+from notifier.app import Daemon, freeze_startup_heap
+from notifier.config.models import Config, parse_config
 
 #: Not the poller's work: the benchmark's own reads of the counters.
 IGNORED_COMMANDS = frozenset({"info", "config"})

@@ -20,10 +20,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from notifier.config import parse_config
-from notifier.daemon import Daemon
-from notifier.dcs.simulator import Simulator
-from notifier.standins.webhook import WebhookReceiver
+from notifier.app import Daemon
+from notifier.config.models import parse_config
+from notifier.devtools.simulator import Simulator
+from notifier.devtools.standins.webhook import WebhookReceiver
 from tests.support.redis_server import RedisServer
 
 RESULTS = Path(__file__).parent / "results" / "poll_cost.json"

@@ -52,8 +52,8 @@ from typing import Any
 from aiohttp import web
 
 from notifier.dcs.models import format_api_time
-from notifier.dcs.simulator import Simulator
-from notifier.dcs.simulator.app import ApiError, Handler
+from notifier.devtools.simulator import Simulator
+from notifier.devtools.simulator.app import ApiError, Handler
 
 try:
     import orjson

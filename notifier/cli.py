@@ -19,18 +19,18 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import yaml
 
-from notifier.channels import Channel, build_channel, masked_config
-from notifier.cloud import Cloud
-from notifier.config import Config, InstanceConfig, credential_problems, load_config, secret_values
-from notifier.daemon import Daemon, freeze_startup_heap, open_store
+from notifier.app import Daemon, freeze_startup_heap, open_store
+from notifier.config.models import Config, InstanceConfig, credential_problems, load_config, secret_values
+from notifier.dcs.cloud import Cloud
 from notifier.dcs.models import Task, format_api_time
-from notifier.delivery import send_with_retries
-from notifier.discovery import tags_of
+from notifier.delivery.channels import Channel, build_channel, masked_config
+from notifier.delivery.worker import send_with_retries
 from notifier.errors import ConfigError, DcsApiError, StateStoreError
-from notifier.events import Event, EventType, InstanceRef, Notification, event_id
-from notifier.leases import DaemonConflict
 from notifier.logsetup import configure_logging, escape_controls
-from notifier.state import DeadLetter, StateStore
+from notifier.pipeline.discovery import tags_of
+from notifier.pipeline.events import Event, EventType, InstanceRef, Notification, event_id
+from notifier.store.leases import DaemonConflict
+from notifier.store.state import DeadLetter, StateStore
 
 log = logging.getLogger("notifier")
 
@@ -373,7 +373,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "demo":
-            from notifier.demo import run_demo
+            from notifier.devtools.demo import run_demo
 
             configure_logging(args.log_level)
             return asyncio.run(run_demo(redis_url=args.redis_url, duration=args.duration, speed=args.speed))

@@ -7,8 +7,8 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from notifier.dcs.simulator import Simulator
-from notifier.standins.webhook import WebhookReceiver
+from notifier.devtools.simulator import Simulator
+from notifier.devtools.standins.webhook import WebhookReceiver
 from tests.support.loopback_http import serve, transport  # noqa: F401 - fixtures for the transport's tests
 from tests.support.redis_cluster import RedisClusterServers, RedisSentinelServers
 from tests.support.redis_server import RedisServer

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from notifier.dcs.models import Task, format_api_time
-from notifier.events import Event, EventType, InstanceRef, PollProblem, event_id
+from notifier.pipeline.events import Event, EventType, InstanceRef, PollProblem, event_id
 
 T0 = datetime(2026, 11, 28, 8, 0, 0, tzinfo=UTC)
 INSTANCE = InstanceRef(id="5560df16-cebf-4473-95c4-d1b573c16e79", name="orders-cache", labels={"env": "prod"})

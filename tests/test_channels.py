@@ -15,7 +15,8 @@ import pytest
 from pydantic import TypeAdapter, ValidationError
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from notifier.channels import (
+from notifier.dcs.models import Task
+from notifier.delivery.channels import (
     REGISTRY,
     Channel,
     ChannelConfig,
@@ -26,14 +27,13 @@ from notifier.channels import (
     build_channel,
     masked_config,
 )
-from notifier.channels.webhook import decode_secret, parse_retry_after, sign
-from notifier.dcs.models import Task
+from notifier.delivery.channels.webhook import decode_secret, parse_retry_after, sign
+from notifier.delivery.formatters import format_slack, webhook_body
+from notifier.devtools.standins import CannedResponse, RecordedRequest, every_nth
+from notifier.devtools.standins.slack import SlackStandIn
+from notifier.devtools.standins.webhook import WebhookReceiver, verify_signature
 from notifier.errors import DeliveryError, Reason
-from notifier.events import Event, EventType, InstanceRef, Notification, event_id
-from notifier.formatters import format_slack, webhook_body
-from notifier.standins import CannedResponse, RecordedRequest, every_nth
-from notifier.standins.slack import SlackStandIn
-from notifier.standins.webhook import WebhookReceiver, verify_signature
+from notifier.pipeline.events import Event, EventType, InstanceRef, Notification, event_id
 
 TOKEN = "xoxb-1111-2222-s3cr3tT0k3nValue"
 WEBHOOK_PATH = "T0SECRET/B0SECRET/s3cr3tW3bh00kPathValue"

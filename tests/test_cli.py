@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from notifier.dcs.simulator import Simulator
-from notifier.standins.slack import SlackStandIn
-from notifier.standins.webhook import WebhookReceiver
+from notifier.devtools.simulator import Simulator
+from notifier.devtools.standins.slack import SlackStandIn
+from notifier.devtools.standins.webhook import WebhookReceiver
 from tests.conftest import AK, ORDERS, PROJECT_ID, SK, WEBHOOK_SECRET
 
 CONFIG = f"""

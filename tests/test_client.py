@@ -5,7 +5,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from notifier.dcs.client import DcsClient
-from notifier.dcs.simulator import Fault, Simulator
+from notifier.devtools.simulator import Fault, Simulator
 from notifier.errors import DcsApiError, Reason
 from tests.conftest import AK, ORDERS, PROJECT_ID, SK
 

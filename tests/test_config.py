@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from notifier.config import (
+from notifier.config.models import (
     AccountConfig,
     AkSkCredentials,
     Config,

@@ -13,7 +13,7 @@ import annotated_types
 import pytest
 from pydantic import BaseModel
 
-from notifier.config import Config, parse_config
+from notifier.config.models import Config, parse_config
 from notifier.errors import ConfigError
 
 BASE = """

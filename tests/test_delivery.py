@@ -12,18 +12,18 @@ from datetime import timedelta
 import pytest
 import redis.asyncio as aioredis
 
-from notifier.channels.base import Channel
-from notifier.channels.webhook import WebhookChannel, WebhookChannelConfig
-from notifier.config import DeliveryConfig
-from notifier.constants import Keys
-from notifier.daemon import connect_redis
-from notifier.delivery import Deliverer, Verdict, backoff_delay, retry_delay
-from notifier.diff import DiffContext, diff
+from notifier.app import connect_redis
+from notifier.config.models import DeliveryConfig
+from notifier.delivery.channels.base import Channel
+from notifier.delivery.channels.webhook import WebhookChannel, WebhookChannelConfig
+from notifier.delivery.worker import Deliverer, Verdict, backoff_delay, retry_delay
+from notifier.devtools.standins.webhook import WebhookReceiver
 from notifier.errors import DeliveryError, Reason, StateStoreError
-from notifier.events import Notification
-from notifier.rules import route
-from notifier.standins.webhook import WebhookReceiver
-from notifier.state import StateStore
+from notifier.pipeline.diff import DiffContext, diff
+from notifier.pipeline.events import Notification
+from notifier.pipeline.rules import route
+from notifier.store.keys import Keys
+from notifier.store.state import StateStore
 from tests.factories import INSTANCE, T0, task
 from tests.support.redis_server import RedisServer
 
@@ -312,7 +312,7 @@ async def test_a_channel_bug_becomes_a_dead_letter_not_a_wedge(redis_client: aio
 
 
 def test_slack_is_paced_to_one_message_per_second_by_default() -> None:
-    from notifier.channels.slack import SlackChannel, SlackChannelConfig
+    from notifier.delivery.channels.slack import SlackChannel, SlackChannelConfig
 
     cfg = SlackChannelConfig(type="slack", webhook_url="https://hooks.slack.com/services/T/B/X")
     assert cfg.rate == 1.0

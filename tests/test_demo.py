@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from notifier.demo import render_slack, run_demo
+from notifier.devtools.demo import render_slack, run_demo
 
 
 async def test_demo_shows_switchover_start_and_finish(

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from notifier.diff import DiffContext, SeenTask, Snapshot, diff
-from notifier.events import EventType, event_id
+from notifier.pipeline.diff import DiffContext, SeenTask, Snapshot, diff
+from notifier.pipeline.events import EventType, event_id
 from tests.factories import INSTANCE, T0, task
 
 GRACE = timedelta(minutes=15)

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from notifier.config import AkSkCredentials, InstanceConfig, InstanceFilter, ProjectSpec
-from notifier.discovery import Listing, matches, select, tags_of
+from notifier.config.models import AkSkCredentials, InstanceConfig, InstanceFilter, ProjectSpec
+from notifier.pipeline.discovery import Listing, matches, select, tags_of
 
 
 def spec(

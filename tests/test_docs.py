@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from notifier.config import FileCredentials, IamCredentials, load_config, parse_config
+from notifier.config.models import FileCredentials, IamCredentials, load_config, parse_config
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {

@@ -24,15 +24,15 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from notifier.config import Config, parse_config
-from notifier.daemon import Daemon
-from notifier.dcs.simulator import Simulator
-from notifier.standins import CannedResponse, RecordedRequest
-from notifier.standins.slack import SlackStandIn
-from notifier.standins.webhook import WebhookReceiver
+from notifier.app import Daemon
+from notifier.config.models import Config, parse_config
+from notifier.devtools.simulator import Simulator
+from notifier.devtools.standins import CannedResponse, RecordedRequest
+from notifier.devtools.standins.slack import SlackStandIn
+from notifier.devtools.standins.webhook import WebhookReceiver
 from tests.conftest import AK, ORDERS, PROJECT_ID, SESSIONS, SK
 from tests.support.redis_server import RedisServer
-from tests.support.wait import until
+from tests.support.wait import until, until_async
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
@@ -178,6 +178,11 @@ async def test_kill_9_between_outbox_write_and_send_then_restart(
         rig.finish(ids)
         # Slack entries are committed in the same MULTI/EXEC as the audit ones: all 8 are in the outbox.
         await until(lambda: len(accepted(rig.slack.requests)) >= 8, 15, "8 messages on Slack")
+
+        async def slack_acknowledged() -> bool:  # Slack took the 8th before the daemon acknowledged it
+            return await redis_client.xlen("f:outbox:oncall") == 0
+
+        await until_async(slack_acknowledged, 15, "the Slack entries acknowledged")
     finally:
         proc.kill()  # kill -9: no cleanup, no acks
         await proc.wait()

@@ -21,14 +21,14 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from notifier.config import Config, parse_config
-from notifier.daemon import Daemon
+from notifier.app import Daemon
+from notifier.config.models import Config, parse_config
 from notifier.dcs.models import parse_api_time
-from notifier.dcs.simulator import Simulator
-from notifier.dcs.simulator.state import RecordedRequest as SimRequest
-from notifier.dcs.simulator.state import SkewedClock
-from notifier.standins import RecordedRequest
-from notifier.standins.webhook import WebhookReceiver
+from notifier.devtools.simulator import Simulator
+from notifier.devtools.simulator.state import RecordedRequest as SimRequest
+from notifier.devtools.simulator.state import SkewedClock
+from notifier.devtools.standins import RecordedRequest
+from notifier.devtools.standins.webhook import WebhookReceiver
 from tests.support.daemons import running
 from tests.support.wait import until
 

@@ -22,15 +22,15 @@ import redis.asyncio as aioredis
 import trustme
 from aiohttp import web
 
-from notifier.cloud import Cloud
-from notifier.config import Config, parse_config
-from notifier.constants import Keys
-from notifier.daemon import Daemon
-from notifier.dcs.simulator import Fault, Simulator
+from notifier.app import Daemon
+from notifier.config.models import Config, parse_config
+from notifier.dcs.cloud import Cloud
+from notifier.devtools.simulator import Fault, Simulator
+from notifier.devtools.standins.webhook import WebhookReceiver
 from notifier.errors import ConfigError, DcsApiError, Reason
-from notifier.poller import Poller, PollOutcome, Target, _phase
-from notifier.standins.webhook import WebhookReceiver
-from notifier.state import StateStore
+from notifier.pipeline.poll import Poller, PollOutcome, Target, _phase
+from notifier.store.keys import Keys
+from notifier.store.state import StateStore
 from tests.support.daemons import running
 from tests.support.wait import until
 

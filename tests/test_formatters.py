@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from notifier.dcs.models import Task
-from notifier.events import Event, EventType, InstanceRef, Notification, event_id
-from notifier.formatters import SlackMessage, format_slack, format_webhook, webhook_body
-from notifier.formatters.slack import clip, escape, format_duration, slack_date
+from notifier.delivery.formatters import SlackMessage, format_slack, format_webhook, webhook_body
+from notifier.delivery.formatters.slack import clip, escape, format_duration, slack_date
+from notifier.pipeline.events import Event, EventType, InstanceRef, Notification, event_id
 from tests.factories import T0, poller_event, problem, removed_event
 
 DETECTED = datetime(2020, 6, 17, 8, 18, 11, tzinfo=UTC)

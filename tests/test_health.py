@@ -7,8 +7,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from notifier.errors import DcsApiError, Reason
-from notifier.events import Event, EventType, PollProblem, event_id
-from notifier.health import HealthTracker, Subject
+from notifier.pipeline.events import Event, EventType, PollProblem, event_id
+from notifier.pipeline.health import HealthTracker, Subject
 from tests.factories import INSTANCE, PROJECT_ID, T0
 from tests.factories import event as task_event
 

@@ -18,15 +18,15 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from notifier.config import parse_config
-from notifier.constants import Keys
+from notifier.config.models import parse_config
 from notifier.dcs.models import MAX_UNKNOWN_DEPTH, OMITTED_FIELD, Task, format_api_time
-from notifier.dcs.simulator import Fault, Simulator
+from notifier.devtools.simulator import Fault, Simulator
+from notifier.devtools.standins.webhook import WebhookReceiver
 from notifier.errors import DcsApiError, Reason
-from notifier.events import EventType
-from notifier.poller import Poller
-from notifier.standins.webhook import WebhookReceiver
-from notifier.state import StateStore
+from notifier.pipeline.events import EventType
+from notifier.pipeline.poll import Poller
+from notifier.store.keys import Keys
+from notifier.store.state import StateStore
 from tests.conftest import AK, ORDERS, PROJECT_ID, SESSIONS, SK, WEBHOOK_SECRET
 from tests.support.daemons import running
 from tests.support.wait import until
@@ -301,7 +301,7 @@ async def test_pages_that_repeat_end_at_the_first_page_that_brings_nothing_new(w
 
 async def test_a_newline_in_the_apis_error_message_cannot_forge_a_log_line(cli: Cli, sim: Simulator) -> None:
     """Before: `error_msg` was logged verbatim, so an API could write a line of its own into the log."""
-    forged = "2026-12-01 08:00:00,000 INFO    notifier.delivery: delivered task.succeeded: all is well"
+    forged = "2026-12-01 08:00:00,000 INFO    notifier.delivery.worker: delivered task.succeeded: all is well"
     sim.inject(Fault.error(500, "DCS.5000", f"busy\n{forged}\r\n"), times=10, instance_id=ORDERS)
     code, _, err = await cli.run("once", "--log-level", "DEBUG")
     assert code == 1

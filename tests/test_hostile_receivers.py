@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
-from notifier.channels import Channel, build_channel
+from notifier.delivery.channels import Channel, build_channel
+from notifier.devtools.standins import CannedResponse, Flood, StandInServer
+from notifier.devtools.standins.slack import SlackStandIn
+from notifier.devtools.standins.webhook import WebhookReceiver
 from notifier.errors import DeliveryError, Reason
-from notifier.standins import CannedResponse, Flood, StandInServer
-from notifier.standins.slack import SlackStandIn
-from notifier.standins.webhook import WebhookReceiver
 from tests.support.wait import until
 from tests.test_channels import (
     SECRET,
@@ -88,7 +88,7 @@ def unreadable_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [
         r.getMessage()
         for r in caplog.records
-        if r.levelno == logging.WARNING and r.name.startswith("notifier.channels")
+        if r.levelno == logging.WARNING and r.name.startswith("notifier.delivery.channels")
     ]
 
 

@@ -18,15 +18,15 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from notifier.cloud import Cloud
-from notifier.config import Config, parse_config
-from notifier.constants import Keys
-from notifier.daemon import Daemon
-from notifier.dcs.simulator import Simulator
-from notifier.events import EventType, Notification
-from notifier.poller import Poller
-from notifier.standins.webhook import WebhookReceiver
-from notifier.state import COMMIT_CHUNK, StateStore, _parts
+from notifier.app import Daemon
+from notifier.config.models import Config, parse_config
+from notifier.dcs.cloud import Cloud
+from notifier.devtools.simulator import Simulator
+from notifier.devtools.standins.webhook import WebhookReceiver
+from notifier.pipeline.events import EventType, Notification
+from notifier.pipeline.poll import Poller
+from notifier.store.keys import Keys
+from notifier.store.state import COMMIT_CHUNK, StateStore, _parts
 from tests.conftest import AK, ORDERS, PROJECT_ID, SESSIONS, SK, WEBHOOK_SECRET
 from tests.factories import event, task
 from tests.support.daemons import running

@@ -19,11 +19,18 @@ import pytest
 import trustme
 from aiohttp import web
 
-from notifier.cloud import Cloud
-from notifier.config import parse_config
-from notifier.dcs.http import TlsPolicy, describe_client_error, make_session, redact_url, ssl_for, tls_policy
-from notifier.dcs.simulator import Simulator
+from notifier.config.models import parse_config
+from notifier.dcs.cloud import Cloud
+from notifier.devtools.simulator import Simulator
 from notifier.errors import ConfigError
+from notifier.net.session import (
+    TlsPolicy,
+    describe_client_error,
+    make_session,
+    redact_url,
+    ssl_for,
+    tls_policy,
+)
 
 UA = "dcs-notifier-test/1.0"
 PROXY_USER = "proxy-user"

@@ -8,8 +8,8 @@ from collections.abc import Callable
 
 import redis.asyncio as aioredis
 
-from notifier.constants import Keys
-from notifier.leases import ShardLeases, owner_of, shard_of
+from notifier.store.keys import Keys
+from notifier.store.leases import ShardLeases, owner_of, shard_of
 
 
 async def ticks_until(leases: ShardLeases, done: Callable[[], bool], what: str, within: float = 5.0) -> None:

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from notifier.channels.http import scrub
+from notifier.delivery.channels.http import scrub
 from notifier.logsetup import (
     LOG_FORMAT,
     MESSAGE_LIMIT,
@@ -28,7 +28,7 @@ WEBHOOK_URL = f"https://hooks.slack.com/services/{WEBHOOK_PATH}"
 SECRETS = [WEBHOOK_URL, WEBHOOK_PATH, TOKEN]
 #: How a record starts: "2024-01-01 00:00:00,000 LEVEL ...".
 RECORD_START = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ")
-FORGED = "2025-01-01 00:00:00,000 INFO    notifier.delivery: delivered dcs.task.succeeded to oncall"
+FORGED = "2025-01-01 00:00:00,000 INFO    notifier.delivery.worker: delivered dcs.task.succeeded to oncall"
 CUT_NOTE = re.compile(r"\[(\d+) characters cut\]")
 
 

@@ -18,7 +18,7 @@ from huaweicloudsdkdcs.v2 import (  # type: ignore[import-untyped]
     ListInstancesResponse,
 )
 
-from notifier.dcs.simulator import Fault, ManualClock, Simulator
+from notifier.devtools.simulator import Fault, ManualClock, Simulator
 
 AK = "OFFICIALSDKAK000001"
 SK = "official-sdk-secret-0123456789"

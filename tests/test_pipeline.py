@@ -12,16 +12,16 @@ import pytest
 import redis.asyncio as aioredis
 from standardwebhooks.webhooks import Webhook
 
-from notifier.config import Config, parse_config
-from notifier.constants import Keys
-from notifier.daemon import Daemon
-from notifier.dcs.simulator import Fault, Simulator
+from notifier.app import Daemon
+from notifier.config.models import Config, parse_config
+from notifier.delivery.formatters.slack import format_slack
+from notifier.delivery.formatters.webhook import webhook_body
+from notifier.devtools.simulator import Fault, Simulator
+from notifier.devtools.standins.slack import SlackStandIn
+from notifier.devtools.standins.webhook import WebhookReceiver
 from notifier.errors import DcsApiError, Reason
-from notifier.events import Notification
-from notifier.formatters.slack import format_slack
-from notifier.formatters.webhook import webhook_body
-from notifier.standins.slack import SlackStandIn
-from notifier.standins.webhook import WebhookReceiver
+from notifier.pipeline.events import Notification
+from notifier.store.keys import Keys
 from tests.conftest import AK, ORDERS, PROJECT_ID, SESSIONS, SK, WEBHOOK_SECRET
 
 CONFIG = (

@@ -16,18 +16,18 @@ import pytest
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
-from notifier.channels.base import Channel
-from notifier.channels.webhook import WebhookChannel, WebhookChannelConfig
-from notifier.config import DeliveryConfig, RedisConfig, parse_config, parse_redis_url
-from notifier.constants import Keys
-from notifier.daemon import connect_redis, open_store
-from notifier.delivery import Deliverer
-from notifier.diff import DiffContext, DiffResult, diff
+from notifier.app import connect_redis, open_store
+from notifier.config.models import DeliveryConfig, RedisConfig, parse_config, parse_redis_url
+from notifier.delivery.channels.base import Channel
+from notifier.delivery.channels.webhook import WebhookChannel, WebhookChannelConfig
+from notifier.delivery.worker import Deliverer
+from notifier.devtools.standins.webhook import WebhookReceiver
 from notifier.errors import ConfigError, DeliveryError, Reason, StateStoreError
-from notifier.events import EventType, Notification
-from notifier.rules import route
-from notifier.standins.webhook import WebhookReceiver
-from notifier.state import StateStore
+from notifier.pipeline.diff import DiffContext, DiffResult, diff
+from notifier.pipeline.events import EventType, Notification
+from notifier.pipeline.rules import route
+from notifier.store.keys import Keys
+from notifier.store.state import StateStore
 from tests.factories import INSTANCE, T0, poller_event, problem, removed_event, task
 from tests.support.redis_cluster import RedisClusterServers
 

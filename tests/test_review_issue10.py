@@ -16,16 +16,16 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from notifier.cloud import Cloud
-from notifier.config import Config, parse_config
-from notifier.constants import Keys
-from notifier.daemon import Daemon
-from notifier.dcs.simulator import Fault, Simulator
-from notifier.dcs.simulator.state import SkewedClock
-from notifier.leases import DaemonConflict
-from notifier.poller import Poller
-from notifier.standins.webhook import WebhookReceiver
-from notifier.state import StateStore
+from notifier.app import Daemon
+from notifier.config.models import Config, parse_config
+from notifier.dcs.cloud import Cloud
+from notifier.devtools.simulator import Fault, Simulator
+from notifier.devtools.simulator.state import SkewedClock
+from notifier.devtools.standins.webhook import WebhookReceiver
+from notifier.pipeline.poll import Poller
+from notifier.store.keys import Keys
+from notifier.store.leases import DaemonConflict
+from notifier.store.state import StateStore
 from tests import test_hostile_redis as hostile
 from tests.conftest import AK, ORDERS, PROJECT_ID, SESSIONS, SK
 from tests.support.daemons import running

@@ -1,8 +1,8 @@
 from __future__ import annotations
 
-from notifier.config import RuleConfig
-from notifier.events import EventType
-from notifier.rules import route
+from notifier.config.models import RuleConfig
+from notifier.pipeline.events import EventType
+from notifier.pipeline.rules import route
 from tests.factories import event, poller_event, removed_event, task
 
 CHANNELS = ["oncall", "audit", "lab"]

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from notifier.dcs.simulator import Simulator
-from notifier.dcs.simulator.state import RecordedRequest as SimRequest
-from notifier.standins.webhook import WebhookReceiver
+from notifier.devtools.simulator import Simulator
+from notifier.devtools.simulator.state import RecordedRequest as SimRequest
+from notifier.devtools.standins.webhook import WebhookReceiver
 from tests.support.wait import until
 
 PROJECT = "5caleb0a2d3e4f5061728394a5b6c7d8"

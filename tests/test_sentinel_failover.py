@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 import redis
 
-from notifier.config import Config, parse_config
-from notifier.dcs.simulator import Simulator
-from notifier.events import EventType, event_id
-from notifier.standins.webhook import WebhookReceiver
+from notifier.config.models import Config, parse_config
+from notifier.devtools.simulator import Simulator
+from notifier.devtools.standins.webhook import WebhookReceiver
+from notifier.pipeline.events import EventType, event_id
 from tests.conftest import AK, ORDERS, PROJECT_ID, SESSIONS, SK
 from tests.support.daemons import running
 from tests.support.redis_cluster import RedisSentinelFailoverServers

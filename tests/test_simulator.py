@@ -21,7 +21,7 @@ from yarl import URL
 
 from notifier.dcs.models import TaskList, format_api_time
 from notifier.dcs.signer import canonical_query, sign
-from notifier.dcs.simulator import (
+from notifier.devtools.simulator import (
     CATALOG_CACHE,
     ORDERS_CACHE,
     SESSIONS_CACHE,
@@ -530,7 +530,7 @@ async def test_standalone_module_serves_demo(session: aiohttp.ClientSession) -> 
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "notifier.dcs.simulator",
+        "notifier.devtools.simulator",
         "--port",
         "0",
         "--project-id",
@@ -562,7 +562,7 @@ async def test_standalone_module_serves_demo(session: aiohttp.ClientSession) -> 
 async def test_standalone_module_requires_keys() -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("CLOUD_SDK_AK", "CLOUD_SDK_SK")}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "notifier.dcs.simulator", env=env, stderr=asyncio.subprocess.PIPE
+        sys.executable, "-m", "notifier.devtools.simulator", env=env, stderr=asyncio.subprocess.PIPE
     )
     _, err = await asyncio.wait_for(proc.communicate(), 15)
     assert proc.returncode == 2

@@ -5,11 +5,11 @@ from datetime import timedelta
 import pytest
 import redis.asyncio as aioredis
 
-from notifier.constants import META_FIELD, Keys
-from notifier.diff import DiffContext, diff
 from notifier.errors import StateStoreError
-from notifier.events import EventType, Notification
-from notifier.state import StateStore
+from notifier.pipeline.diff import DiffContext, diff
+from notifier.pipeline.events import EventType, Notification
+from notifier.store.keys import META_FIELD, Keys
+from notifier.store.state import StateStore
 from tests.factories import INSTANCE, T0, event, task
 
 

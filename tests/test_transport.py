@@ -20,11 +20,11 @@ import pytest
 import trustme
 import uvloop
 
-from notifier.cloud import Cloud
-from notifier.config import parse_config
+from notifier.config.models import parse_config
 from notifier.dcs import transport as transport_module
-from notifier.dcs.http import TlsPolicy
+from notifier.dcs.cloud import Cloud
 from notifier.dcs.transport import AiohttpTransport, HttpAnswer, KeepAliveTransport, TransportError
+from notifier.net.session import TlsPolicy
 from tests.support.loopback_http import HANG, Answer, LoopbackServer, StartServer, always, scripted
 from tests.support.wait import until
 

@@ -18,8 +18,8 @@ import pytest
 import trustme
 
 from notifier.dcs import transport as transport_module
-from notifier.dcs.http import TlsPolicy
 from notifier.dcs.transport import KeepAliveTransport, TransportError, _Connection
+from notifier.net.session import TlsPolicy
 from tests.support.loopback_http import Handler, LoopbackServer, StartServer, scripted
 from tests.support.wait import until
 

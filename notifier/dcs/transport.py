@@ -7,7 +7,7 @@ a bare aiohttp loop cost 0.16–0.23 ms per poll on our 2-core box where the sam
 ``asyncio.Protocol`` with httptools (llhttp, Node.js's parser) cost 0.075 ms. So the hot GET has a
 transport of its own, :class:`KeepAliveTransport`, which does only what these GETs need:
 
-* HTTP and HTTPS with the :class:`~notifier.dcs.http.TlsPolicy` of the session (system trust store,
+* HTTP and HTTPS with the :class:`~notifier.net.session.TlsPolicy` of the session (system trust store,
   plus ``api.ca_bundle``; no verification only for ``api.insecure_endpoints``);
 * a keep-alive pool per endpoint; idle connections are dropped after :data:`IDLE_SECONDS`; a GET sent
   on a kept-alive connection that the server had closed meanwhile (no byte of an answer came back) is
@@ -41,7 +41,7 @@ import aiohttp
 import httptools
 from yarl import URL
 
-from notifier.dcs.http import (
+from notifier.net.session import (
     TlsPolicy,
     describe_client_error,
     describe_connect_error,
@@ -98,7 +98,7 @@ class HttpTransport(Protocol):
 def transport_for(session: aiohttp.ClientSession) -> HttpTransport:
     """The lean transport, unless a proxy is in effect: then aiohttp's, through ``session``.
 
-    ``session`` is the one :func:`~notifier.dcs.http.make_session` made: it decided whether a proxy is
+    ``session`` is the one :func:`~notifier.net.session.make_session` made: it decided whether a proxy is
     in effect (``api.proxy``, or proxies from the environment whatever ``NO_PROXY`` says: aiohttp applies
     the exclusions), and its TLS policy is reused.
     """

@@ -6,8 +6,8 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
-from notifier.config import Config
-from notifier.daemon import Daemon
+from notifier.app import Daemon
+from notifier.config.models import Config
 
 
 @contextlib.asynccontextmanager

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from notifier.dcs.simulator import Simulator
-from notifier.standins.webhook import WebhookReceiver
+from notifier.devtools.simulator import Simulator
+from notifier.devtools.standins.webhook import WebhookReceiver
 from tests.support.wait import until
 
 

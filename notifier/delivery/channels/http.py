@@ -1,0 +1,284 @@
+"""The HTTP every channel shares: one session factory, and what to make of an answer (or of none).
+
+:func:`channel_session` is the only way a channel gets an :class:`aiohttp.ClientSession` (slack-sdk's
+clients are handed one too), so whatever a receiver does, every channel kind meets it the same way:
+
+* **No redirects.** A 3xx is refused at once by a session middleware (it wraps each hop, so it covers
+  slack-sdk's calls, which let aiohttp follow redirects): :class:`RedirectRefused`, a permanent failure
+  naming the status, never the target. Following one would deliver the message somewhere else and
+  count it as delivered.
+* **Bounded answers.** Responses are :class:`CappedResponse`: ``read()``, and so ``text()`` and
+  ``json()``, refuse an answer announcing more than :data:`MAX_ANSWER_BYTES` at once, and stop reading
+  one that grows past it (a gzip bomb too: decompressed bytes count), closing the connection.
+* **Unreadable answers say so** with :class:`AnswerUnreadable`, which carries the HTTP status: a 2xx is
+  then "accepted, answer unreadable" (sending again would duplicate the message), any other status is
+  classified by the status alone.
+
+Also here: classifying statuses, ``Retry-After``, and scrubbing URLs and secrets out of text meant for
+errors and logs — in linear time, and capped.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+import aiohttp
+from aiohttp.typedefs import DEFAULT_JSON_DECODER, JSONDecoder
+
+from notifier.delivery.channels.base import redact_url
+from notifier.errors import DeliveryError, Reason
+from notifier.logsetup import MESSAGE_LIMIT, cut_note, safe_cut
+
+#: The most of an answer any channel reads. Slack's answers are a few KB.
+MAX_ANSWER_BYTES: Final = 1024 * 1024
+#: The scheme is bounded (real ones are short), which keeps matching linear: an unbounded one made the
+#: engine try every start position of a long run of letters against all the rest of it.
+_URL_RE: Final = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]{0,31}://[^\s'\"<>()\]\[,]+")
+
+
+# --- what a receiver answered --------------------------------------------------------------------------
+
+
+class AnswerError(aiohttp.ClientResponseError):
+    """An answer a channel will not use; ``status`` is its HTTP status. Its text never holds the URL."""
+
+    def __init__(self, response: aiohttp.ClientResponse, problem: str) -> None:
+        super().__init__(
+            response.request_info,
+            response.history,
+            status=response.status,
+            message=problem,
+            headers=response.headers,
+        )
+        self.problem = problem
+
+    def __str__(self) -> str:
+        return f"HTTP {self.status}: {self.problem}"
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.status}, {self.problem!r})"
+
+
+class RedirectRefused(AnswerError):
+    """The receiver answered with a redirect (3xx); it is not followed."""
+
+
+class AnswerUnreadable(AnswerError):
+    """The answer's body is too large, or not text, or not JSON."""
+
+
+class CappedResponse(aiohttp.ClientResponse):
+    """A response that reads at most :data:`MAX_ANSWER_BYTES` of body (``read``, ``text``, ``json``)."""
+
+    async def read(self) -> bytes:
+        if self._body is None:
+            self._body = await self._read_capped()
+        return await super().read()
+
+    async def _read_capped(self) -> bytes:
+        announced = self.content_length
+        try:
+            if announced is not None and announced > MAX_ANSWER_BYTES:
+                raise AnswerUnreadable(
+                    self,
+                    f"answer of {announced} bytes announced, more than the {MAX_ANSWER_BYTES} bytes read",
+                )
+            chunks: list[bytes] = []
+            size = 0
+            while chunk := await self.content.readany():
+                size += len(chunk)
+                if size > MAX_ANSWER_BYTES:
+                    raise AnswerUnreadable(self, f"answer longer than {MAX_ANSWER_BYTES} bytes")
+                chunks.append(chunk)
+        except BaseException:
+            self.close()  # the rest is never read: the connection cannot be reused
+            raise
+        return b"".join(chunks)
+
+    async def text(self, encoding: str | None = None, errors: str = "strict") -> str:
+        try:
+            return await super().text(encoding, errors)
+        except (UnicodeDecodeError, LookupError):
+            raise AnswerUnreadable(self, "answer is not text in its charset (UTF-8 unless said)") from None
+
+    async def json(
+        self,
+        *,
+        encoding: str | None = None,
+        loads: JSONDecoder = DEFAULT_JSON_DECODER,
+        content_type: str | None = "application/json",
+    ) -> Any:
+        # A wrong Content-Type still raises aiohttp's ContentTypeError: slack-sdk takes it for "no JSON here".
+        try:
+            return await super().json(encoding=encoding, loads=loads, content_type=content_type)
+        except (ValueError, LookupError):  # JSONDecodeError, UnicodeDecodeError, unknown charset
+            raise AnswerUnreadable(self, "answer is not JSON") from None
+
+
+@dataclass
+class AnswerSeen:
+    """The status line of the last answer received while :func:`watch_answers` is active."""
+
+    status: int | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+_SEEN: ContextVar[AnswerSeen | None] = ContextVar("notifier_channels_answer_seen", default=None)
+
+
+@contextmanager
+def watch_answers() -> Iterator[AnswerSeen]:
+    """Record the status of answers received in this block: when a client library fails on an answer
+    without saying what the status was (slack-sdk on an unexpected body), the channel still knows."""
+    seen = AnswerSeen()
+    token = _SEEN.set(seen)
+    try:
+        yield seen
+    finally:
+        _SEEN.reset(token)
+
+
+async def _refuse_redirects(
+    request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
+) -> aiohttp.ClientResponse:
+    response = await handler(request)
+    seen = _SEEN.get()
+    if seen is not None:
+        seen.status, seen.headers = response.status, response.headers
+    if 300 <= response.status < 400:
+        response.close()  # aiohttp follows a redirect after this returns: raising is what stops it
+        raise RedirectRefused(response, "unexpected redirect, not followed")
+    return response
+
+
+def channel_session(timeout: float) -> aiohttp.ClientSession:
+    """The session of one channel: ``timeout`` seconds per request, capped answers, no redirects."""
+    return aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=timeout),
+        response_class=CappedResponse,
+        middlewares=(_refuse_redirects,),
+    )
+
+
+# --- classifying failures ------------------------------------------------------------------------------
+
+
+def check_http_url(url: str, what: str) -> None:
+    """Raise ``ValueError`` (without echoing the URL: it may be a secret) unless ``url`` is http(s)://host."""
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # raises on a malformed port
+    except ValueError:
+        raise ValueError(f"{what} is not a valid URL") from None
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f"{what} must start with http:// or https://")
+    if not parts.hostname:
+        raise ValueError(f"{what} has no host")
+
+
+def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
+    """``Retry-After`` as seconds: delta-seconds or an HTTP date; ``None`` when absent or unreadable."""
+    if value is None:
+        return None
+    text = value.strip()
+    if not text:
+        return None
+    try:
+        seconds = float(text)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - (now or datetime.now(UTC))).total_seconds()
+    if seconds != seconds or seconds in (float("inf"), float("-inf")):  # NaN/inf
+        return None
+    return max(0.0, seconds)
+
+
+def classify_status(status: int) -> tuple[bool, Reason]:
+    """(retryable, reason) of an HTTP error status."""
+    if status == 429:
+        return True, Reason.RATE_LIMITED
+    if status == 408:
+        return True, Reason.TIMEOUT
+    if status >= 500:
+        return True, Reason.SERVER_ERROR
+    if status in (401, 403):
+        return False, Reason.AUTH
+    if status in (404, 410):
+        return False, Reason.NOT_FOUND
+    return False, Reason.CLIENT_ERROR
+
+
+def redirect_error(channel: str, status: int) -> DeliveryError:
+    """A redirect is never followed: the message would go elsewhere and count as delivered."""
+    return DeliveryError(
+        channel, False, Reason.CLIENT_ERROR, f"unexpected redirect (HTTP {status}), not followed"
+    )
+
+
+def http_error(
+    channel: str, status: int, retry_after: str | None, detail: str | None = None
+) -> DeliveryError:
+    """A ``DeliveryError`` for a non-2xx answer."""
+    if 300 <= status < 400:
+        return redirect_error(channel, status)
+    retryable, reason = classify_status(status)
+    message = f"HTTP {status}" + (f" {detail}" if detail else "")
+    return DeliveryError(
+        channel,
+        retryable,
+        reason,
+        message,
+        retry_after=parse_retry_after(retry_after) if retryable else None,
+    )
+
+
+def scrub(text: str, secrets: Iterable[str] = (), *, limit: int | None = MESSAGE_LIMIT) -> str:
+    """Remove secrets from text meant for errors/logs: every URL becomes ``scheme://host/…``.
+
+    Linear in the text scanned, which is at most ``limit`` characters (``None``: all of it); a longer
+    text is cut first, never inside a secret (see :func:`notifier.logsetup.safe_cut`), with a note of
+    how much was cut.
+    """
+    ordered = sorted({s for s in secrets if s}, key=len, reverse=True)
+    cut = len(text) if limit is None or len(text) <= limit else safe_cut(text, limit, ordered)
+    kept = text[:cut]
+    for secret in ordered:
+        if secret in kept:
+            kept = kept.replace(secret, redact_url(secret) if _URL_RE.fullmatch(secret) else "****")
+    kept = _URL_RE.sub(lambda m: redact_url(m.group(0)), kept)
+    return kept + cut_note(len(text) - cut) if cut < len(text) else kept
+
+
+def describe_exception(exc: BaseException, secrets: Iterable[str] = ()) -> str:
+    """``ClientConnectorError: Cannot connect to host …`` with URLs and secrets scrubbed."""
+    detail = scrub(str(exc), secrets)
+    return f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
+
+
+def transport_error(channel: str, exc: BaseException, secrets: Iterable[str] = ()) -> DeliveryError:
+    """Classify a failure to get a usable answer: timeouts and broken connections are retryable, a
+    redirect is refused for good, an unreadable answer counts by its status (a 2xx one is the channel's to
+    judge first: the message was accepted)."""
+    if isinstance(exc, RedirectRefused):
+        return redirect_error(channel, exc.status)
+    if isinstance(exc, AnswerError):
+        retry_after = exc.headers.get("Retry-After") if exc.headers else None
+        return http_error(channel, exc.status, retry_after, f"({exc.problem})")
+    if isinstance(exc, TimeoutError):
+        return DeliveryError(channel, True, Reason.TIMEOUT, f"timed out ({type(exc).__name__})")
+    if isinstance(exc, aiohttp.ClientConnectionError | OSError):
+        return DeliveryError(channel, True, Reason.CONNECTION, describe_exception(exc, secrets))
+    return DeliveryError(channel, False, Reason.INVALID_RESPONSE, describe_exception(exc, secrets))

@@ -1,0 +1,361 @@
+"""Slack channel: an incoming webhook, or a bot token posting with ``chat.postMessage``.
+
+Exactly one layer retries: slack-sdk's own retry handlers are switched off (``retry_handlers=[]``) and every
+failure becomes a ``DeliveryError`` the delivery loop decides about. A Slack webhook URL is a secret (whoever
+has it can post), as is a token: neither appears in errors, ``repr`` or logs — slack-sdk's debug logging goes
+through a per-channel logger whose filter masks them (and caps what it logs of an answer).
+
+slack-sdk makes the requests, on a session from :func:`~notifier.delivery.channels.http.channel_session` (no
+redirects, answers capped); the answer is judged here, not by slack-sdk's exceptions. A 2xx whose body
+cannot be read (too large, not text, not JSON, JSON without ``ok``) means Slack took the message: it counts
+as delivered, with a warning, since sending it again would post it twice. Any other status is judged by the
+status (and Slack's error code when the body has one).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping
+from typing import Any, ClassVar, Final, Literal
+from urllib.parse import urlsplit
+
+import aiohttp
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from slack_sdk.errors import SlackApiError
+from slack_sdk.web.async_client import AsyncWebClient
+from slack_sdk.webhook.async_client import AsyncWebhookClient
+
+from notifier.delivery.channels.base import Channel, redact_url
+from notifier.delivery.channels.http import (
+    AnswerError,
+    AnswerSeen,
+    RedirectRefused,
+    channel_session,
+    check_http_url,
+    classify_status,
+    describe_exception,
+    parse_retry_after,
+    scrub,
+    transport_error,
+    watch_answers,
+)
+from notifier.delivery.formatters.slack import SlackMessage, format_slack
+from notifier.errors import DeliveryError, Reason
+from notifier.pipeline.events import Notification
+
+DEFAULT_API_BASE_URL: Final = "https://slack.com/api/"
+
+log = logging.getLogger(__name__)
+
+#: Slack error codes meaning the credentials or permissions are wrong: retrying cannot help.
+AUTH_ERRORS: Final = frozenset(
+    {
+        "invalid_token",
+        "invalid_auth",
+        "not_authed",
+        "account_inactive",
+        "token_revoked",
+        "token_expired",
+        "no_permission",
+        "missing_scope",
+        "not_allowed_token_type",
+        "action_prohibited",
+        "posting_to_general_channel_denied",
+        "restricted_action",
+        "not_in_channel",
+        "team_disabled",
+        "ekm_access_denied",
+    }
+)
+#: Slack error codes meaning the destination does not exist (any more).
+NOT_FOUND_ERRORS: Final = frozenset(
+    {"channel_not_found", "channel_is_archived", "no_service", "no_team", "no_active_hooks", "user_not_found"}
+)
+#: Slack error codes Slack itself documents as temporary.
+RATE_LIMIT_ERRORS: Final = frozenset({"ratelimited", "rate_limited"})
+TEMPORARY_ERRORS: Final = frozenset({"internal_error", "fatal_error", "service_unavailable"})
+
+_ERROR_CODE_RE: Final = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+
+
+def classify_slack(status: int, error: str | None) -> tuple[bool, Reason]:
+    """(retryable, reason) of a Slack answer that is not a success: HTTP status first, then Slack's code."""
+    if status == 429 or error in RATE_LIMIT_ERRORS:
+        return True, Reason.RATE_LIMITED
+    if status >= 500 or error in TEMPORARY_ERRORS:
+        return True, Reason.SERVER_ERROR
+    if error == "request_timeout":
+        return True, Reason.TIMEOUT
+    if error in AUTH_ERRORS:
+        return False, Reason.AUTH
+    if error in NOT_FOUND_ERRORS:
+        return False, Reason.NOT_FOUND
+    if status >= 400:
+        return classify_status(status)
+    return False, Reason.CLIENT_ERROR
+
+
+def slack_error_code(body: object) -> str | None:
+    """Slack's error code from a webhook text body or a Web API JSON body; ``None`` if it is not one."""
+    if isinstance(body, Mapping):
+        body = body.get("error")
+    if not isinstance(body, str):
+        return None
+    text = body.strip()
+    return text if _ERROR_CODE_RE.match(text) else None
+
+
+class SlackChannelConfig(BaseModel):
+    """``type: slack`` channel settings: either ``webhook_url``, or ``token`` + ``channel``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
+    type: Literal["slack"]
+    webhook_url: SecretStr | None = None
+    token: SecretStr | None = None
+    channel: str | None = None
+    base_url: str | None = None
+    timeout: float = Field(default=10.0, gt=0, le=300)
+    username: str | None = None
+    icon_emoji: str | None = None
+    #: Messages per second. Slack allows about one per second per incoming webhook / channel.
+    rate: float | None = Field(default=1.0, ge=0.001, le=10_000, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _one_mode(self) -> SlackChannelConfig:
+        if (self.webhook_url is None) == (self.token is None):
+            raise ValueError("set exactly one of webhook_url (incoming webhook) or token (bot token)")
+        if self.webhook_url is not None:
+            check_http_url(self.webhook_url.get_secret_value(), "webhook_url")
+            if self.base_url is not None:
+                raise ValueError("base_url applies only to bot-token mode (token + channel)")
+        if self.token is not None:
+            if not self.token.get_secret_value().strip():
+                raise ValueError("token is empty")
+            if not self.channel or not self.channel.strip():
+                raise ValueError("token requires channel (a channel id like C0123456789 or #name)")
+            if self.base_url is not None:
+                check_http_url(self.base_url, "base_url")
+        return self
+
+    @property
+    def mode(self) -> Literal["webhook", "bot"]:
+        return "webhook" if self.webhook_url is not None else "bot"
+
+
+class _MaskSecrets(logging.Filter):
+    """Masks a channel's secrets in records of slack-sdk's logger (it logs the webhook URL at DEBUG), and cuts
+    long ones (it logs answers whole)."""
+
+    def __init__(self, secrets: list[str]) -> None:
+        super().__init__()
+        self._secrets = secrets
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = scrub(message, self._secrets)
+        if cleaned != message:
+            record.msg = cleaned
+            record.args = None
+        return True
+
+
+def _sdk_logger(channel_name: str, secrets: list[str]) -> logging.Logger:
+    logger = logging.getLogger(f"notifier.delivery.channels.slack.sdk.{channel_name}")
+    for old in [f for f in logger.filters if isinstance(f, _MaskSecrets)]:
+        logger.removeFilter(old)
+    logger.addFilter(_MaskSecrets(secrets))
+    return logger
+
+
+class SlackChannel(Channel):
+    """Posts :func:`~notifier.delivery.formatters.slack.format_slack` output to Slack. Never retries."""
+
+    kind: ClassVar[str] = "slack"
+
+    def __init__(self, name: str, config: SlackChannelConfig) -> None:
+        super().__init__(name, rate=config.rate)
+        self._config = config
+        self._secrets: list[str] = []
+        if config.webhook_url is not None:
+            url = config.webhook_url.get_secret_value()
+            self._secrets.append(url)
+            path = urlsplit(url).path
+            if len(path) > 1:
+                self._secrets.append(path)
+        if config.token is not None:
+            self._secrets.append(config.token.get_secret_value().strip())
+        self._logger = _sdk_logger(name, self._secrets)
+        self._session: aiohttp.ClientSession | None = None
+        self._webhook: AsyncWebhookClient | None = None
+        self._web: AsyncWebClient | None = None
+
+    @property
+    def config(self) -> SlackChannelConfig:
+        return self._config
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = channel_session(self._config.timeout)
+            self._webhook = None
+            self._web = None
+        return self._session
+
+    def _webhook_client(self) -> AsyncWebhookClient:
+        session = self._get_session()
+        if self._webhook is None:
+            assert self._config.webhook_url is not None
+            self._webhook = AsyncWebhookClient(
+                self._config.webhook_url.get_secret_value(),
+                timeout=int(max(1, self._config.timeout)),  # the session's own timeout is what applies
+                session=session,
+                logger=self._logger,
+                retry_handlers=[],
+            )
+        return self._webhook
+
+    def _web_client(self) -> AsyncWebClient:
+        session = self._get_session()
+        if self._web is None:
+            assert self._config.token is not None
+            self._web = AsyncWebClient(
+                token=self._config.token.get_secret_value().strip(),
+                base_url=self._config.base_url or DEFAULT_API_BASE_URL,
+                timeout=int(max(1, self._config.timeout)),
+                session=session,
+                logger=self._logger,
+                retry_handlers=[],
+            )
+        return self._web
+
+    def _error(
+        self, status: int, error: str | None, retry_after: str | None, *, what: str, detail: str = ""
+    ) -> DeliveryError:
+        retryable, reason = classify_slack(status, error)
+        message = f"Slack {what} answered HTTP {status}" + (f" {error}" if error else "") + detail
+        wait = parse_retry_after(retry_after) if reason is Reason.RATE_LIMITED else None
+        return DeliveryError(self.name, retryable, reason, message, retry_after=wait)
+
+    def _accepted_unreadable(self, status: int, what: str, problem: str) -> None:
+        log.warning(
+            "channel %r: Slack %s accepted the message (HTTP %d) but its answer is unreadable: %s; "
+            "counted as delivered, not sent again",
+            self.name,
+            what,
+            status,
+            problem,
+        )
+
+    async def send(self, notification: Notification) -> None:
+        message = format_slack(notification)
+        if self._config.mode == "webhook":
+            await self._send_webhook(message)
+        else:
+            await self._send_bot(message)
+
+    def _extras(self) -> dict[str, Any]:
+        return {"username": self._config.username, "icon_emoji": self._config.icon_emoji}
+
+    def _judge_failure(self, what: str, exc: Exception, seen: AnswerSeen) -> None:
+        """A slack-sdk call failed. Returns (delivered) if the answer was a 2xx, else raises DeliveryError."""
+        if isinstance(exc, RedirectRefused) or (seen.status is None and not isinstance(exc, AnswerError)):
+            raise transport_error(self.name, exc, self._secrets) from None
+        status = exc.status if isinstance(exc, AnswerError) else seen.status
+        headers = (exc.headers if isinstance(exc, AnswerError) else None) or seen.headers
+        problem = exc.problem if isinstance(exc, AnswerError) else self._unread(exc, headers)
+        assert status is not None
+        if 200 <= status < 300:
+            self._accepted_unreadable(status, what, problem)
+            return
+        raise self._error(
+            status, None, headers.get("Retry-After"), what=what, detail=f" ({problem})"
+        ) from None
+
+    def _unread(self, exc: BaseException, headers: Mapping[str, str]) -> str:
+        if isinstance(exc, AttributeError | TypeError | KeyError):
+            return _not_an_answer(headers)  # slack-sdk choked on a body that is no API answer
+        return f"answer could not be read ({describe_exception(exc, self._secrets)})"
+
+    async def _send_webhook(self, message: SlackMessage) -> None:
+        client = self._webhook_client()
+        body: dict[str, Any] = {"text": message.text, "blocks": message.blocks, **self._extras()}
+        if self._config.channel:
+            body["channel"] = self._config.channel  # honoured by legacy webhooks, ignored by app webhooks
+        with watch_answers() as seen:
+            try:
+                resp = await client.send_dict(body)
+            except Exception as exc:
+                self._judge_failure("webhook", exc, seen)
+                return
+        if 200 <= resp.status_code < 300:
+            return
+        headers: Mapping[str, str] = resp.headers
+        raise self._error(
+            resp.status_code, slack_error_code(resp.body), headers.get("Retry-After"), what="webhook"
+        )
+
+    async def _send_bot(self, message: SlackMessage) -> None:
+        client = self._web_client()
+        assert self._config.channel is not None
+        with watch_answers() as seen:
+            try:
+                await client.chat_postMessage(
+                    channel=self._config.channel, text=message.text, blocks=message.blocks, **self._extras()
+                )
+            except SlackApiError as exc:
+                self._judge_api_answer(exc.response)
+            except Exception as exc:
+                self._judge_failure("chat.postMessage", exc, seen)
+
+    def _judge_api_answer(self, resp: object) -> None:
+        """An answer slack-sdk did not take for a success (``SlackApiError.response``: slack-sdk's response
+        object, or aiohttp's). Returns if Slack did take the message, else raises DeliveryError."""
+        what = "chat.postMessage"
+        status = getattr(resp, "status_code", None) or getattr(resp, "status", None)
+        if not isinstance(status, int):
+            raise DeliveryError(
+                self.name, False, Reason.INVALID_RESPONSE, f"Slack {what}: no HTTP status"
+            ) from None
+        data = getattr(resp, "data", None)
+        headers: Mapping[str, str] = getattr(resp, "headers", None) or {}
+        if not 200 <= status < 300:
+            raise self._error(status, slack_error_code(data), headers.get("Retry-After"), what=what) from None
+        if isinstance(data, Mapping) and "ok" in data:
+            if data["ok"] is True:
+                return  # a 2xx other than 200 with ok: slack-sdk wants exactly 200
+            error = slack_error_code(data)
+            raise self._error(status, error, None, what=what, detail="" if error else " ok=false") from None
+        self._accepted_unreadable(status, what, _not_an_answer(headers))
+
+    async def aclose(self) -> None:
+        if self._session is not None and not self._session.closed:
+            await self._session.close()
+        self._session = None
+        self._webhook = None
+        self._web = None
+
+
+def _not_an_answer(headers: Mapping[str, str]) -> str:
+    """What is wrong with a 2xx body that holds no Web API answer (slack-sdk read it as ``{}`` or text)."""
+    if "json" in headers.get("Content-Type", "").lower():
+        return "JSON answer without 'ok'"
+    return "answer is not JSON"
+
+
+def masked_slack_config(config: SlackChannelConfig) -> dict[str, Any]:
+    """Settings safe to print: the webhook URL reduced to its host, the token masked."""
+    return {
+        "type": config.type,
+        "mode": config.mode,
+        "webhook_url": (
+            None if config.webhook_url is None else redact_url(config.webhook_url.get_secret_value())
+        ),
+        "token": None if config.token is None else "****",
+        "channel": config.channel,
+        "base_url": config.base_url,
+        "timeout": config.timeout,
+        "username": config.username,
+        "icon_emoji": config.icon_emoji,
+        "rate": config.rate,
+    }

@@ -1,0 +1,271 @@
+"""Pure Slack formatter: a notification in, a Block Kit message out.
+
+The message answers at a glance: what happened (in words), on which instance, with what outcome, who started
+it, when, how long it took and what changed. Every value that comes from the API is escaped for mrkdwn and
+clipped so that Block Kit limits hold whatever the API sends. No clock is read: the same notification always
+gives the same message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from slack_sdk.models.blocks import (
+    Block,
+    ContextBlock,
+    DividerBlock,
+    HeaderBlock,
+    MarkdownTextObject,
+    PlainTextObject,
+    SectionBlock,
+)
+
+from notifier.dcs.models import Outcome, Task, TaskDetails
+from notifier.pipeline.events import Event, EventType, Notification
+
+# Block Kit limits (https://docs.slack.dev/reference/block-kit/blocks).
+HEADER_MAX: Final = 150
+SECTION_TEXT_MAX: Final = 3000
+FIELD_TEXT_MAX: Final = 2000
+FIELDS_MAX: Final = 10
+CONTEXT_TEXT_MAX: Final = 2000
+#: Slack truncates notification text long before this; keep the fallback short.
+FALLBACK_TEXT_MAX: Final = 1000
+#: One API value never takes more than this in a message.
+VALUE_MAX: Final = 300
+
+ELLIPSIS: Final = "…"
+
+EVENT_EMOJI: Final[dict[EventType, str]] = {
+    EventType.STARTED: ":arrows_counterclockwise:",
+    EventType.SUCCEEDED: ":white_check_mark:",
+    EventType.FAILED: ":x:",
+    EventType.UPDATED: ":information_source:",
+    EventType.INSTANCE_REMOVED: ":wastebasket:",
+    EventType.POLLER_UNHEALTHY: ":rotating_light:",
+    EventType.POLLER_RECOVERED: ":large_green_circle:",
+}
+
+OUTCOME_EMOJI: Final[dict[Outcome, str]] = {
+    Outcome.IN_PROGRESS: ":hourglass_flowing_sand:",
+    Outcome.SUCCEEDED: ":white_check_mark:",
+    Outcome.FAILED: ":x:",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class SlackMessage:
+    """What is posted: ``text`` is the notification/fallback text, ``blocks`` the Block Kit layout."""
+
+    text: str
+    blocks: list[dict[str, Any]]
+
+
+def escape(value: object) -> str:
+    """Escape the three characters mrkdwn gives a meaning to (``&``, ``<``, ``>``)."""
+    return str(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def clip(text: str, limit: int) -> str:
+    """Cut ``text`` to at most ``limit`` characters, ending in ``…``, never inside an ``&amp;`` entity."""
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - len(ELLIPSIS)]
+    amp = cut.rfind("&", max(0, len(cut) - 5))
+    if amp != -1 and ";" not in cut[amp:]:
+        cut = cut[:amp]
+    return cut + ELLIPSIS
+
+
+def value(raw: object, limit: int = VALUE_MAX) -> str:
+    """An API value, made safe for mrkdwn and short."""
+    return clip(escape(raw), limit)
+
+
+def code(raw: object, limit: int = VALUE_MAX) -> str:
+    """An identifier shown as inline code (unless it contains a backtick, which would break the span)."""
+    text = value(raw, limit)
+    return text if "`" in text else f"`{text}`"
+
+
+def format_duration(seconds: float) -> str:
+    """``4 s``, ``3 min 12 s``, ``2 h 5 min``, ``1 d 3 h``; under half a second is ``< 1 s``."""
+    if 0 < seconds < 0.5:
+        return "< 1 s"
+    total = round(seconds)
+    days, rest = divmod(total, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        parts = [(days, "d"), (hours, "h")]
+    elif hours:
+        parts = [(hours, "h"), (minutes, "min")]
+    elif minutes:
+        parts = [(minutes, "min"), (secs, "s")]
+    else:
+        return f"{secs} s"
+    return " ".join(f"{n} {unit}" for n, unit in parts if n)
+
+
+def slack_date(when: datetime) -> str:
+    """Slack date formatting (shown in the reader's time zone) with a UTC fallback."""
+    utc = when.astimezone(UTC)
+    fallback = utc.strftime("%Y-%m-%d %H:%M:%S UTC")
+    return f"<!date^{int(utc.timestamp())}^{{date_short_pretty}} {{time}}|{fallback}>"
+
+
+def _change(label: str, old: object, new: object, *, unit: str = "", as_code: bool = False) -> str | None:
+    """``*Capacity:* 0.125 GB → 0.25 GB``; ``None`` when neither side is known or nothing changed."""
+    if old is None and new is None:
+        return None
+    render = code if as_code else value
+
+    def side(v: object) -> str:
+        return f"{render(v)}{unit}"
+
+    if old is None:
+        return f"*{label}:* {side(new)}"
+    if new is None:
+        return f"*{label}:* was {side(old)}"
+    if old == new:
+        return None
+    return f"*{label}:* {side(old)} → {side(new)}"
+
+
+def _yes_no(flag: bool) -> str:
+    return "enabled" if flag else "disabled"
+
+
+def detail_lines(details: TaskDetails) -> list[str]:
+    """One mrkdwn line per fact the details carry, changes first."""
+    d = details
+    lines = [
+        _change("Capacity", d.old_capacity, d.new_capacity, unit=" GB"),
+        _change("Spec", d.old_resource_spec_code, d.new_resource_spec_code, as_code=True),
+        _change("Replicas", d.old_replica_num, d.new_replica_num),
+        _change("Port", d.old_port, d.new_port),
+        _change("Cache mode", d.old_cache_mode, d.new_cache_mode),
+        _change("Cache type", d.old_cache_type, d.new_cache_type),
+    ]
+    if d.enable_public_ip is not None:
+        lines.append(f"*Public access:* {_yes_no(d.enable_public_ip)}")
+    if d.public_ip_address:
+        lines.append(f"*Public IP:* {code(d.public_ip_address)}")
+    if d.public_ip_id:
+        lines.append(f"*EIP id:* {code(d.public_ip_id)}")
+    if d.enable_ssl is not None:
+        lines.append(f"*SSL:* {_yes_no(d.enable_ssl)}")
+    if d.group_name:
+        lines.append(f"*Whitelist group:* {value(d.group_name)}")
+    if d.replica_ip or d.replica_az:
+        where = f" in {value(d.replica_az)}" if d.replica_az else ""
+        lines.append(f"*Replica:* {code(d.replica_ip) if d.replica_ip else 'unknown IP'}{where}")
+    if d.node_name:
+        lines.append(f"*Node:* {value(d.node_name)}")
+    if d.source_ip or d.target_ip:
+        src = code(d.source_ip) if d.source_ip else "?"
+        dst = code(d.target_ip) if d.target_ip else "?"
+        lines.append(f"*Source → target IP:* {src} → {dst}")
+    if d.account_name:
+        lines.append(f"*Account:* {value(d.account_name)}")
+    if d.rename_commands:
+        lines.append(f"*Renamed commands:* {value(', '.join(d.rename_commands))}")
+    if d.updated_config_length:
+        lines.append(f"*Parameters changed:* {d.updated_config_length}")
+    if d.is_only_adjust_charging:
+        lines.append("*Billing change only:* yes")
+    for key, extra in sorted((d.model_extra or {}).items()):
+        if extra not in (None, "", [], {}):
+            lines.append(f"*{value(key, 60)}:* {value(extra)}")
+    return [line for line in lines if line is not None]
+
+
+def _status_field(event: Event, task: Task) -> str:
+    status = code(task.status or "unknown", 100)
+    emoji = OUTCOME_EMOJI[task.outcome]
+    if event.type is EventType.UPDATED:
+        before = code(event.previous_status or "unknown", 100)
+        return f"*Status*\n{emoji} {before} → {status}"
+    return f"*Status*\n{emoji} {status}"
+
+
+def _instance_fields(event: Event) -> list[str]:
+    """Fields of an ``instance.*`` / ``poller.*`` event: the instance, and what fails."""
+    instance = event.instance
+    fields = [f"*Instance*\n{value(instance.name)} ({code(instance.id, 100)})"]
+    problem = event.problem
+    if problem is not None:
+        what = value(problem.reason, 100)
+        if problem.http_status is not None:
+            what += f", HTTP {problem.http_status}"
+        if problem.error_code:
+            what += f" {code(problem.error_code, 100)}"
+        fields.append(f"*Problem*\n{what}")
+        fields.append(f"*Failing since*\n{slack_date(problem.since)}")
+    fields.append(f"*Region*\n{value(event.region, 100)}")
+    return [clip(f, FIELD_TEXT_MAX) for f in fields]
+
+
+def _fields(event: Event, task: Task) -> list[str]:
+    instance = event.instance
+    what = value(task.display_name)
+    if task.name and task.display_name != task.name:
+        what += f" ({code(task.name, 100)})"
+    fields = [
+        f"*Instance*\n{value(instance.name)} ({code(instance.id, 100)})",
+        f"*Task*\n{what}",
+        _status_field(event, task),
+    ]
+    if task.user_name:
+        fields.append(f"*Started by*\n{value(task.user_name)}")
+    if task.created_at is not None:
+        fields.append(f"*Started at*\n{slack_date(task.created_at)}")
+    if task.duration_seconds is not None:
+        fields.append(f"*Duration*\n{format_duration(task.duration_seconds)}")
+    elif task.outcome is not Outcome.IN_PROGRESS and task.updated_at is not None:
+        fields.append(f"*Finished at*\n{slack_date(task.updated_at)}")
+    fields.append(f"*Region*\n{value(event.region, 100)}")
+    return [clip(f, FIELD_TEXT_MAX) for f in fields[:FIELDS_MAX]]
+
+
+def _context(notification: Notification) -> str:
+    event = notification.event
+    parts = []
+    if notification.rule:
+        parts.append(f"Rule *{value(notification.rule, 200)}*")
+    parts.append(f"Event {code(event.id, 100)} ({event.type.value})")
+    if event.task is not None:
+        parts.append(f"Task {code(event.task.id, 100)}")
+    parts.append(f"Project {code(event.project_id, 100)}")
+    return clip(" · ".join(parts), CONTEXT_TEXT_MAX)
+
+
+def format_slack(notification: Notification) -> SlackMessage:
+    """Render one notification as a Slack message (pure, deterministic)."""
+    event = notification.event
+    emoji = EVENT_EMOJI[event.type]
+    headline = f"{emoji} {event.summary}"
+
+    task = event.task
+    fields = _instance_fields(event) if task is None else _fields(event, task)
+    blocks: list[Block] = [
+        HeaderBlock(text=PlainTextObject(text=clip(headline, HEADER_MAX), emoji=True)),
+        SectionBlock(fields=[MarkdownTextObject(text=f) for f in fields]),
+    ]
+    if task is not None and task.details is not None:
+        lines = detail_lines(task.details)
+        if lines:
+            text = clip("\n".join(lines), SECTION_TEXT_MAX)
+            blocks.append(SectionBlock(text=MarkdownTextObject(text=text)))
+    if event.problem is not None:
+        text = clip(f"*Error:* {value(event.problem.message, 1000)}", SECTION_TEXT_MAX)
+        blocks.append(SectionBlock(text=MarkdownTextObject(text=text)))
+    blocks.append(DividerBlock())
+    blocks.append(ContextBlock(elements=[MarkdownTextObject(text=_context(notification))]))
+
+    return SlackMessage(
+        text=clip(f"{emoji} {escape(event.summary)}", FALLBACK_TEXT_MAX),
+        blocks=[block.to_dict() for block in blocks],
+    )

@@ -1,0 +1,53 @@
+"""Pure generic-webhook formatter: a notification in, a Standard Webhooks payload out.
+
+Shape (https://www.standardwebhooks.com/)::
+
+    {"type": "task.succeeded", "timestamp": "2020-06-17T08:18:11.000Z", "data": {...}}
+
+``data.task`` is the task exactly as the API sent it (``Task.to_api_dict()``) plus ``display_name``,
+``previous_status`` and ``duration_seconds``. :func:`webhook_body` gives the exact bytes that are sent and
+signed: compact JSON, UTF-8, keys sorted, so the same notification always gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from notifier.dcs.models import format_api_time
+from notifier.pipeline.events import Notification
+
+
+def format_webhook(notification: Notification) -> dict[str, Any]:
+    """The Standard Webhooks payload of one notification."""
+    event = notification.event
+    task: dict[str, Any] | None = None  # null for instance.* and poller.* events
+    if event.task is not None:
+        task = event.task.to_api_dict()
+        task["display_name"] = event.task.display_name
+        task["previous_status"] = event.previous_status
+        task["duration_seconds"] = event.task.duration_seconds
+    data: dict[str, Any] = {
+        "event_id": event.id,
+        "project_id": event.project_id,
+        "region": event.region,
+        "instance": {
+            "id": event.instance.id,
+            "name": event.instance.name,
+            "labels": dict(event.instance.labels),
+        },
+        "task": task,
+        "rule": notification.rule,
+        "summary": event.summary,
+    }
+    if event.problem is not None:  # poller.* events: what fails, since when
+        problem = event.problem.model_dump(mode="json")
+        problem["since"] = format_api_time(event.problem.since)
+        data["problem"] = problem
+    return {"type": event.type.value, "timestamp": format_api_time(event.detected_at), "data": data}
+
+
+def webhook_body(notification: Notification) -> bytes:
+    """The exact request body: compact, UTF-8 (not ASCII-escaped), keys sorted."""
+    payload = format_webhook(notification)
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode("utf-8")

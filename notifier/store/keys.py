@@ -1,0 +1,181 @@
+"""The whole Redis schema of dcs-notifier, in one place.
+
+Every key starts with the configured prefix (``redis.key_prefix``, default ``dcsn``), so several
+deployments can share one Redis database. ``{p}`` below is that prefix. The names below are those of
+one server or a Sentinel-managed master; a Redis Cluster uses hash-tagged names (last section).
+
+``{p}:snap:{project_id}:{instance_id}`` — HASH, no TTL.
+    What was last seen of each task of one instance: field = task id, value = compact JSON
+    ``{"s": status, "u": updated_at, "c": created_at}`` (ISO 8601, "" when unknown). Reserved fields:
+    ``~meta`` holds ``{"baseline_at": ISO 8601, "removed_at": ISO 8601 (once instance.removed was
+    announced)}``; ``~polled`` the time of a successful poll (written with a commit, or pipelined
+    with a read at most every minute), where a restarted daemon starts its next window. A hash
+    without ``~meta`` means "never seen" and triggers a baseline (also after a Redis restart that
+    lost its data). Read once when the process starts polling the instance (afterwards it keeps what
+    it committed: an unchanged poll makes no Redis call); written only when something changed, in
+    the same MULTI/EXEC as the outbox entries that change causes. A removed instance's hash gets a
+    TTL of ``discovery.removed_ttl``.
+
+``{p}:health`` — HASH, no TTL.
+    Instances announced as ``poller.unhealthy`` and not yet recovered: field ``{project_id}/{instance_id}``,
+    value the PollProblem JSON (reason, message, code, since). Written in the same MULTI/EXEC as the
+    outbox entries of the announcement, so it is made exactly once.
+
+``{p}:outbox:{channel}`` — STREAM, trimmed by delivery (XDEL after XACK).
+    The transactional outbox, one stream per channel so that a dead channel never delays another.
+    Entry fields: ``n`` = the Notification as JSON (event + channel + rule), ``k`` = its key
+    ``{event_id}:{channel}``. Read through consumer group ``{p}-delivery`` (XREADGROUP); an entry
+    stays pending until the channel accepted it; pending entries idle longer than
+    ``delivery.claim_idle`` seconds are taken over from a dead consumer with XAUTOCLAIM.
+
+``{p}:delivered:{channel}:{event_id}`` — STRING "1", TTL 7 days (DELIVERED_TTL_SECONDS).
+    The notification log: written in the same MULTI/EXEC as the XACK, checked before every send, so
+    an entry re-read after a crash between send and ack is not sent twice.
+
+``{p}:attempts:{channel}`` — HASH, no TTL (fields removed with their entry).
+    Failed send attempts per outbox entry id, so that giving up after ``delivery.max_attempts``
+    survives restarts. Removed in the same MULTI/EXEC that acknowledges or dead-letters the entry.
+
+``{p}:dead`` — STREAM, capped at ~10,000 entries (MAXLEN ~).
+    Dead letters: notifications a channel refused permanently. Fields: ``n`` (the Notification JSON),
+    ``k``, ``channel``, ``error``, ``attempts``, ``failed_at``.
+
+``{p}:heartbeat`` — STRING (ISO 8601), TTL 3 × poll interval + 10 s. Written every few seconds while
+    some poll succeeded within the last 3 intervals; ``dcs-notifier health`` checks that it exists.
+
+``{p}:epoch`` — STRING (ISO 8601 of when it was written and a random token), no TTL.
+    Written by ``dcs-notifier run`` (and every replica) when missing. A running daemon reads it every few
+    seconds: gone, or another token than it saw, Redis has lost its data (FLUSHALL, a restart without
+    persistence, an eviction), and every instance is polled at once, writing back first the state the
+    daemon holds in memory instead of being baselined again by the next start (which would announce
+    again what was delivered).
+
+``{p}:daemon`` — STRING (``scaling.enabled: false`` only), TTL 3 × the heartbeat period (at least 3 s).
+    The name (``{hostname}-{pid}-{random}``) of the one daemon running this config; renewed by it alone.
+    A second daemon started on the same Redis and prefix refuses to start (two would send every
+    notification twice); one that finds it held by a killed predecessor waits for it to expire. Replicas
+    with ``scaling.enabled`` do not join while it is held.
+
+``{p}:replicas`` — ZSET (``scaling.enabled`` only), TTL 10 × ``scaling.lease_ttl``.
+    Live replicas: member = replica name, score = when its membership expires (ms since the epoch).
+
+``{p}:lease:{shard}`` — STRING (``scaling.enabled`` only), TTL ``scaling.lease_ttl``.
+    The replica holding the shard's lease (see :mod:`notifier.store.leases`); renewed by its holder only.
+
+Redis Cluster (``redis.url: redis+cluster://...``; ``Keys(prefix, cluster=True)``)
+---------------------------------------------------------------------------------
+Keys one MULTI/EXEC touches must share a hash slot, so a cluster's keys carry hash tags (``{...}``,
+literally in the name): everything of one channel is in the channel's slot, and each instance's state
+in its own::
+
+    {p}:snap:{{project_id}:{instance_id}}    e.g. dcsn:snap:{a4d3...:5560...}
+    {p}:outbox:{{channel}}                   e.g. dcsn:outbox:{audit}
+    {p}:delivered:{{channel}}:{event_id}     e.g. dcsn:delivered:{audit}:evt_4f78...
+    {p}:attempts:{{channel}}                 e.g. dcsn:attempts:{audit}
+    {p}:dead:{{channel}}                     one dead-letter stream per channel (not one {p}:dead)
+    {p}:health, {p}:heartbeat, {p}:epoch    unchanged (single keys)
+    {p}:daemon                              unchanged (single key)
+    {p}:replicas, {p}:lease:{shard}         unchanged (single keys)
+
+Types, fields and TTLs are as above. One server and Sentinel keep the untagged names (no migration).
+Delivery's transactions (acknowledge + notification log, dead-lettering, attempts, replay/resolve of
+dead letters) stay atomic: their keys share the channel's tag. The writes that span an instance's
+state and the outboxes of several channels — a commit, ``instance.removed``, a ``poller.*``
+announcement with ``{p}:health`` — cannot be one transaction on a cluster: the outbox entries are
+written first (pipelined per node), then the state change (one MULTI/EXEC in its own slot). A crash
+or failure in between leaves the entries queued without the state change; the next poll sees the old
+state, queues the same events again with the same deterministic event ids, and delivery's notification
+log (``delivered:{channel}:{event_id}``, checked before every send) drops the repeats. So on a cluster
+nothing is lost and repeats are dropped by id, instead of "both or neither". (Events whose id is not
+deterministic across attempts — ``instance.removed``, whose id includes its detection time, and a
+``poller.unhealthy`` re-announced after a restart — may then be announced twice, with different ids.)
+"""
+
+from __future__ import annotations
+
+DEFAULT_PREFIX = "dcsn"
+META_FIELD = "~meta"
+POLLED_FIELD = "~polled"
+DELIVERED_TTL_SECONDS = 7 * 24 * 3600
+DEAD_LETTER_MAXLEN = 10_000
+
+
+class Keys:
+    """Builds every Redis key name from one prefix.
+
+    ``cluster=True`` adds the hash tags a Redis Cluster needs (see the module docstring); standalone and
+    Sentinel deployments keep the untagged names, so switching this code in needs no data migration.
+    """
+
+    def __init__(self, prefix: str = DEFAULT_PREFIX, cluster: bool = False) -> None:
+        self.prefix = prefix
+        self.cluster = cluster
+
+    def _tag(self, value: str) -> str:
+        return f"{{{value}}}" if self.cluster else value
+
+    def snapshot(self, project_id: str, instance_id: str) -> str:
+        return f"{self.prefix}:snap:{self._tag(f'{project_id}:{instance_id}')}"
+
+    def outbox(self, channel: str) -> str:
+        return f"{self.prefix}:outbox:{self._tag(channel)}"
+
+    def outbox_channel(self, key: str) -> str | None:
+        """The channel of an outbox stream's key, or None when ``key`` is not one."""
+        return self._channel_of(key, f"{self.prefix}:outbox:")
+
+    @property
+    def group(self) -> str:
+        return f"{self.prefix}-delivery"
+
+    def delivered(self, channel: str, event_id: str) -> str:
+        return f"{self.prefix}:delivered:{self._tag(channel)}:{event_id}"
+
+    def attempts(self, channel: str) -> str:
+        return f"{self.prefix}:attempts:{self._tag(channel)}"
+
+    @property
+    def dead_letters(self) -> str:
+        """The one dead-letter stream of a standalone deployment (a cluster has one per channel)."""
+        return f"{self.prefix}:dead"
+
+    def dead(self, channel: str) -> str:
+        """The dead-letter stream a channel's refused notifications go to."""
+        return f"{self.prefix}:dead:{self._tag(channel)}" if self.cluster else self.dead_letters
+
+    def dead_channel(self, key: str) -> str | None:
+        """The channel of a per-channel dead-letter stream's key (cluster), or None."""
+        return self._channel_of(key, f"{self.prefix}:dead:")
+
+    def _channel_of(self, key: str, head: str) -> str | None:
+        if not key.startswith(head):
+            return None
+        rest = key[len(head) :]
+        if self.cluster:
+            if not (rest.startswith("{") and rest.endswith("}")) or len(rest) < 3:
+                return None
+            rest = rest[1:-1]
+        return rest if rest and not any(c in rest for c in "{}:") else None
+
+    @property
+    def health(self) -> str:
+        return f"{self.prefix}:health"
+
+    @property
+    def heartbeat(self) -> str:
+        return f"{self.prefix}:heartbeat"
+
+    @property
+    def epoch(self) -> str:
+        return f"{self.prefix}:epoch"
+
+    @property
+    def daemon(self) -> str:
+        return f"{self.prefix}:daemon"
+
+    @property
+    def replicas(self) -> str:
+        return f"{self.prefix}:replicas"
+
+    def lease(self, shard: int) -> str:
+        return f"{self.prefix}:lease:{shard}"
