@@ -62,6 +62,7 @@ bench: $(VENV)/.dev-deps redis-server
 	$(BIN)/python -m bench.compare --quick
 	$(BIN)/python -m bench.hostile_api
 	$(BIN)/python -m bench.hostile_receivers
+	$(BIN)/python -m bench.churn
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

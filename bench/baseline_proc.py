@@ -3,8 +3,8 @@
 * ``sdk-sync``: the official ``huaweicloudsdkdcs`` ``DcsClient``, one thread, one poll after another;
 * ``sdk-async``: the official ``DcsAsyncClient`` (a pool of 8 threads behind futures), ``--concurrency``
   polls in flight;
-* ``limit``: a bare aiohttp loop, ``--concurrency`` workers, that only signs
-  (:func:`notifier.dcs.signer.sign`), requests and parses the answer with orjson.
+* ``aiohttp-bare``: a bare aiohttp loop, ``--concurrency`` workers, doing the notifier's GETs with nothing
+  else: it only signs (:func:`notifier.dcs.signer.sign`), requests and parses the answer with orjson.
 
 A poll is what the notifier asks in its steady state: ``GET /v2/{project}/instances/{id}/tasks`` with
 ``start_time`` = now - 300 s, ``end_time`` = now + 300 s, ``offset``/``limit`` (100), every page read,
@@ -39,7 +39,7 @@ from bench.measure import (
     window,
 )
 
-CLIENTS = ("sdk-sync", "sdk-async", "limit")
+CLIENTS = ("sdk-sync", "sdk-async", "aiohttp-bare")
 WARMUP_POLLS = 20
 
 #: One poll: instance id → tasks seen on its pages.
@@ -159,7 +159,7 @@ def run_sdk_async(base_url: str, instances: int, seconds: float, concurrency: in
     return _report("sdk-async", polls, tasks, errors, cpu_seconds() - cpu0, time.perf_counter() - wall0)
 
 
-async def run_limit(base_url: str, instances: int, seconds: float, concurrency: int) -> dict[str, Any]:
+async def run_aiohttp_bare(base_url: str, instances: int, seconds: float, concurrency: int) -> dict[str, Any]:
     import aiohttp
     import orjson
     from yarl import URL
@@ -213,7 +213,7 @@ async def run_limit(base_url: str, instances: int, seconds: float, concurrency: 
         deadline = wall0 + seconds
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         cpu, wall = cpu_seconds() - cpu0, time.perf_counter() - wall0
-    return _report("limit", counts[0], counts[1], counts[2], cpu, wall)
+    return _report("aiohttp-bare", counts[0], counts[1], counts[2], cpu, wall)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -222,9 +222,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sim", required=True, help="the simulator's base URL")
     parser.add_argument("--instances", type=int, required=True)
     parser.add_argument("--seconds", type=float, default=5.0, help="measured polling time")
-    parser.add_argument("--concurrency", type=int, default=32, help="sdk-async and limit: polls in flight")
+    parser.add_argument("--concurrency", type=int, default=32, help="sdk-async and aiohttp-bare: in flight")
     parser.add_argument(
-        "--loop", choices=("auto", "asyncio", "uvloop"), default="auto", help="limit's event loop"
+        "--loop", choices=("auto", "asyncio", "uvloop"), default="auto", help="aiohttp-bare's event loop"
     )
     args = parser.parse_args(argv)
     no_proxies()
@@ -234,10 +234,10 @@ def main(argv: list[str] | None = None) -> None:
         report = run_sdk_async(args.sim, args.instances, args.seconds, args.concurrency)
     else:
         report = run_async(
-            lambda: run_limit(args.sim, args.instances, args.seconds, args.concurrency), args.loop
+            lambda: run_aiohttp_bare(args.sim, args.instances, args.seconds, args.concurrency), args.loop
         )
     report["concurrency"] = 1 if args.client == "sdk-sync" else args.concurrency
-    if args.client == "limit":
+    if args.client == "aiohttp-bare":
         report["loop"] = resolve_loop(args.loop)
     emit(report)
 

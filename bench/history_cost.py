@@ -37,7 +37,7 @@ import redis.asyncio as aioredis
 from bench import sim_server
 from bench.measure import simulator
 from notifier.app import Daemon
-from notifier.config.models import parse_config
+from notifier.config.load import parse_config
 from notifier.devtools.standins.webhook import WebhookReceiver
 from tests.support.redis_server import RedisServer
 

@@ -35,7 +35,8 @@ from typing import Any
 from aiohttp import web
 
 from notifier.app import Daemon
-from notifier.config.models import PollConfig, parse_config
+from notifier.config.load import parse_config
+from notifier.config.models import PollConfig
 from notifier.dcs.models import Task, format_api_time
 from tests.support.redis_server import RedisServer
 

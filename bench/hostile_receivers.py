@@ -1,6 +1,6 @@
 """What a hostile receiver costs the notifier: scrubbing adversarial text, and a Slack answer of 300 MB.
 
-Scrubbing: the time :func:`notifier.delivery.channels.http.scrub` takes over a run of letters (the input
+Scrubbing: the time :func:`notifier.redaction.scrub` takes over a run of letters (the input
 that made the old URL pattern, kept below as ``OLD_URL_RE``, backtrack from every start position), uncapped
 over 80 KB and 1 MB, capped (the default, as logs use it) over 1 MB, and the old pattern over 80 KB for the
 ratio.
@@ -64,7 +64,7 @@ def scrub_figures(old: bool) -> dict[str, float]:
     if old:
         figures["old_regex_80kb_s"] = round(timed(lambda: OLD_URL_RE.sub("", small)), 4)
     try:
-        from notifier.delivery.channels.http import scrub
+        from notifier.redaction import scrub
     except ImportError:  # the code before the hardening: no capped scrubber to time
         return figures
     figures["scrub_80kb_uncapped_s"] = round(timed(lambda: scrub(small, limit=None)), 5)

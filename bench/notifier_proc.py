@@ -5,7 +5,10 @@ sk}``, the ``instances`` list, ``api: {rate_limit: 1000000, max_concurrency: 64,
 a webhook channel to the receiver, the Redis URL) and a :class:`~notifier.app.Daemon`, then:
 
 1. **baseline** — ``daemon.poller.poll_all()`` (each instance's first poll pages through ``poll.window``
-   of history), repeated while some polls fail (at most 3 rounds), timed apart, not in the figures;
+   of history), repeated while some polls fail (at most 3 rounds), then one more round ("settle": the
+   first poll of the steady window gets another answer than the day-long baseline window, so it is
+   parsed and diffed once), all timed apart, not in the figures — without it, a scenario with fewer
+   polls per phase than instances would measure that first round instead of unchanged polls;
 2. **unchanged** — ``poll_all()`` rounds for ``--seconds`` (at least one round): CPU of this process
    (``getrusage(RUSAGE_SELF)``) around the rounds only, wall time, Redis commands (``INFO commandstats``
    deltas without INFO/CONFIG) and round trips (``total_reads_processed`` of ``INFO stats``: one read
@@ -59,7 +62,8 @@ from bench.measure import (
     run_async,
 )
 from notifier.app import Daemon, freeze_startup_heap
-from notifier.config.models import Config, parse_config
+from notifier.config.load import parse_config
+from notifier.config.models import Config
 
 #: Not the poller's work: the benchmark's own reads of the counters.
 IGNORED_COMMANDS = frozenset({"info", "config"})
@@ -211,6 +215,13 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         cfg = config(args.sim, args.redis, args.receiver, args.instances, channel="audit")
         async with Daemon(cfg) as daemon:
             report["baseline"] = await baseline(daemon)
+            cpu0, wall0 = cpu_seconds(), time.perf_counter()
+            settled = await daemon.poller.poll_all()
+            report["settle"] = {
+                "cpu_seconds": round(cpu_seconds() - cpu0, 3),
+                "wall_seconds": round(time.perf_counter() - wall0, 3),
+                "errors": sum(1 for o in settled if getattr(o, "error", None) is not None),
+            }
             profile = cProfile.Profile() if args.profile else None
             report["unchanged"] = await rounds(daemon, args.seconds, counters, profile=profile)
             if profile is not None:

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from notifier.app import Daemon
-from notifier.config.models import parse_config
+from notifier.config.load import parse_config
 from notifier.devtools.simulator import Simulator
 from notifier.devtools.standins.webhook import WebhookReceiver
 from tests.support.redis_server import RedisServer

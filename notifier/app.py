@@ -14,23 +14,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
 
-import redis.asyncio as aioredis
 import redis.exceptions
-from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
-from redis.backoff import ExponentialBackoff
 
-from notifier.config.models import Config, parse_redis_url
+from notifier.config.models import Config
 from notifier.dcs.cloud import Cloud
 from notifier.delivery.channels import build_channel
 from notifier.delivery.channels.base import Channel
 from notifier.delivery.worker import Deliverer, PassResult
-from notifier.errors import StateStoreError
-from notifier.pipeline.poll import Poller, PollOutcome, utcnow
-from notifier.store.keys import Keys
+from notifier.errors import StoreError
+from notifier.pipeline.instance import PollOutcome, utcnow
+from notifier.pipeline.poll import Poller
+from notifier.store import connect
 from notifier.store.leases import (
     DaemonConflict,
     DaemonLock,
@@ -39,7 +34,7 @@ from notifier.store.leases import (
     default_replica_id,
     wait_out,
 )
-from notifier.store.state import RedisClient, StateStore
+from notifier.store.link import RedisClient
 
 log = logging.getLogger(__name__)
 
@@ -67,90 +62,6 @@ def _freeze() -> None:
     gc.freeze()
 
 
-class _BlockingSentinelPool(SentinelConnectionPool, aioredis.BlockingConnectionPool):
-    """The Sentinel's master pool, blocking (like the standalone one) when every connection is busy."""
-
-
-class _SentinelMaster(aioredis.Redis):
-    """A client of a Sentinel-managed master that also closes its connections to the sentinels."""
-
-    async def aclose(self, close_connection_pool: bool | None = None) -> None:
-        await super().aclose(close_connection_pool)
-        pool = self.connection_pool
-        if isinstance(pool, SentinelConnectionPool):
-            await pool.sentinel_manager.aclose()
-
-
-def _retry() -> Retry:
-    return Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2)
-
-
-def connect_redis(url: str, max_connections: int = 64) -> RedisClient:
-    """A Redis client for the daemon, for any form of ``redis.url`` (see :func:`parse_redis_url`).
-
-    * It reconnects by itself: after a Redis restart, pooled connections are dead, and a command on one
-      is retried on a fresh connection instead of failing (twice at most, quickly).
-    * Its pool blocks when all connections are busy (many instances polled at once) instead of
-      failing with "Too many connections".
-    * ``redis+sentinel://``: the master of the named service, asked of the sentinels; after a failover
-      the next connection goes to the new master.
-    * ``redis+cluster://``: a :class:`RedisCluster` seeded with the listed nodes; it learns the others
-      and follows MOVED/ASK redirects, and retries (with a fresh view of the cluster) a command that
-      met a dead node or a cluster that is failing over. redis-py's cluster pools do not block, so each
-      node's pool is larger (``max(max_connections, 256)``).
-    """
-    target = parse_redis_url(url)
-    common: dict[str, Any] = {
-        "decode_responses": True,
-        "socket_timeout": 5,
-        "socket_connect_timeout": 5,
-        "username": target.username,
-        "password": target.password,
-    }
-    if target.mode == "cluster":
-        return RedisCluster(
-            startup_nodes=[ClusterNode(host, port) for host, port in target.nodes],
-            ssl=target.tls,
-            max_connections=max(max_connections, 256),
-            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=3),
-            **common,
-        )
-    if target.mode == "sentinel":
-        sentinel_kwargs: dict[str, Any] = {
-            "socket_timeout": 5,
-            "socket_connect_timeout": 5,
-            "password": target.sentinel_password,
-            "retry": _retry(),  # not redis-py's default (3 retries, backoff up to 10 s) per sentinel
-        }
-        if target.tls:
-            sentinel_kwargs["ssl"] = True
-        sentinel = Sentinel(list(target.nodes), sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]
-        master: _SentinelMaster = sentinel.master_for(
-            target.service,
-            redis_class=_SentinelMaster,
-            connection_pool_class=_BlockingSentinelPool,
-            db=target.db,
-            ssl=target.tls,
-            max_connections=max_connections,
-            timeout=10,
-            retry=_retry(),
-            retry_on_error=[redis.exceptions.ConnectionError],
-            **common,
-        )
-        return master
-    pool = aioredis.BlockingConnectionPool.from_url(
-        url,
-        max_connections=max_connections,
-        timeout=10,
-        decode_responses=True,
-        socket_timeout=5,
-        socket_connect_timeout=5,
-        retry=_retry(),
-        retry_on_error=[redis.exceptions.ConnectionError],
-    )
-    return aioredis.Redis.from_pool(pool)
-
-
 @dataclass
 class OnceReport:
     polls: list[PollOutcome] = field(default_factory=list)
@@ -172,15 +83,6 @@ class OnceReport:
         return out
 
 
-def open_store(config: Config, redis_client: RedisClient | None = None) -> StateStore:
-    """The state store of a config, on ``redis_client`` or a new connection (closed with ``store.redis``).
-
-    A ``redis+cluster://`` URL (or a cluster client) gets the cluster's hash-tagged key names."""
-    client = redis_client or connect_redis(config.redis.url.get_secret_value())
-    cluster = config.redis.target.mode == "cluster" or isinstance(client, RedisCluster)
-    return StateStore(client, Keys(config.redis.key_prefix, cluster=cluster))
-
-
 class Daemon:
     def __init__(
         self,
@@ -193,8 +95,7 @@ class Daemon:
         self.config = config
         self.cloud = Cloud(config)
         self._own_redis = redis_client is None
-        self.store = open_store(config, redis_client)
-        self.redis = self.store.redis
+        self.store = connect.open_store(config, redis_client)
         self.channels = channels or {name: build_channel(name, cfg) for name, cfg in config.channels.items()}
         self.stop = asyncio.Event()
         delivery = config.delivery
@@ -203,7 +104,8 @@ class Daemon:
             # Replicas share the outbox consumer group, each under a name of its own.
             self.replica = config.scaling.replica or default_replica_id()
             delivery = delivery.model_copy(update={"consumer": f"{delivery.consumer}-{self.replica}"})
-        self.deliverer = Deliverer(self.store, self.channels, delivery, stop=self.stop)
+        self.deliverer = Deliverer(self.store.outbox, self.channels, delivery, stop=self.stop)
+        # Transitional: Poller(config, self.cloud.clients, self.store, ...) once notifier/pipeline uses Store.
         self.poller = Poller(config, self.cloud.clients, self.store, clock=clock)
         #: Set when another daemon of this config turned out to run (see DaemonLock).
         self.conflict: DaemonConflict | None = None
@@ -233,7 +135,7 @@ class Daemon:
         # holds instead of sending them a second time.
         cfg = self.config.delivery
         own = cfg.model_copy(update={"consumer": f"{cfg.consumer}-once"})
-        deliverer = Deliverer(self.store, self.channels, own, stop=self.stop)
+        deliverer = Deliverer(self.store.outbox, self.channels, own, stop=self.stop)
         report.deliveries = await deliverer.drain_all(budget=cfg.once_attempts)
         return report
 
@@ -248,9 +150,9 @@ class Daemon:
         interval = self.config.poll.interval
         while not self.stop.is_set():
             last = self.poller.last_success
-            with contextlib.suppress(StateStoreError):
+            with contextlib.suppress(StoreError):
                 if last is not None and time.monotonic() - last <= 3 * interval:
-                    await self.store.heartbeat(int(interval * 3) + 10)
+                    await self.store.heartbeat.beat(int(interval * 3) + 10)
             await self._keep_lock()
             await self._check_data()
             with contextlib.suppress(TimeoutError):
@@ -274,9 +176,9 @@ class Daemon:
         """Notice Redis losing its data while the daemon runs (see ``{p}:epoch`` in constants)."""
         try:
             if self._epoch is None:
-                self._epoch = await self.store.claim_epoch()
+                self._epoch = await self.store.snapshots.claim_epoch()
                 return
-            if await self.store.epoch() == self._epoch:
+            if await self.store.snapshots.epoch() == self._epoch:
                 return
             # Gone, or written anew by another replica that noticed the loss first.
             restored = self.poller.restore()
@@ -287,9 +189,9 @@ class Daemon:
                 restored,
             )
             self._epoch = None
-            await self.store.rewrite_health(dict(self.poller.health.announced))
-            self._epoch = await self.store.claim_epoch()
-        except StateStoreError:
+            await self.store.health.rewrite(dict(self.poller.health.announced))
+            self._epoch = await self.store.snapshots.claim_epoch()
+        except StoreError:
             pass  # logged once per episode by the store
 
     async def run(self) -> None:
@@ -310,8 +212,8 @@ class Daemon:
             admitted = not self.stop.is_set()
         if not admitted:
             return
-        with contextlib.suppress(StateStoreError):
-            self._epoch = await self.store.claim_epoch()
+        with contextlib.suppress(StoreError):
+            self._epoch = await self.store.snapshots.claim_epoch()
         await self._run()
         if self.conflict is not None:
             raise self.conflict
@@ -327,14 +229,14 @@ class Daemon:
             self.config.poll.interval,
         )
         try:
-            for channel, n in (await self.store.orphan_outboxes(self.channels)).items():
+            for channel, n in (await self.store.outbox.orphans(self.channels)).items():
                 log.warning(
                     "the outbox of channel %r, which is no longer in the config, holds %d undelivered "
                     "notification(s); add the channel back to deliver them",
                     channel,
                     n,
                 )
-        except StateStoreError:
+        except StoreError:
             pass  # Redis is down at start: the store has logged it; the daemon runs on regardless
         workers = [
             asyncio.create_task(
@@ -371,7 +273,7 @@ class Daemon:
         for ch in self.channels.values():
             await ch.aclose()
         if self._own_redis:
-            await self.redis.aclose()
+            await self.store.aclose()
 
     async def __aenter__(self) -> Daemon:
         return self

@@ -1,36 +1,42 @@
-"""The ``dcs-notifier`` command line: run, once, check-config, send-test, demo.
+"""The ``dcs-notifier`` command line: arguments in, the pipeline's results printed.
 
-Exit codes: 0 success; 1 a poll or delivery failed (``once``, ``send-test``); 2 the configuration is
-invalid; 130 interrupted.
+Exit codes: 0 success; 1 a poll or delivery failed (``once``, ``send-test``, ``dead-letters``); 2 the
+configuration is invalid (printed as ``error:``); 130 interrupted. The dev tools (``demo``) are imported
+only when asked for: the daemon never loads them.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Coroutine, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import yaml
 
-from notifier.app import Daemon, freeze_startup_heap, open_store
-from notifier.config.models import Config, InstanceConfig, credential_problems, load_config, secret_values
-from notifier.dcs.cloud import Cloud
-from notifier.dcs.models import Task, format_api_time
-from notifier.delivery.channels import Channel, build_channel, masked_config
-from notifier.delivery.worker import send_with_retries
-from notifier.errors import ConfigError, DcsApiError, StateStoreError
+from notifier.app import Daemon, freeze_startup_heap
+from notifier.config.display import mask_redis_url, masked, verdict
+from notifier.config.env import credential_problems
+from notifier.config.load import load_config
+from notifier.config.models import Config
+from notifier.delivery.direct import Replay, replay, send_direct
+from notifier.errors import ConfigError, DcsApiError, StoreError
 from notifier.logsetup import configure_logging, escape_controls
-from notifier.pipeline.discovery import tags_of
-from notifier.pipeline.events import Event, EventType, InstanceRef, Notification, event_id
+from notifier.pipeline.inventory import instance_lists
+from notifier.pipeline.preview import preview
+from notifier.pipeline.sample import sample_notification
+from notifier.store.connect import Store, open_store
+from notifier.store.dead_letters import DeadLetter
 from notifier.store.leases import DaemonConflict
-from notifier.store.state import DeadLetter, StateStore
 
 log = logging.getLogger("notifier")
 
@@ -48,18 +54,32 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
 
+def _version() -> str:
+    try:
+        return version("dcs-notifier")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dcs-notifier",
         description="Watch Huawei Cloud DCS background tasks and notify Slack and signed webhooks.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = sub.add_parser("run", help="run the daemon until SIGTERM/SIGINT")
     _add_common(p)
     p = sub.add_parser("once", help="poll every instance once, deliver, exit non-zero if anything failed")
     _add_common(p)
-    p = sub.add_parser("check-config", help="validate the config and print it with secrets masked")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print what would be sent to which channel by which rule; send nothing, write nothing",
+    )
+    p = sub.add_parser("check-config", help="validate the config and print a short verdict")
     _add_common(p)
+    p.add_argument("--show", action="store_true", help="also print the resolved config, secrets masked")
     p = sub.add_parser("send-test", help="send a test notification to one channel")
     _add_common(p)
     p.add_argument("channel", metavar="CHANNEL", help="a channel name from the config")
@@ -94,65 +114,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _config_path(args: argparse.Namespace) -> Path:
+    return Path(args.config or os.environ.get("DCS_NOTIFIER_CONFIG") or "config.yaml")
+
+
 def _load(args: argparse.Namespace) -> Config:
-    config = load_config(args.config)
-    configure_logging(args.log_level, secret_values(config))
+    config = load_config(_config_path(args))
+    configure_logging(args.log_level, config.secret_values())
     return config
-
-
-def mask_redis_url(url: str) -> str:
-    """A Redis URL without its credentials: user info and ``password=`` query values become ``****``."""
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if "@" in netloc:
-        netloc = "****@" + netloc.rsplit("@", 1)[1]
-    query = urlencode(
-        [
-            (k, "****" if k.lower() in ("password", "username", "user", "sentinel_password") else v)
-            for k, v in parse_qsl(parts.query)
-        ],
-        safe="*",
-    )
-    return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
-
-
-def _short_masks(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _short_masks(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_short_masks(v) for v in value]
-    return "****" if value == "**********" else value
-
-
-def masked(config: Config) -> dict[str, Any]:
-    """The resolved config as plain data, every secret replaced by ``****``."""
-    # SecretStr fields (AK/SK, tokens, passwords, the proxy URL) dump as "**********": shown as "****".
-    data: dict[str, Any] = _short_masks(config.model_dump(mode="json", exclude={"channels"}))
-    data["projects"] = [
-        {
-            "account": spec.account,
-            "region": spec.region,
-            "project_id": spec.project_id,
-            "endpoint": spec.endpoint,
-            "credentials": spec.credentials.type,
-            "instances": "discovered" if spec.discover else len(spec.instances),
-        }
-        for spec in config.projects()
-    ]
-    data["redis"]["url"] = mask_redis_url(config.redis.url.get_secret_value())
-    data["channels"] = {name: masked_config(cfg) for name, cfg in config.channels.items()}
-    return data
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     config = _load(args)
-    print(yaml.safe_dump(masked(config), sort_keys=False, allow_unicode=True), end="")
+    if args.show:
+        print(yaml.safe_dump(masked(config), sort_keys=False, allow_unicode=True), end="")
     problems = credential_problems(config)
     for problem in problems:
-        print(f"warning: {problem}", file=sys.stderr)
+        print(f"error: {problem}", file=sys.stderr)
     if problems:
         return 2
-    print("config OK", file=sys.stderr)
+    summary = verdict(config)
+    out = sys.stderr if args.show else sys.stdout  # --show: stdout is the YAML alone
+    print(f"{_config_path(args)}: OK", file=out)
+    for line in summary.lines:
+        print(f"  {line}", file=out)
+    for warning in summary.warnings:
+        print(f"warning: {warning}", file=out)
+    print(f"{len(summary.warnings)} warning(s)", file=out)
+    if not args.show:
+        print("the resolved config, secrets masked: check-config --show", file=out)
     return 0
 
 
@@ -195,45 +185,52 @@ async def _once(config: Config) -> int:
     return 1 if report.problems else 0
 
 
-def test_notification(config: Config, channel: str, now: datetime) -> Notification:
-    """A realistic, clearly marked test event: a switchover that just succeeded."""
-    spec = config.projects()[0]
-    inst = spec.instances[0] if spec.instances else InstanceConfig(id="dcs-notifier-test", name="test")
-    task = Task.model_validate(
-        {
-            "id": f"dcs-notifier-test-{int(now.timestamp())}",
-            "name": "masterStandbySwapJob",
-            "status": "SUCCESS",
-            "user_name": "dcs-notifier send-test",
-            "created_at": format_api_time(now - timedelta(seconds=4)),
-            "updated_at": format_api_time(now),
-        }
+async def _dry_run(config: Config) -> int:
+    store = open_store(config)
+    try:
+        result = await preview(config, store)
+    finally:
+        await store.aclose()
+    if result.redis_problem is None:
+        state = f"state read from {mask_redis_url(config.redis.url.get_secret_value())}"
+    else:
+        state = (
+            f"Redis not reachable ({result.redis_problem}): every instance previewed as its first poll "
+            "(a baseline: tasks in progress and those finished within poll.baseline_grace are announced)"
+        )
+    say(f"dry run: nothing is sent and nothing is written; {state}")
+    for p in result.instances:
+        if p.error is not None:
+            continue
+        first = " (first poll: baseline)" if p.baseline else ""
+        say(f"{p.instance.name} ({p.instance.id}){first}: {len(p.events)} event(s)")
+        for event in p.events:
+            say(f"  {event.type.value}  {event.summary}  [{event.id}]")
+            sent = [n for n in p.notifications if n.event.id == event.id]
+            if not sent:
+                say("    → no channel (no rule matches)")
+            for n in sent:
+                say(
+                    f"    → {n.channel}" + (f"  (rule {n.rule})" if n.rule else "  (no rules: every channel)")
+                )
+    events = sum(len(p.events) for p in result.instances)
+    notifications = sum(len(p.notifications) for p in result.instances)
+    print(
+        f"dry run of {len(result.instances)} instance(s): {events} event(s), "
+        f"{notifications} notification(s) would be sent; none was"
     )
-    event = Event(
-        id=event_id(inst.id, task.id, EventType.SUCCEEDED, task.status),
-        type=EventType.SUCCEEDED,
-        project_id=spec.project_id,
-        region=spec.region,
-        instance=InstanceRef(id=inst.id, name=inst.name, labels=inst.labels),
-        task=task,
-        previous_status="RUNNING",
-        detected_at=now,
-    )
-    return Notification(event=event, channel=channel, rule="send-test")
+    for problem in result.problems:
+        say(f"FAILED {problem}", err=True)
+    return 1 if result.problems else 0
 
 
 async def _send_test(config: Config, channel_name: str) -> int:
     if channel_name not in config.channels:
         known = ", ".join(sorted(config.channels))
-        print(f"unknown channel {channel_name!r} (known: {known})", file=sys.stderr)
+        print(f"error: unknown channel {channel_name!r} (known: {known})", file=sys.stderr)
         return 2
-    channel = build_channel(channel_name, config.channels[channel_name])
-    notification = test_notification(config, channel_name, datetime.now(UTC))
-    try:
-        # The same retry loop as real deliveries, without the outbox.
-        error = await send_with_retries(channel, notification, config.delivery, asyncio.Event())
-    finally:
-        await channel.aclose()
+    notification = sample_notification(config, channel_name, datetime.now(UTC))
+    error = await send_direct(config, notification)
     if error is not None:
         say(f"FAILED {error}", err=True)
         return 1
@@ -242,41 +239,32 @@ async def _send_test(config: Config, channel_name: str) -> int:
 
 
 async def _list_instances(config: Config) -> int:
-    cloud = Cloud(config)
     failed = 0
-    try:
-        for spec in config.projects():
-            try:
-                instances = await cloud.clients[spec.project_id].list_instances()
-            except DcsApiError as exc:
-                say(f"error: project {spec.project_id}: {exc}", err=True)
+    async with contextlib.aclosing(instance_lists(config)) as projects:
+        async for spec, listing in projects:
+            if isinstance(listing, DcsApiError):
+                say(f"error: project {spec.project_id}: {listing}", err=True)
                 failed += 1
                 continue
             print(f"# account {spec.account}, region {spec.region}, project {spec.project_id}")
             print("instances:")
-            for inst in instances:
-                details = ", ".join(
-                    str(inst[k]) for k in ("status", "engine", "engine_version", "spec_code") if inst.get(k)
-                )
-                tags = tags_of(inst)
-                if tags:
-                    details += " tags " + ", ".join(f"{k}={v}" for k, v in sorted(tags.items()))
-                name = json.dumps(inst.get("name", ""))
-                say(f'  - {{id: "{inst.get("instance_id")}", name: {name}}}  # {details}')
-    finally:
-        await cloud.aclose()
+            for inst in listing:
+                details = ", ".join(inst.details)
+                if inst.tags:
+                    details += " tags " + ", ".join(f"{k}={v}" for k, v in sorted(inst.tags.items()))
+                say(f'  - {{id: "{inst.id}", name: {json.dumps(inst.name)}}}  # {details}')
     return 1 if failed else 0
 
 
 async def _health(config: Config) -> int:
     store = open_store(config)
     try:
-        beat = await store.last_heartbeat()
-    except StateStoreError as exc:
+        beat = await store.heartbeat.last()
+    except StoreError as exc:
         say(f"unhealthy: {exc}", err=True)
         return 1
     finally:
-        await store.redis.aclose()
+        await store.aclose()
     if beat is None:
         print("unhealthy: no recent heartbeat (is the daemon running?)", file=sys.stderr)
         return 1
@@ -284,46 +272,23 @@ async def _health(config: Config) -> int:
     return 0
 
 
-async def _replay(config: Config, store: StateStore, letters: list[DeadLetter]) -> int:
-    """Deliver dead letters directly (not through the outbox, so never racing a running daemon).
-
-    Delivered → logged as delivered and removed; refused again for a retryable reason → re-queued
-    for the daemon; refused for good → left in dead letters, with the reason printed.
-    """
+async def _replay(config: Config, store: Store, letters: list[DeadLetter]) -> int:
     failed = 0
-    built: dict[str, Channel] = {}
-    policy = config.delivery.model_copy(update={"max_attempts": config.delivery.once_attempts})
-    try:
-        for d in letters:
-            n = d.notification
-            if n is None:
-                print(f"{d.entry_id}: unreadable, cannot be replayed (purge it)", file=sys.stderr)
-                failed += 1
-                continue
-            if d.channel not in config.channels:
-                print(
-                    f"{d.entry_id}: channel {d.channel!r} is no longer in the config; kept", file=sys.stderr
-                )
-                failed += 1
-                continue
-            if d.channel not in built:
-                built[d.channel] = build_channel(d.channel, config.channels[d.channel])
-            channel = built[d.channel]
-            error = await send_with_retries(channel, n, policy, asyncio.Event())
-            if channel.rate:
-                await asyncio.sleep(1.0 / channel.rate)  # the channel's pace between replayed messages
-            if error is None:
-                await store.resolve_dead(d)
-                print(f"{d.entry_id}: delivered to {d.channel}")
-            elif error.retryable:
-                await store.requeue_dead([d])
-                say(f"{d.entry_id}: {d.channel} still failing ({error}); re-queued for the daemon")
-            else:
-                failed += 1
-                say(f"{d.entry_id}: refused again by {d.channel}: {error}; kept", err=True)
-    finally:
-        for ch in built.values():
-            await ch.aclose()
+    async with contextlib.aclosing(replay(config, store, letters)) as results:
+        async for r in results:
+            d = r.letter
+            failed += r.kept
+            match r.outcome:
+                case Replay.DELIVERED:
+                    print(f"{d.entry_id}: delivered to {d.channel}")
+                case Replay.REQUEUED:
+                    say(f"{d.entry_id}: {d.channel} still failing ({r.error}); re-queued for the daemon")
+                case Replay.REFUSED:
+                    say(f"{d.entry_id}: refused again by {d.channel}: {r.error}; kept", err=True)
+                case Replay.UNREADABLE:
+                    print(f"{d.entry_id}: unreadable, cannot be replayed (purge it)", file=sys.stderr)
+                case Replay.NO_CHANNEL:
+                    say(f"{d.entry_id}: channel {d.channel!r} is no longer in the config; kept", err=True)
     return 1 if failed else 0
 
 
@@ -334,7 +299,7 @@ async def _dead_letters(config: Config, args: argparse.Namespace) -> int:
     channels = list(config.channels)
     try:
         if args.action == "list":
-            letters = await store.dead_letters(channels=channels)
+            letters = await store.dead_letters.oldest(channels=channels)
             for d in letters:
                 n = d.notification
                 what = (
@@ -347,26 +312,25 @@ async def _dead_letters(config: Config, args: argparse.Namespace) -> int:
             print(f"{len(letters)} dead letter(s)", file=sys.stderr)
             return 0
         if args.action == "purge":
-            print(f"purged {await store.purge_dead(channels=channels)} dead letter(s)")
+            print(f"purged {await store.dead_letters.purge(channels=channels)} dead letter(s)")
             return 0
         if not args.ids and not args.all:
             print(
-                "name the dead letters to replay (ids from 'dead-letters list') or pass --all",
+                "error: name the dead letters to replay (ids from 'dead-letters list') or pass --all",
                 file=sys.stderr,
             )
             return 2
-        letters = await store.select_dead(None if args.all else args.ids, channels=channels)
+        letters = await store.dead_letters.select(None if args.all else args.ids, channels=channels)
         if args.no_deliver:
-            print(
-                f"re-queued {len(await store.requeue_dead(letters))} dead letter(s); the daemon delivers them"
-            )
+            requeued = await store.dead_letters.requeue(letters)
+            print(f"re-queued {len(requeued)} dead letter(s); the daemon delivers them")
             return 0
         return await _replay(config, store, letters)
-    except StateStoreError as exc:
+    except StoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     finally:
-        await store.redis.aclose()
+        await store.aclose()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -383,7 +347,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "run":
             return run_fast(_run(config))
         if args.command == "once":
-            return run_fast(_once(config))
+            return run_fast(_dry_run(config) if args.dry_run else _once(config))
         if args.command == "send-test":
             return asyncio.run(_send_test(config, args.channel))
         if args.command == "list-instances":

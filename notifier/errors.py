@@ -126,11 +126,11 @@ class DeliveryError(NotifierError):
         super().__init__(f"channel {channel!r}: {message} ({kind}, {reason.value})")
 
 
-class StateStoreError(NotifierError):
+class StoreError(NotifierError):
     """Redis could not be reached or refused an operation; no state was advanced."""
 
 
-class CorruptStateError(StateStoreError):
+class CorruptStateError(StoreError):
     """What Redis holds for one instance cannot be read (a key of the wrong type, a field that is not
     the JSON this version writes): that instance's failure, not an outage."""
 

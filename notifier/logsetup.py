@@ -7,21 +7,22 @@ Modules never log a secret on purpose; the formatter additionally
   says, so that no value from outside (an API's ``error_msg``, an answer's body) can start a line that
   looks like a record of its own; a traceback stays on several lines, each marked as a continuation
   (:data:`CONTINUATION`);
-* cuts a message longer than :data:`MESSAGE_LIMIT` (a traceback longer than :data:`TRACE_LIMIT`) and says
-  how much was cut. The cut is made before redaction, so the work is bounded whatever the size, and is
-  moved to the start of any secret it would split: no piece of a secret is ever left behind.
+* cuts a message longer than :data:`~notifier.redaction.MESSAGE_LIMIT` (a traceback longer than
+  :data:`TRACE_LIMIT`) and says how much was cut. The cut is made before redaction, so the work is
+  bounded whatever the size, and is moved to the start of any secret it would split: no piece of a
+  secret is ever left behind.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Final
 
+from notifier.redaction import MESSAGE_LIMIT, cut_note, longest_first, mask, safe_cut
+
 LOG_FORMAT: Final = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
-#: Characters of a message kept in a log line (the rest is cut, with a note saying how much).
-MESSAGE_LIMIT: Final = 16 * 1024
 #: Characters of a traceback (or stack) kept under a record.
 TRACE_LIMIT: Final = 64 * 1024
 #: What starts every line of a record after its first: no record starts like this.
@@ -31,8 +32,6 @@ _NAMED: Final = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 _ESCAPES: Final[dict[int, str]] = {
     code: _NAMED.get(chr(code), f"\\x{code:02x}") for code in (*range(0x20), *range(0x7F, 0xA0))
 } | {0x2028: "\\u2028", 0x2029: "\\u2029"}
-#: A chain of overlapping secrets longer than this makes a cut give up and keep nothing (never met).
-_MAX_CUT_MOVES: Final = 16
 
 
 def escape_controls(text: str) -> str:
@@ -43,50 +42,14 @@ def escape_controls(text: str) -> str:
     return text.translate(_ESCAPES)
 
 
-def safe_cut(text: str, limit: int, secrets: Sequence[str]) -> int:
-    """Where to cut ``text`` to keep at most ``limit`` characters without splitting any of ``secrets``.
-
-    Cutting before redacting keeps the work bounded, but a secret straddling the cut would leave its
-    first characters behind, unrecognisable to the redaction: the cut moves to the start of such a
-    secret. (A URL cut in two needs no care: what is kept of it is still a URL, and redacted whole.)
-    """
-    cut = min(limit, len(text))
-    for _ in range(_MAX_CUT_MOVES):
-        moved = cut
-        for secret in secrets:
-            size = len(secret)
-            if size > 1:
-                # Only an occurrence starting before the cut and ending after it fits in this range.
-                start = text.find(secret, max(0, cut - size + 1), cut + size - 1)
-                if start != -1:
-                    moved = min(moved, start)
-        if moved == cut:
-            return cut
-        cut = moved
-    return 0
-
-
-def cut_note(dropped: int) -> str:
-    return f" … [{dropped} characters cut]"
-
-
-def mask(text: str, secrets: Iterable[str]) -> str:
-    """``text`` with every one of ``secrets`` (longest first, as given) replaced by ``****``."""
-    for secret in secrets:
-        if secret in text:
-            text = text.replace(secret, "****")
-    return text
-
-
 class RedactingFormatter(logging.Formatter):
     """Masks secrets, escapes control characters and caps sizes in every record (see the module doc)."""
 
     def __init__(self, fmt: str = LOG_FORMAT, secrets: Iterable[str] = ()) -> None:
         super().__init__(fmt)
         # Longest first, so that a secret containing another is replaced whole.
-        self.secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
-        escaped = {escape_controls(s) for s in self.secrets} - set(self.secrets)
-        self._escaped_secrets = sorted(escaped, key=len, reverse=True)
+        self.secrets = longest_first(secrets)
+        self._escaped_secrets = longest_first({escape_controls(s) for s in self.secrets} - set(self.secrets))
 
     def _clean(self, text: str, limit: int) -> str:
         """Cut (at a safe place), then mask: before escaping, so a secret holding a newline is found."""

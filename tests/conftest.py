@@ -9,7 +9,13 @@ import redis.asyncio as aioredis
 
 from notifier.devtools.simulator import Simulator
 from notifier.devtools.standins.webhook import WebhookReceiver
-from tests.support.loopback_http import serve, transport  # noqa: F401 - fixtures for the transport's tests
+from tests.support.loopback_http import (  # noqa: F401 - fixtures for the HTTP tests
+    ca,
+    ca_pem,
+    no_proxy_env,
+    proxy,
+    serve,
+)
 from tests.support.redis_cluster import RedisClusterServers, RedisSentinelServers
 from tests.support.redis_server import RedisServer
 

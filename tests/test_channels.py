@@ -27,12 +27,14 @@ from notifier.delivery.channels import (
     build_channel,
     masked_config,
 )
-from notifier.delivery.channels.webhook import decode_secret, parse_retry_after, sign
+from notifier.delivery.channels.webhook import decode_secret, sign
 from notifier.delivery.formatters import format_slack, webhook_body
 from notifier.devtools.standins import CannedResponse, RecordedRequest, every_nth
 from notifier.devtools.standins.slack import SlackStandIn
 from notifier.devtools.standins.webhook import WebhookReceiver, verify_signature
 from notifier.errors import DeliveryError, Reason
+from notifier.net import USER_AGENT
+from notifier.net.headers import parse_retry_after
 from notifier.pipeline.events import Event, EventType, InstanceRef, Notification, event_id
 
 TOKEN = "xoxb-1111-2222-s3cr3tT0k3nValue"
@@ -175,7 +177,7 @@ async def test_webhook_delivers_signed_exact_bytes(
     assert req.status == 204
     assert req.verified is True
     assert req.header("Content-Type") == "application/json"
-    assert req.header("User-Agent") == "dcs-notifier/0.1"
+    assert req.header("User-Agent") == USER_AGENT
     assert req.header("X-Team") == "dba"
     assert req.header("webhook-id") == n.event.id
     assert before <= int(req.header("webhook-timestamp") or 0) <= before + 5
@@ -537,6 +539,8 @@ def test_masked_config() -> None:
         "headers": {"Authorization": "****"},
         "timeout": 10.0,
         "rate": None,
+        "proxy": None,
+        "ca_bundle": None,
     }
     assert masked_config(slack_cfg)["rate"] == 1.0
 

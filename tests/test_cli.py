@@ -7,14 +7,19 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
+import redis
+import yaml
 from standardwebhooks.webhooks import Webhook
 
+from notifier.cli import main
 from notifier.devtools.simulator import Simulator
 from notifier.devtools.standins.slack import SlackStandIn
 from notifier.devtools.standins.webhook import WebhookReceiver
@@ -109,9 +114,10 @@ async def test_once_exits_non_zero_naming_what_failed(cli: Cli, sim: Simulator) 
 async def test_config_flag_wins_over_the_environment(cli: Cli, tmp_path: Path) -> None:
     other = tmp_path / "other.yaml"
     other.write_text(CONFIG.replace("name: orders-cache", "name: from-the-flag"))
-    code, out, err = await cli.run("check-config", "--config", str(other))
+    code, out, err = await cli.run("check-config", "--show", "--config", str(other))
     assert code == 0, err
     assert "name: from-the-flag" in out
+    assert f"{other}: OK" in err
 
 
 async def test_demo_on_the_embedded_store(cli: Cli) -> None:
@@ -126,7 +132,7 @@ async def test_demo_on_the_embedded_store(cli: Cli) -> None:
 
 async def test_check_config_masks_secrets(cli: Cli) -> None:
     cli.env["REDIS_URL"] += "?password=redis-sekrit"
-    code, out, err = await cli.run("check-config")
+    code, out, err = await cli.run("check-config", "--show")
     assert "redis-sekrit" not in out
     assert "password=****" in out
     assert code == 0, err
@@ -190,3 +196,130 @@ async def test_run_stops_cleanly_and_reports_health(
         _, err = await asyncio.wait_for(proc.communicate(), 15)
     assert proc.returncode == 0, err.decode()
     assert "dcs-notifier stopped" in err.decode()
+
+
+def test_version_comes_from_the_package_metadata(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out.strip() == f"dcs-notifier {version('dcs-notifier')}"
+
+
+HEADERS = '    headers: {X-Team: db, Authorization: "Bearer tok-9f8e7d6c5b4a"}\n'
+
+
+async def test_check_config_says_a_short_verdict_and_shows_on_request(cli: Cli) -> None:
+    rules = "rules: [{name: switchovers, tasks: [masterStandbySwapJob], channels: [oncall]}]\n"
+    cli.config.write_text(
+        CONFIG.replace(
+            'audit: {type: webhook, url: "${AUDIT_URL}", secret: "' + WEBHOOK_SECRET + '"}',
+            'audit:\n    type: webhook\n    url: "${AUDIT_URL}"\n' + HEADERS,
+        )
+        + rules
+    )
+    code, out, err = await cli.run("check-config")
+    assert code == 0, err
+    assert out.splitlines() == [
+        f"{cli.config}: OK",
+        "  1 project in 1 account (region cn-north-4): 1 instance named, 0 discovering",
+        "  2 channels: oncall (slack), audit (webhook)",
+        "  1 rule: switchovers",
+        f"  redis: {cli.env['REDIS_URL']} (key prefix cli)",
+        "warning: channels.audit: no rule sends to this channel",
+        "1 warning(s)",
+        "the resolved config, secrets masked: check-config --show",
+    ]
+    code, out, err = await cli.run("check-config", "--show")
+    assert code == 0, err
+    shown = yaml.safe_load(out)  # stdout is the YAML alone; the verdict goes to stderr
+    assert shown["channels"]["audit"]["headers"] == {"X-Team": "db", "Authorization": "****"}
+    assert f"{cli.config}: OK" in err
+    for secret in ("tok-9f8e7d6c5b4a", SK, AK, cli.slack.webhook_url):
+        assert secret not in out + err
+
+
+async def test_missing_credentials_are_an_error_not_a_warning(cli: Cli) -> None:
+    del cli.env["CLOUD_SDK_SK"]
+    code, out, err = await cli.run("check-config")
+    assert code == 2
+    assert err.startswith("error: cloud.sk: no credentials for project")
+    assert "warning" not in err + out
+
+
+def redis_contents(url: str) -> dict[str, bytes | None]:
+    with redis.Redis.from_url(url) as r:
+        return {key.decode(): r.dump(key) for key in r.scan_iter()}
+
+
+DRY_RUN_RULES = "rules: [{name: switchovers, tasks: [masterStandbySwapJob], channels: [oncall]}]\n"
+
+
+async def test_dry_run_prints_what_would_go_where_and_changes_nothing(
+    sim: Simulator, redis_url: str, tmp_path: Path
+) -> None:
+    async with cli_for(CONFIG + DRY_RUN_RULES, sim, redis_url, tmp_path) as cli:
+        swap = sim.start_task(ORDERS, "masterStandbySwapJob")
+        code, _, err = await cli.run("once")  # state in Redis: the switchover is known to be running
+        assert code == 0, err
+        sent = len(cli.slack.requests), len(cli.audit.requests)
+        assert sent == (1, 0)
+        sim.finish_task(ORDERS, swap)
+        sim.start_task(ORDERS, "EXTEND")
+        before = redis_contents(redis_url)
+        polls = len(sim.task_requests(ORDERS))
+
+        code, out, err = await cli.run("once", "--dry-run")
+
+        assert code == 0, err
+        assert len(sim.task_requests(ORDERS)) > polls  # it did poll
+        assert "state read from redis://127.0.0.1:" in out
+        assert f"orders-cache ({ORDERS}): 2 event(s)" in out  # not a baseline: the stored state was used
+        lines = out.splitlines()
+        succeeded = next(i for i, s in enumerate(lines) if "task.succeeded  Master/standby" in s)
+        assert lines[succeeded + 1] == "    → oncall  (rule switchovers)"
+        scale = next(i for i, s in enumerate(lines) if s.startswith("  task.started  Scale"))
+        assert lines[scale + 1] == "    → no channel (no rule matches)"
+        assert "1 event(s)" not in out
+        assert "2 event(s), 1 notification(s) would be sent; none was" in out
+        assert (len(cli.slack.requests), len(cli.audit.requests)) == sent
+        assert redis_contents(redis_url) == before
+
+
+async def test_dry_run_without_redis_previews_a_baseline(
+    sim: Simulator, redis_url: str, tmp_path: Path
+) -> None:
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        dead = f"redis://127.0.0.1:{s.getsockname()[1]}/0"
+    async with cli_for(CONFIG, sim, dead, tmp_path) as cli:
+        sim.start_task(ORDERS, "masterStandbySwapJob")
+        code, out, err = await cli.run("once", "--dry-run")
+        assert code == 0, err
+        assert "Redis not reachable" in out
+        assert f"orders-cache ({ORDERS}) (first poll: baseline): 1 event(s)" in out
+        assert "    → oncall  (no rules: every channel)" in out
+        assert "    → audit  (no rules: every channel)" in out
+        assert not cli.slack.requests
+        assert not cli.audit.requests
+    assert redis_contents(redis_url) == {}
+
+
+async def test_the_daemon_never_imports_the_dev_tools(cli: Cli, sim: Simulator) -> None:
+    """`dcs-notifier run` (what its console script runs) loads no simulator, stand-in or demo module."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-X", "importtime", "-c", "import sys; from notifier.cli import main; sys.exit(main())",
+        "run", env=cli.env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        await sim.wait_for(lambda: len(sim.task_requests(ORDERS)) >= 1, within=15)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = await asyncio.wait_for(proc.communicate(), 15)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    imported = {
+        line.rsplit("|", 1)[1].strip()
+        for line in err.decode().splitlines()
+        if line.startswith("import time:") and line.count("|") == 2
+    }
+    assert {"notifier.cli", "notifier.app"} <= imported  # the parse sees the daemon's modules
+    assert sorted(m for m in imported if m.startswith("notifier.devtools")) == []

@@ -4,20 +4,17 @@ from pathlib import Path
 
 import pytest
 
+from notifier.config.env import credential_problems, require_credentials
+from notifier.config.load import load_config, parse_config
 from notifier.config.models import (
     AccountConfig,
-    AkSkCredentials,
+    AkSkCredentialsConfig,
     Config,
-    FileCredentials,
-    IamCredentials,
+    FileCredentialsConfig,
+    IamCredentialsConfig,
     InstanceConfig,
     InstanceFilter,
     ProjectConfig,
-    credential_problems,
-    load_config,
-    parse_config,
-    require_credentials,
-    secret_values,
 )
 from notifier.errors import ConfigError
 
@@ -38,7 +35,7 @@ rules:
 
 def aksk(cfg: Config) -> tuple[str, str]:
     creds = cfg.projects()[0].credentials
-    assert isinstance(creds, AkSkCredentials) and creds.ak is not None and creds.sk is not None
+    assert isinstance(creds, AkSkCredentialsConfig) and creds.ak is not None and creds.sk is not None
     return creds.ak.get_secret_value(), creds.sk.get_secret_value()
 
 
@@ -56,7 +53,7 @@ def test_issue_example_loads_as_written() -> None:
     assert cfg.instances[0].labels == {"env": "prod"}
     assert [r.name for r in cfg.rules] == ["switchovers", "everything"]
     assert cfg.poll.interval == 30 and cfg.poll.baseline_grace == 900
-    secrets = secret_values(cfg)
+    secrets = cfg.secret_values()
     for s in (
         "AKEXAMPLE123",
         "SKEXAMPLEsecret456",
@@ -82,12 +79,27 @@ def test_endpoint_defaults_from_region_and_credentials_from_env() -> None:
 
 def test_missing_env_var_names_file_and_key() -> None:
     env = {k: v for k, v in ENV.items() if k != "SLACK_WEBHOOK_URL"}
-    with pytest.raises(
-        ConfigError,
-        match=r"config\.yaml: channels\.oncall\.webhook_url: environment variable "
-        r"SLACK_WEBHOOK_URL is not set",
-    ):
+    with pytest.raises(ConfigError) as info:
         parse_config(ISSUE_EXAMPLE, "config.yaml", env)
+    assert str(info.value) == (
+        "config.yaml: 1 environment variable is not set (export, or write ${VAR:-default} in the file):\n"
+        "  SLACK_WEBHOOK_URL: used at channels.oncall.webhook_url"
+    )
+
+
+def test_every_missing_env_var_is_reported_at_once() -> None:
+    """Before: one per run (the first found), so a new user met them one at a time."""
+    text = ISSUE_EXAMPLE.replace("xoxb-123-secret", "${SLACK_BOT_TOKEN}").replace(
+        "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "${SLACK_WEBHOOK_URL}"
+    )
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "config.yaml", {"CLOUD_SDK_AK": "AKEXAMPLE123"})
+    assert str(info.value) == (
+        "config.yaml: 3 environment variables are not set (export, or write ${VAR:-default} in the file):\n"
+        "  CLOUD_SDK_SK: used at cloud.sk\n"
+        "  SLACK_WEBHOOK_URL: used at channels.oncall.webhook_url, channels.audit.secret\n"
+        "  SLACK_BOT_TOKEN: used at channels.bot.token"
+    )
 
 
 def test_default_in_interpolation() -> None:
@@ -103,9 +115,12 @@ def test_default_in_interpolation() -> None:
             ("channels: [oncall, audit]", "channels: [oncall, nope]"),
             r"rules\.0\.channels: unknown channel 'nope'",
         ),
-        (("{type: slack, webhook_url", "{type: carrier-pigeon, webhook_url"), r"channels\.oncall: "),
+        (
+            ("{type: slack, webhook_url", "{type: carrier-pigeon, webhook_url"),
+            r"channels\.oncall\.type: unknown type 'carrier-pigeon' \(known: slack, webhook\)",
+        ),
         (('project_id: "p1"', 'project_id: ""'), r"cloud\.project_id"),
-        (("poll: {", "poll: {intervall: 3, "), r"poll\.intervall: Extra inputs are not permitted"),
+        (("poll: {", "poll: {intervall: 3, "), r"unknown key `intervall` in poll; did you mean `interval`\?"),
         (("events: [task.started,", "events: [task.begun,"), r"rules\.0\.events\.0"),
     ],
 )
@@ -193,12 +208,11 @@ def config_error(text: str, env: dict[str, str] | None = None) -> str:
 
 
 def one_problem(line: str) -> str:
-    return f"fleet.yaml: invalid configuration (1 problem(s)):\n  {line}"
+    return f"fleet.yaml: invalid configuration (1 problem):\n  {line}"
 
 
 def test_fleet_projects_resolve_region_endpoint_credentials_and_labels() -> None:
     cfg = fleet()
-    assert not cfg.single_project_form
     north, south, lab = cfg.projects()
     assert [(s.account, s.region, s.project_id, s.endpoint, s.where) for s in (north, south, lab)] == [
         ("prod", "cn-north-4", "p-north", "https://dcs.cn-north-4.myhuaweicloud.com", "cloud.0.projects.0"),
@@ -211,13 +225,13 @@ def test_fleet_projects_resolve_region_endpoint_credentials_and_labels() -> None
         "127.0.0.1:8080",
     ]
     # type: iam given; {path} inferred as file (a per-project override); {ak, sk, security_token} as aksk.
-    assert isinstance(north.credentials, IamCredentials)
+    assert isinstance(north.credentials, IamCredentialsConfig)
     assert north.credentials.domain == "acme" and north.credentials.user == "watcher"
     assert north.credentials.password.get_secret_value() == "iam-Passw0rd-secret"
     assert north.credentials.iam_endpoint == "https://iam.example.com"
     assert north.credentials.endpoint_for("cn-north-4") == "https://iam.example.com"
-    assert south.credentials == FileCredentials(path=Path("/etc/dcs/south.json"))
-    assert isinstance(lab.credentials, AkSkCredentials)
+    assert south.credentials == FileCredentialsConfig(path=Path("/etc/dcs/south.json"))
+    assert isinstance(lab.credentials, AkSkCredentialsConfig)
     assert lab.credentials.ak is not None and lab.credentials.ak.get_secret_value() == "AKLAB0000000001"
     assert lab.credentials.sk is not None and lab.credentials.sk.get_secret_value() == "lab-sk-secret-value"
     token = lab.credentials.security_token
@@ -241,7 +255,7 @@ def test_fleet_projects_resolve_region_endpoint_credentials_and_labels() -> None
 def test_iam_endpoint_defaults_to_the_project_region() -> None:
     cfg = fleet(FLEET.replace(', iam_endpoint: "https://iam.example.com/"', ""))
     north, *_ = cfg.projects()
-    assert isinstance(north.credentials, IamCredentials) and north.credentials.iam_endpoint is None
+    assert isinstance(north.credentials, IamCredentialsConfig) and north.credentials.iam_endpoint is None
     assert north.credentials.endpoint_for(north.region) == "https://iam.cn-north-4.myhuaweicloud.com"
     assert north.credentials.endpoint_for("cn-south-1") == "https://iam.cn-south-1.myhuaweicloud.com"
 
@@ -249,12 +263,12 @@ def test_iam_endpoint_defaults_to_the_project_region() -> None:
 @pytest.mark.parametrize(
     ("credentials", "expected"),
     [
-        ({"path": "/run/creds.csv"}, FileCredentials),
-        ({"ak": "A", "sk": "B"}, AkSkCredentials),
-        ({"security_token": "T"}, AkSkCredentials),
-        ({}, AkSkCredentials),
-        ({"domain": "d", "user": "u", "password": "p"}, IamCredentials),
-        ({"type": "file", "path": "/x"}, FileCredentials),
+        ({"path": "/run/creds.csv"}, FileCredentialsConfig),
+        ({"ak": "A", "sk": "B"}, AkSkCredentialsConfig),
+        ({"security_token": "T"}, AkSkCredentialsConfig),
+        ({}, AkSkCredentialsConfig),
+        ({"domain": "d", "user": "u", "password": "p"}, IamCredentialsConfig),
+        ({"type": "file", "path": "/x"}, FileCredentialsConfig),
     ],
 )
 def test_credentials_type_is_inferred_from_the_keys(credentials: dict[str, str], expected: type) -> None:
@@ -269,7 +283,7 @@ def test_credentials_type_is_inferred_from_the_keys(credentials: dict[str, str],
 def test_account_defaults() -> None:
     account = AccountConfig.model_validate({"projects": [{"project_id": "p", "discover": True}]})
     assert account.name == "default" and account.region == "cn-north-4"
-    assert account.credentials == AkSkCredentials()
+    assert account.credentials == AkSkCredentialsConfig()
 
 
 def test_cloud_as_one_mapping_with_projects() -> None:
@@ -282,13 +296,12 @@ cloud:
 channels: {ops: {type: webhook, url: "https://hooks.example.com/ops"}}
 """
     cfg = fleet(text, {})
-    assert not cfg.single_project_form
     [spec] = cfg.projects()
     assert (spec.account, spec.region, spec.endpoint, spec.where) == (
         "solo",
         "eu-west-101",
         "https://dcs.eu-west-101.myhuaweicloud.com",
-        "cloud.0.projects.0",
+        "cloud.projects.0",  # as written: cloud is the one account
     )
     assert aksk(cfg) == ("AK1", "SK1")
 
@@ -317,7 +330,7 @@ channels: {ops: {type: webhook, url: "https://hooks.example.com/ops"}}
         (("min_rate: 1", "min_rate: 11"), "api: min_rate must not exceed rate_limit"),
         (
             ('"https://iam.example.com/"', "iam.example.com"),
-            "cloud.0.credentials.iam.iam_endpoint: must be an http:// or https:// URL, "
+            "cloud.0.credentials.iam_endpoint: must be an http:// or https:// URL, "
             "e.g. https://iam.cn-north-4.myhuaweicloud.com",
         ),
         (
@@ -327,7 +340,7 @@ channels: {ops: {type: webhook, url: "https://hooks.example.com/ops"}}
         ),
         (
             ("{path: /etc/dcs/south.json}", "{type: file}"),
-            "cloud.0.projects.1.credentials.file.path: Field required",
+            "cloud.0.projects.1.credentials.path: Field required",
         ),
         (
             ("[{id: i-lab}]", "[{id: i-lab}, {id: i-lab}]"),
@@ -336,7 +349,7 @@ channels: {ops: {type: webhook, url: "https://hooks.example.com/ops"}}
         (("name: lab", "name: lab/2"), "cloud.1.name: String should match pattern '^[A-Za-z0-9_.-]+$'"),
         (
             ("region: cn-south-1", "regio: cn-south-1"),
-            "cloud.0.projects.1.regio: Extra inputs are not permitted",
+            "unknown key `regio` in cloud.0.projects.1; did you mean `region`?",
         ),
     ],
 )
@@ -383,7 +396,6 @@ channels: {ops: {type: webhook, url: "https://hooks.example.com/ops"}}
 
 def test_single_project_form_becomes_one_account() -> None:
     cfg = fleet(SINGLE.replace("cn-north-4, ", "cn-north-4, timeout: 7, page_size: 50, "), {})
-    assert cfg.single_project_form
     [account] = cfg.cloud
     assert account.name == "default" and account.region == "cn-north-4"
     [spec] = cfg.projects()
@@ -404,10 +416,10 @@ def test_single_project_form_becomes_one_account() -> None:
         (("ak: AK1", "ak: 5"), "cloud.ak: Input should be a valid string"),
         (("sk: SK1", "sk: [x]"), "cloud.sk: Input should be a valid string"),
         (("[{id: i1}]", "[{name: x}]"), "instances.0.id: Field required"),
-        (("[{id: i1}]", "[{id: i1, nmae: x}]"), "instances.0.nmae: Extra inputs are not permitted"),
+        (("[{id: i1}]", "[{id: i1, nmae: x}]"), "unknown key `nmae` in instances.0; did you mean `name`?"),
         (
             ("instances: [{id: i1}]", "instances: []"),
-            "instances: nothing to watch: list instances, or set discover: true",
+            "cloud: nothing to watch: list instances, or set discover: true",
         ),
         (("cn-north-4, ", "cn-north-4, timeout: 0, "), "cloud.timeout: Input should be greater than 0"),
         (
@@ -419,7 +431,16 @@ def test_single_project_form_becomes_one_account() -> None:
             ("project_id: p1", "project_id: p1, endpoint: dcs.local"),
             "cloud.endpoint: must be an http:// or https:// URL, e.g. https://dcs.cn-north-4.myhuaweicloud.com",
         ),
-        (("sk: SK1", "sk: SK1, colour: blue"), "cloud.colour: Extra inputs are not permitted"),
+        (
+            ("sk: SK1", "sk: SK1, colour: blue"),
+            "unknown key `colour` in cloud (known: ak, credentials, discover, endpoint, filter, "
+            "max_concurrency, name, page_size, project_id, region, security_token, sk, timeout)",
+        ),
+        (
+            ("sk: SK1", "sk: SK1, projectid: p2"),
+            "unknown key `projectid` in cloud; did you mean `project_id`?",
+        ),
+        (("sk: SK1", "sk: SK1, credentials: {}"), "cloud.credentials: also given as cloud.ak/sk: keep one"),
     ],
 )
 def test_single_project_form_errors_keep_its_key_names(change: tuple[str, str], line: str) -> None:
@@ -438,9 +459,12 @@ def test_single_project_form_api_section_errors_keep_api_key() -> None:
     assert config_error(text, {}) == one_problem("api.timeout: Input should be greater than 0")
 
 
-def test_single_project_form_flag_is_not_a_config_key() -> None:
+def test_an_unknown_top_level_key_lists_the_known_ones() -> None:
     message = config_error(FLEET + "single_project_form: true\n")
-    assert "single_project_form: Extra inputs are not permitted" in message
+    assert message == one_problem(
+        "unknown key `single_project_form` at the top level (known: api, channels, cloud, delivery, "
+        "discovery, health, instances, poll, redis, rules, scaling)"
+    )
 
 
 # --- credentials from the environment, missing credentials, secrets --------------------------------------
@@ -463,7 +487,7 @@ channels: {ops: {type: webhook, url: "https://hooks.example.com/ops"}}
 
 
 def plain(c: object) -> tuple[str | None, str | None, str | None] | str:
-    if not isinstance(c, AkSkCredentials):
+    if not isinstance(c, AkSkCredentialsConfig):
         return type(c).__name__
     return tuple(s.get_secret_value() if s else None for s in (c.ak, c.sk, c.security_token))  # type: ignore[return-value]
 
@@ -475,7 +499,7 @@ def test_env_credentials_fill_every_aksk_entry_that_leaves_them_out() -> None:
         ("p2", ("AKOWN", "SKENV", None)),
         ("p3", ("AKENV", "SKENV", "sts-token-0001")),
         ("p4", ("AKP4", "SKP4", None)),
-        ("p5", "IamCredentials"),
+        ("p5", "IamCredentialsConfig"),
         ("p6", ("AKENV", "SKENV", None)),
     ]
     assert credential_problems(cfg) == []
@@ -492,8 +516,12 @@ def test_credential_problems_name_the_account() -> None:
     assert [p.split(": ")[1] for p in problems] == [
         f"no credentials for project {p}; {HINT}" for p in ("p1", "p2", "p3", "p6")
     ]
-    with pytest.raises(ConfigError, match=r"^cloud\.0\.credentials\.ak/sk: no credentials for project p1; "):
+    with pytest.raises(ConfigError) as info:
         require_credentials(cfg)
+    assert str(info.value).splitlines()[:2] == [
+        "fleet.yaml: invalid configuration (4 problems):",
+        f"  cloud.0.credentials.ak/sk: no credentials for project p1; {HINT}",
+    ]
 
 
 def test_credential_problems_name_a_project_override() -> None:
@@ -528,7 +556,7 @@ def test_credential_problems_single_project_form() -> None:
 
 def test_secret_values_and_repr() -> None:
     cfg = fleet()
-    secrets = secret_values(cfg)
+    secrets = cfg.secret_values()
     for secret in (*FLEET_SECRETS[:3], "http://squid:proxypass-77@proxy.example.com:3128", "AKLAB0000000001"):
         assert secret in secrets
     assert "https://hooks.example.com/ops" in secrets  # webhook URLs are secrets too
@@ -577,3 +605,8 @@ channels: {audit: {type: webhook, url: "https://audit.example.com/h"}}
     assert (p3.discover, [i.id for i in p3.instances]) == (False, ["i3"])
     with pytest.raises(ConfigError, match=r"cloud\.0\.projects\.0: nothing to watch"):
         parse_config(text.replace("discover: true", "discover: false"), "c", {})
+
+
+def test_an_empty_environment_variable_is_no_credential() -> None:
+    cfg = fleet(SINGLE.replace(", ak: AK1, sk: SK1", ""), {"CLOUD_SDK_AK": "AKENV", "CLOUD_SDK_SK": ""})
+    assert credential_problems(cfg) == [f"cloud.sk: no credentials for project p1; {HINT}"]

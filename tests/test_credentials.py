@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
-import aiohttp
 import pytest
 from aiohttp import web
 from yarl import URL
@@ -27,6 +26,7 @@ from notifier.dcs.credentials import (
 )
 from notifier.dcs.signer import SignatureError, canonical_query, verify
 from notifier.errors import CredentialsError, Reason
+from notifier.net.session import Http, make_http
 
 PROJECT = "a4d31cb63d724fdc8ec96e3a41e47f71"
 OTHER_PROJECT = "0b6c1f0e2d7a4c5e9f8a7b6c5d4e3f21"
@@ -193,9 +193,9 @@ def dcs_app(iam: IamStandIn | None = None) -> web.Application:
 
 
 @pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as client:
-        yield client
+async def session() -> AsyncIterator[Http]:
+    async with make_http() as http:
+        yield http
 
 
 @pytest.fixture
@@ -222,7 +222,7 @@ async def dcs(iam: tuple[IamStandIn, Server]) -> AsyncIterator[Server]:
 
 
 async def call(
-    provider: CredentialProvider, dcs: Server, session: aiohttp.ClientSession, project: str = PROJECT
+    provider: CredentialProvider, dcs: Server, session: Http, project: str = PROJECT
 ) -> tuple[int, dict[str, Any], dict[str, str]]:
     """Authenticate a DCS-like GET with ``provider`` and send it: (status, JSON answer, headers sent)."""
     path = f"/v2/{project}/instances/5560df16-cebf-4473-95c4-d1b573c16e79/tasks"
@@ -234,15 +234,15 @@ async def call(
         "User-Agent": "dcs-notifier/0.1",
         "X-Project-Id": project,
     }
-    headers = await provider.apply("GET", url, base, b"", project_id=project, session=session)
-    async with session.get(URL(url, encoded=True), headers=headers) as resp:
+    headers = await provider.apply("GET", url, base, b"", project_id=project, http=session)
+    async with session.session.get(URL(url, encoded=True), headers=headers) as resp:
         return resp.status, await resp.json(), headers
 
 
 # --- AK/SK --------------------------------------------------------------------------------------------------
 
 
-async def test_aksk_signature_verified_by_server(dcs: Server, session: aiohttp.ClientSession) -> None:
+async def test_aksk_signature_verified_by_server(dcs: Server, session: Http) -> None:
     provider = AkSkCredentials(AK_A, SK_A)
     status, answer, headers = await call(provider, dcs, session)
     assert status == 200, answer
@@ -254,7 +254,7 @@ async def test_aksk_signature_verified_by_server(dcs: Server, session: aiohttp.C
     assert (await call(provider, dcs, session))[0] == 200
 
 
-async def test_temporary_aksk_adds_signed_security_token(dcs: Server, session: aiohttp.ClientSession) -> None:
+async def test_temporary_aksk_adds_signed_security_token(dcs: Server, session: Http) -> None:
     provider = AkSkCredentials(AK_TMP, SK_TMP, security_token=SECURITY_TOKEN)
     status, answer, headers = await call(provider, dcs, session)
     assert status == 200, answer
@@ -323,7 +323,7 @@ FILE_FORMATS = {
 
 
 @pytest.mark.parametrize("fmt", list(FILE_FORMATS))
-async def test_file_formats(fmt: str, tmp_path: Path, dcs: Server, session: aiohttp.ClientSession) -> None:
+async def test_file_formats(fmt: str, tmp_path: Path, dcs: Server, session: Http) -> None:
     name, text, ak, temporary = FILE_FORMATS[fmt]
     path = tmp_path / name
     path.write_text(text, encoding="utf-8")
@@ -348,7 +348,7 @@ def rotation_logs(caplog: pytest.LogCaptureFixture, level: int) -> list[str]:
 
 
 async def test_file_rotation_by_atomic_rename(
-    tmp_path: Path, dcs: Server, session: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, dcs: Server, session: Http, caplog: pytest.LogCaptureFixture
 ) -> None:
     path = tmp_path / "creds.json"
     write_json(path, AK_A, SK_A)
@@ -370,9 +370,7 @@ async def test_file_rotation_by_atomic_rename(
     assert AK_B not in rotated[0]
 
 
-async def test_file_rotation_by_in_place_rewrite(
-    tmp_path: Path, dcs: Server, session: aiohttp.ClientSession
-) -> None:
+async def test_file_rotation_by_in_place_rewrite(tmp_path: Path, dcs: Server, session: Http) -> None:
     path = tmp_path / "creds.yaml"
     path.write_text(f"ak: {AK_A}\nsk: '{SK_A}'\n", encoding="utf-8")
     provider = FileCredentials(path)
@@ -388,7 +386,7 @@ async def test_file_rotation_by_in_place_rewrite(
 
 
 async def test_broken_rewrite_keeps_old_credentials_and_logs_one_error(
-    tmp_path: Path, dcs: Server, session: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, dcs: Server, session: Http, caplog: pytest.LogCaptureFixture
 ) -> None:
     path = tmp_path / "creds.json"
     write_json(path, AK_A, SK_A)
@@ -414,13 +412,11 @@ async def test_broken_rewrite_keeps_old_credentials_and_logs_one_error(
     assert len(rotation_logs(caplog, logging.ERROR)) == 2
 
 
-async def test_missing_file_at_start_raises_naming_the_path(
-    tmp_path: Path, session: aiohttp.ClientSession
-) -> None:
+async def test_missing_file_at_start_raises_naming_the_path(tmp_path: Path, session: Http) -> None:
     path = tmp_path / "nowhere" / "creds.json"
     provider = FileCredentials(path)
     with pytest.raises(CredentialsError) as excinfo:
-        await provider.apply("GET", "http://127.0.0.1:1/v2/p", {}, b"", project_id=PROJECT, session=session)
+        await provider.apply("GET", "http://127.0.0.1:1/v2/p", {}, b"", project_id=PROJECT, http=session)
     error = excinfo.value
     assert str(path) in str(error)
     assert error.reason is Reason.CLIENT_ERROR
@@ -430,7 +426,7 @@ async def test_missing_file_at_start_raises_naming_the_path(
     path.parent.mkdir()
     write_json(path, AK_A, SK_A)
     headers = await provider.apply(
-        "GET", "http://127.0.0.1:1/v2/p", {}, b"", project_id=PROJECT, session=session
+        "GET", "http://127.0.0.1:1/v2/p", {}, b"", project_id=PROJECT, http=session
     )
     assert access_of(headers) == AK_A
 
@@ -456,15 +452,13 @@ BAD_FILES = {
 
 
 @pytest.mark.parametrize("case", list(BAD_FILES))
-async def test_bad_file_at_start_raises_without_quoting_it(
-    case: str, tmp_path: Path, session: aiohttp.ClientSession
-) -> None:
+async def test_bad_file_at_start_raises_without_quoting_it(case: str, tmp_path: Path, session: Http) -> None:
     name, text, problem = BAD_FILES[case]
     path = tmp_path / name
     path.write_bytes(text.encode("utf-8", "surrogateescape"))
     provider = FileCredentials(path)
     with pytest.raises(CredentialsError) as excinfo:
-        await provider.apply("GET", "http://127.0.0.1:1/v2/p", {}, b"", project_id=PROJECT, session=session)
+        await provider.apply("GET", "http://127.0.0.1:1/v2/p", {}, b"", project_id=PROJECT, http=session)
     error = excinfo.value
     assert error.reason is Reason.CLIENT_ERROR and error.retryable is False
     assert str(path) in str(error)
@@ -473,14 +467,12 @@ async def test_bad_file_at_start_raises_without_quoting_it(
     assert AK_A not in str(error)
 
 
-async def test_invalidate_forces_a_reread_even_with_unchanged_stat(
-    tmp_path: Path, session: aiohttp.ClientSession
-) -> None:
+async def test_invalidate_forces_a_reread_even_with_unchanged_stat(tmp_path: Path, session: Http) -> None:
     path = tmp_path / "creds.json"
     write_json(path, AK_A, SK_A)
     provider = FileCredentials(path)
     url = "http://127.0.0.1:1/v2/p/instances?limit=1"
-    assert access_of(await provider.apply("GET", url, {}, b"", project_id=PROJECT, session=session)) == AK_A
+    assert access_of(await provider.apply("GET", url, {}, b"", project_id=PROJECT, http=session)) == AK_A
     before = path.stat()
     write_json(path, AK_B, SK_B)  # same length as A's
     os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
@@ -490,18 +482,18 @@ async def test_invalidate_forces_a_reread_even_with_unchanged_stat(
         before.st_mtime_ns,
         before.st_size,
     )
-    assert access_of(await provider.apply("GET", url, {}, b"", project_id=PROJECT, session=session)) == AK_A
+    assert access_of(await provider.apply("GET", url, {}, b"", project_id=PROJECT, http=session)) == AK_A
     provider.invalidate(PROJECT)
-    assert access_of(await provider.apply("GET", url, {}, b"", project_id=PROJECT, session=session)) == AK_B
+    assert access_of(await provider.apply("GET", url, {}, b"", project_id=PROJECT, http=session)) == AK_B
 
 
 async def test_expired_temporary_file_is_used_and_warned_about(
-    tmp_path: Path, session: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, session: Http, caplog: pytest.LogCaptureFixture
 ) -> None:
     path = tmp_path / "temp.json"
     path.write_text(json.dumps(NESTED_TEMP), encoding="utf-8")
     provider = FileCredentials(path, clock=lambda: datetime(2027, 1, 1, tzinfo=UTC))
-    headers = await provider.apply("GET", "http://127.0.0.1:1/", {}, b"", project_id=PROJECT, session=session)
+    headers = await provider.apply("GET", "http://127.0.0.1:1/", {}, b"", project_id=PROJECT, http=session)
     assert access_of(headers) == AK_TMP
     warnings = rotation_logs(caplog, logging.WARNING)
     assert len(warnings) == 1 and "expired" in warnings[0] and str(path) in warnings[0]
@@ -517,7 +509,7 @@ def iam_provider(server: Server, clock: ManualClock, **kwargs: Any) -> IamPasswo
 
 
 async def test_iam_token_fetched_once_and_cached(
-    iam: tuple[IamStandIn, Server], dcs: Server, clock: ManualClock, session: aiohttp.ClientSession
+    iam: tuple[IamStandIn, Server], dcs: Server, clock: ManualClock, session: Http
 ) -> None:
     stand_in, server = iam
     provider = iam_provider(server, clock)
@@ -532,14 +524,14 @@ async def test_iam_token_fetched_once_and_cached(
 
 
 async def test_iam_concurrent_applies_cause_one_post(
-    iam: tuple[IamStandIn, Server], clock: ManualClock, session: aiohttp.ClientSession
+    iam: tuple[IamStandIn, Server], clock: ManualClock, session: Http
 ) -> None:
     stand_in, server = iam
     provider = iam_provider(server, clock)
     results = await asyncio.gather(
         *(
             provider.apply(
-                "GET", f"{server.url}/x", {"X-Project-Id": PROJECT}, b"", project_id=PROJECT, session=session
+                "GET", f"{server.url}/x", {"X-Project-Id": PROJECT}, b"", project_id=PROJECT, http=session
             )
             for _ in range(20)
         )
@@ -549,7 +541,7 @@ async def test_iam_concurrent_applies_cause_one_post(
 
 
 async def test_iam_token_per_project(
-    iam: tuple[IamStandIn, Server], dcs: Server, clock: ManualClock, session: aiohttp.ClientSession
+    iam: tuple[IamStandIn, Server], dcs: Server, clock: ManualClock, session: Http
 ) -> None:
     stand_in, server = iam
     provider = iam_provider(server, clock)
@@ -562,7 +554,7 @@ async def test_iam_token_per_project(
 
 
 async def test_iam_refresh_before_expiry(
-    iam: tuple[IamStandIn, Server], dcs: Server, clock: ManualClock, session: aiohttp.ClientSession
+    iam: tuple[IamStandIn, Server], dcs: Server, clock: ManualClock, session: Http
 ) -> None:
     stand_in, server = iam
     provider = iam_provider(server, clock, refresh_before=timedelta(hours=1))
@@ -580,14 +572,14 @@ async def test_iam_refresh_before_expiry(
 async def test_iam_refresh_failure_keeps_the_still_valid_token(
     iam: tuple[IamStandIn, Server],
     clock: ManualClock,
-    session: aiohttp.ClientSession,
+    session: Http,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     stand_in, server = iam
     provider = iam_provider(server, clock, retry_refresh_after=timedelta(minutes=1))
 
     async def apply() -> dict[str, str]:
-        return await provider.apply("GET", server.url, {}, b"", project_id=PROJECT, session=session)
+        return await provider.apply("GET", server.url, {}, b"", project_id=PROJECT, http=session)
 
     first = (await apply())["X-Auth-Token"]
     clock.advance(timedelta(hours=23, minutes=30))
@@ -606,13 +598,13 @@ async def test_iam_refresh_failure_keeps_the_still_valid_token(
 
 
 async def test_iam_wrong_password_is_auth_not_retryable(
-    iam: tuple[IamStandIn, Server], clock: ManualClock, session: aiohttp.ClientSession
+    iam: tuple[IamStandIn, Server], clock: ManualClock, session: Http
 ) -> None:
     stand_in, server = iam
     wrong = "Wr0ng-" + PASSWORD
     provider = iam_provider(server, clock, password=wrong, auth_retry_after=timedelta(minutes=5))
     with pytest.raises(CredentialsError) as excinfo:
-        await provider.apply("GET", server.url, {}, b"", project_id=PROJECT, session=session)
+        await provider.apply("GET", server.url, {}, b"", project_id=PROJECT, http=session)
     error = excinfo.value
     assert error.reason is Reason.AUTH and error.retryable is False and error.http_status == 401
     assert f"IAM rejected user {USER} in domain {DOMAIN} for project {PROJECT}" in error.message
@@ -623,52 +615,52 @@ async def test_iam_wrong_password_is_auth_not_retryable(
         assert wrong not in text and PASSWORD not in text
     # No new login attempt for a while (IAM locks users out), then one again.
     with pytest.raises(CredentialsError):
-        await provider.apply("GET", server.url, {}, b"", project_id=PROJECT, session=session)
+        await provider.apply("GET", server.url, {}, b"", project_id=PROJECT, http=session)
     assert stand_in.posts == 1
     clock.advance(timedelta(minutes=5))
     with pytest.raises(CredentialsError):
-        await provider.apply("GET", server.url, {}, b"", project_id=PROJECT, session=session)
+        await provider.apply("GET", server.url, {}, b"", project_id=PROJECT, http=session)
     assert stand_in.posts == 2
 
 
 async def test_iam_forbidden_with_error_code_body(
-    iam: tuple[IamStandIn, Server], clock: ManualClock, session: aiohttp.ClientSession
+    iam: tuple[IamStandIn, Server], clock: ManualClock, session: Http
 ) -> None:
     stand_in, server = iam
     stand_in.mode = "forbidden"
     provider = iam_provider(server, clock)
     with pytest.raises(CredentialsError) as excinfo:
-        await provider.apply("GET", server.url, {}, b"", project_id=PROJECT, session=session)
+        await provider.apply("GET", server.url, {}, b"", project_id=PROJECT, http=session)
     error = excinfo.value
     assert error.reason is Reason.AUTH and not error.retryable and error.http_status == 403
     assert "IAM.0002: The user has no access to the project" in error.message
 
 
 async def test_iam_server_error_is_retryable_and_not_cached(
-    iam: tuple[IamStandIn, Server], clock: ManualClock, session: aiohttp.ClientSession
+    iam: tuple[IamStandIn, Server], clock: ManualClock, session: Http
 ) -> None:
     stand_in, server = iam
     stand_in.mode = "500"
     provider = iam_provider(server, clock)
     with pytest.raises(CredentialsError) as excinfo:
-        await provider.apply("GET", server.url, {}, b"", project_id=PROJECT, session=session)
+        await provider.apply("GET", server.url, {}, b"", project_id=PROJECT, http=session)
     error = excinfo.value
     assert error.reason is Reason.SERVER_ERROR and error.retryable and error.http_status == 500
     assert "IAM is having a bad day" in error.message
     stand_in.mode = "ok"
-    headers = await provider.apply("GET", server.url, {}, b"", project_id=PROJECT, session=session)
+    headers = await provider.apply("GET", server.url, {}, b"", project_id=PROJECT, http=session)
     assert headers["X-Auth-Token"].startswith(IAM_TOKEN_PREFIX)
     assert stand_in.posts == 2
 
 
 async def test_iam_concurrent_callers_share_one_failure(
-    iam: tuple[IamStandIn, Server], clock: ManualClock, session: aiohttp.ClientSession
+    iam: tuple[IamStandIn, Server], clock: ManualClock, session: Http
 ) -> None:
     stand_in, server = iam
     stand_in.mode = "500"
     provider = iam_provider(server, clock)
     results = await asyncio.gather(
-        *(provider.apply("GET", server.url, {}, b"", project_id=PROJECT, session=session) for _ in range(20)),
+        *(provider.apply("GET", server.url, {}, b"", project_id=PROJECT, http=session) for _ in range(20)),
         return_exceptions=True,
     )
     assert stand_in.posts == 1
@@ -676,27 +668,25 @@ async def test_iam_concurrent_callers_share_one_failure(
 
 
 async def test_iam_stopped_is_connection_error(
-    iam: tuple[IamStandIn, Server], clock: ManualClock, session: aiohttp.ClientSession
+    iam: tuple[IamStandIn, Server], clock: ManualClock, session: Http
 ) -> None:
     _, server = iam
     provider = iam_provider(server, clock)
     await server.stop()
     with pytest.raises(CredentialsError) as excinfo:
-        await provider.apply("GET", server.url, {}, b"", project_id=PROJECT, session=session)
+        await provider.apply("GET", server.url, {}, b"", project_id=PROJECT, http=session)
     error = excinfo.value
     assert error.reason is Reason.CONNECTION and error.retryable
     assert URL(server.url).raw_authority in str(error)
     assert_no_secret(str(error))
 
 
-async def test_iam_timeout(
-    iam: tuple[IamStandIn, Server], clock: ManualClock, session: aiohttp.ClientSession
-) -> None:
+async def test_iam_timeout(iam: tuple[IamStandIn, Server], clock: ManualClock, session: Http) -> None:
     stand_in, server = iam
     stand_in.mode = "hang"
     provider = iam_provider(server, clock, timeout=0.2)
     with pytest.raises(CredentialsError) as excinfo:
-        await provider.apply("GET", server.url, {}, b"", project_id=PROJECT, session=session)
+        await provider.apply("GET", server.url, {}, b"", project_id=PROJECT, http=session)
     assert excinfo.value.reason is Reason.TIMEOUT and excinfo.value.retryable
     assert "0.2 s" in excinfo.value.message
 
@@ -714,13 +704,13 @@ async def test_iam_invalid_responses(
     problem: str,
     iam: tuple[IamStandIn, Server],
     clock: ManualClock,
-    session: aiohttp.ClientSession,
+    session: Http,
 ) -> None:
     stand_in, server = iam
     stand_in.mode = mode
     provider = iam_provider(server, clock)
     with pytest.raises(CredentialsError) as excinfo:
-        await provider.apply("GET", server.url, {}, b"", project_id=PROJECT, session=session)
+        await provider.apply("GET", server.url, {}, b"", project_id=PROJECT, http=session)
     error = excinfo.value
     assert error.reason is Reason.INVALID_RESPONSE and not error.retryable
     assert problem in error.message
@@ -728,7 +718,7 @@ async def test_iam_invalid_responses(
 
 
 async def test_iam_invalidate_after_401_fetches_a_new_token(
-    iam: tuple[IamStandIn, Server], dcs: Server, clock: ManualClock, session: aiohttp.ClientSession
+    iam: tuple[IamStandIn, Server], dcs: Server, clock: ManualClock, session: Http
 ) -> None:
     """The client's loop: a 401 from the API → invalidate(project) → apply() again → a new POST."""
     stand_in, server = iam
@@ -754,7 +744,7 @@ def test_iam_rejects_a_bad_endpoint_without_the_password() -> None:
 
 
 async def test_repr_str_describe_never_contain_secrets(
-    tmp_path: Path, iam: tuple[IamStandIn, Server], clock: ManualClock, session: aiohttp.ClientSession
+    tmp_path: Path, iam: tuple[IamStandIn, Server], clock: ManualClock, session: Http
 ) -> None:
     _, server = iam
     path = tmp_path / "temp.json"
@@ -768,7 +758,7 @@ async def test_repr_str_describe_never_contain_secrets(
         (iam_creds, f"{USER}@{DOMAIN}"),
     ]
     for provider, _ in providers:  # also after use: loaded file, cached token
-        await provider.apply("GET", f"{server.url}/", {}, b"", project_id=PROJECT, session=session)
+        await provider.apply("GET", f"{server.url}/", {}, b"", project_id=PROJECT, http=session)
     assert f"temporary AK/SK {AK_TMP[:4]}" in file_provider.describe()
     for provider, expected in providers:
         texts = (repr(provider), str(provider), provider.describe(), f"{provider!r} {provider}")

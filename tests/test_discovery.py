@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from notifier.config.models import AkSkCredentials, InstanceConfig, InstanceFilter, ProjectSpec
+from notifier.config.models import AkSkCredentialsConfig, InstanceConfig, InstanceFilter, ProjectSpec
 from notifier.pipeline.discovery import Listing, matches, select, tags_of
 
 
@@ -24,7 +24,7 @@ def spec(
         region="cn-north-4",
         project_id="p1",
         endpoint="https://dcs.cn-north-4.myhuaweicloud.com",
-        credentials=AkSkCredentials(),
+        credentials=AkSkCredentialsConfig(),
         discover=True,
         filter=InstanceFilter(
             names=["*"] if names is None else names,

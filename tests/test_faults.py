@@ -25,7 +25,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from notifier.app import Daemon
-from notifier.config.models import Config, parse_config
+from notifier.config.load import parse_config
+from notifier.config.models import Config
 from notifier.devtools.simulator import Simulator
 from notifier.devtools.standins import CannedResponse, RecordedRequest
 from notifier.devtools.standins.slack import SlackStandIn

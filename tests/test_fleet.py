@@ -22,7 +22,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from notifier.app import Daemon
-from notifier.config.models import Config, parse_config
+from notifier.config.load import parse_config
+from notifier.config.models import Config
 from notifier.dcs.models import parse_api_time
 from notifier.devtools.simulator import Simulator
 from notifier.devtools.simulator.state import RecordedRequest as SimRequest

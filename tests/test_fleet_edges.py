@@ -23,14 +23,18 @@ import trustme
 from aiohttp import web
 
 from notifier.app import Daemon
-from notifier.config.models import Config, parse_config
+from notifier.config.load import parse_config
+from notifier.config.models import Config
 from notifier.dcs.cloud import Cloud
 from notifier.devtools.simulator import Fault, Simulator
 from notifier.devtools.standins.webhook import WebhookReceiver
 from notifier.errors import ConfigError, DcsApiError, Reason
-from notifier.pipeline.poll import Poller, PollOutcome, Target, _phase
+from notifier.pipeline.instance import PollOutcome
+from notifier.pipeline.poll import Poller
+from notifier.pipeline.scheduler import phase
+from notifier.pipeline.watch import Target
+from notifier.store.connect import Store
 from notifier.store.keys import Keys
-from notifier.store.state import StateStore
 from tests.support.daemons import running
 from tests.support.wait import until
 
@@ -198,7 +202,7 @@ async def test_removed_static_instance_state_expires_and_stays_gone(world: World
     config = config.model_copy(update={"discovery": config.discovery.model_copy(update={"removed_ttl": 1.0})})
     mono = [1000.0]
     cloud = Cloud(config)
-    store = StateStore(world.redis, Keys("r4"))
+    store = Store(world.redis, Keys("r4"))
     poller = Poller(config, cloud.clients, store, monotonic=lambda: mono[0])
     [target] = poller.targets.values()
     key = f"r4:snap:{P1}:i-gone"
@@ -496,12 +500,12 @@ poll: {interval: 10, jitter: 0.1}
 channels: {audit: {type: webhook, url: "http://127.0.0.1:9/"}}
 """
     config = parse_config(text, "jitter.yaml", {})
-    poller = Poller(config, {}, StateStore(redis_client, Keys("j")))
+    poller = Poller(config, {}, Store(redis_client, Keys("j")))
     [target] = poller.targets.values()
     delays = [poller.next_delay(PollOutcome(target)) for _ in range(500)]
     assert all(9.0 <= d <= 11.0 for d in delays)
     assert max(delays) - min(delays) > 1.5  # not lock-step
-    phases = [_phase(f"p1/i-{n}") for n in range(2000)]
+    phases = [phase(f"p1/i-{n}") for n in range(2000)]
     for decile in range(10):  # first polls spread evenly over the interval
         share = sum(1 for p in phases if decile / 10 <= p < (decile + 1) / 10) / len(phases)
         assert 0.07 < share < 0.13, (decile, share)

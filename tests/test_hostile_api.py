@@ -18,15 +18,15 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from notifier.config.models import parse_config
+from notifier.config.load import parse_config
 from notifier.dcs.models import MAX_UNKNOWN_DEPTH, OMITTED_FIELD, Task, format_api_time
 from notifier.devtools.simulator import Fault, Simulator
 from notifier.devtools.standins.webhook import WebhookReceiver
 from notifier.errors import DcsApiError, Reason
 from notifier.pipeline.events import EventType
 from notifier.pipeline.poll import Poller
+from notifier.store.connect import Store
 from notifier.store.keys import Keys
-from notifier.store.state import StateStore
 from tests.conftest import AK, ORDERS, PROJECT_ID, SESSIONS, SK, WEBHOOK_SECRET
 from tests.support.daemons import running
 from tests.support.wait import until
@@ -202,7 +202,7 @@ async def test_an_unexpected_error_becomes_poller_unhealthy_and_is_logged_once(
     env = {"SIM_URL": str(sim.base_url), "REDIS_URL": redis_url, "AUDIT_URL": "http://127.0.0.1:9/"}
     config = parse_config(HEALTH, "h.yaml", env)
     mono = [1000.0]
-    poller = Poller(config, {}, StateStore(redis_client, Keys("h")), monotonic=lambda: mono[0])
+    poller = Poller(config, {}, Store(redis_client, Keys("h")), monotonic=lambda: mono[0])
     [target] = poller.targets.values()
     caplog.set_level(logging.INFO)
     outcomes = []

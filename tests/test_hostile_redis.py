@@ -19,14 +19,16 @@ import redis
 import redis.asyncio as aioredis
 
 from notifier.app import Daemon
-from notifier.config.models import Config, parse_config
+from notifier.config.load import parse_config
+from notifier.config.models import Config
 from notifier.dcs.cloud import Cloud
 from notifier.devtools.simulator import Simulator
 from notifier.devtools.standins.webhook import WebhookReceiver
 from notifier.pipeline.events import EventType, Notification
 from notifier.pipeline.poll import Poller
+from notifier.store.connect import Store
 from notifier.store.keys import Keys
-from notifier.store.state import COMMIT_CHUNK, StateStore, _parts
+from notifier.store.snapshots import COMMIT_CHUNK, split
 from tests.conftest import AK, ORDERS, PROJECT_ID, SESSIONS, SK, WEBHOOK_SECRET
 from tests.factories import event, task
 from tests.support.daemons import running
@@ -254,7 +256,7 @@ async def test_instances_deleted_before_their_first_poll_leave_nothing_behind(
     cfg = parse_config(DISCOVERING, "churn.yaml", {"SIM_URL": str(sim.base_url), "REDIS_URL": redis_url,
                                                    "AUDIT_URL": audit.url})  # fmt: skip
     cloud = Cloud(cfg)
-    poller = Poller(cfg, cloud.clients, StateStore(redis_client, Keys("churn")))
+    poller = Poller(cfg, cloud.clients, Store(redis_client, Keys("churn")))
     [spec] = poller.projects
     client = cloud.clients[PROJECT_ID]
     caplog.set_level(logging.INFO)
@@ -271,7 +273,7 @@ async def test_instances_deleted_before_their_first_poll_leave_nothing_behind(
                     await poller.poll_target(target)
         assert {t.instance.id for t in poller.targets.values()} == {ORDERS, SESSIONS}
         assert all(not key.split("/")[1].startswith("churn-") for key in poller.health.announced)
-        assert set(client._paths) <= {ORDERS, SESSIONS}  # the client's path cache was pruned
+        assert set(client._task_urls) <= {ORDERS, SESSIONS}  # the client's path cache was pruned
         assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
         assert sum("was deleted before its first poll" in r.getMessage() for r in caplog.records) == 200
     finally:
@@ -289,7 +291,7 @@ def test_a_large_commit_is_cut_into_parts_that_keep_each_task_with_its_events() 
     finished = task(id="t0", status="SUCCESS")
     notes.append(Notification(event=event(EventType.SUCCEEDED, finished, "RUNNING"), channel="audit"))
     fields = {f"t{n}": "{}" for n in range(COMMIT_CHUNK + 200)} | {f"silent{n}": "{}" for n in range(900)}
-    parts = _parts(fields, notes)
+    parts = split(fields, notes)
     assert [n for _, ns in parts for n in ns] == notes  # every entry once, in order
     assert {k for fs, _ in parts for k in fs} == set(fields)
     assert all(len(fs) + len(ns) <= 2 * COMMIT_CHUNK for fs, ns in parts)

@@ -13,14 +13,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from notifier.delivery.channels.http import scrub
-from notifier.logsetup import (
-    LOG_FORMAT,
-    MESSAGE_LIMIT,
-    RedactingFormatter,
-    configure_logging,
-    escape_controls,
-)
+from notifier.logsetup import LOG_FORMAT, RedactingFormatter, configure_logging, escape_controls
+from notifier.redaction import MESSAGE_LIMIT, scrub
 
 TOKEN = "xoxb-1111-2222-s3cr3tT0k3nValue"
 WEBHOOK_PATH = "T0SECRET/B0SECRET/s3cr3tW3bh00kPathValue"

@@ -5,7 +5,15 @@ from datetime import UTC, datetime
 import pytest
 from pydantic import ValidationError
 
-from notifier.dcs.models import Outcome, Task, TaskList, classify_status, display_name, format_query_time
+from notifier.dcs.models import (
+    Outcome,
+    Task,
+    TaskList,
+    classify_status,
+    display_name,
+    format_query_time,
+    is_documented_status,
+)
 
 REFERENCE_EXAMPLE = {
     "task_count": 1,
@@ -85,22 +93,27 @@ def test_unknown_fields_kept_and_details_optional() -> None:
 
 
 @pytest.mark.parametrize(
-    ("status", "outcome"),
+    ("status", "outcome", "documented"),
     [
-        ("CREATED", Outcome.IN_PROGRESS),
-        ("WAITING", Outcome.IN_PROGRESS),
-        ("EXECUTING", Outcome.IN_PROGRESS),
-        ("RUNNING", Outcome.IN_PROGRESS),
-        ("INIT", Outcome.IN_PROGRESS),
-        ("SUCCESS", Outcome.SUCCEEDED),
-        ("FAILED", Outcome.FAILED),
-        ("FAIL", Outcome.FAILED),
-        ("ERROR", Outcome.FAILED),
-        ("WHATEVER", Outcome.IN_PROGRESS),
+        ("CREATED", Outcome.IN_PROGRESS, True),
+        ("WAITING", Outcome.IN_PROGRESS, True),
+        ("EXECUTING", Outcome.IN_PROGRESS, True),
+        ("RUNNING", Outcome.IN_PROGRESS, True),
+        (" running ", Outcome.IN_PROGRESS, True),
+        ("INIT", Outcome.IN_PROGRESS, True),
+        ("SUCCESS", Outcome.SUCCEEDED, True),
+        ("success", Outcome.SUCCEEDED, True),
+        ("FAILED", Outcome.FAILED, True),
+        ("FAIL", Outcome.FAILED, True),
+        ("ERROR", Outcome.FAILED, True),
+        ("WHATEVER", Outcome.IN_PROGRESS, False),
+        ("QUEUED", Outcome.IN_PROGRESS, False),
+        ("", Outcome.IN_PROGRESS, False),
     ],
 )
-def test_status_classes(status: str, outcome: Outcome) -> None:
+def test_status_classes(status: str, outcome: Outcome, documented: bool) -> None:
     assert classify_status(status) is outcome
+    assert is_documented_status(status) is documented
 
 
 def test_names_and_query_time() -> None:

@@ -13,7 +13,8 @@ import redis.asyncio as aioredis
 from standardwebhooks.webhooks import Webhook
 
 from notifier.app import Daemon
-from notifier.config.models import Config, parse_config
+from notifier.config.load import parse_config
+from notifier.config.models import Config, InstanceConfig
 from notifier.delivery.formatters.slack import format_slack
 from notifier.delivery.formatters.webhook import webhook_body
 from notifier.devtools.simulator import Fault, Simulator
@@ -21,6 +22,7 @@ from notifier.devtools.standins.slack import SlackStandIn
 from notifier.devtools.standins.webhook import WebhookReceiver
 from notifier.errors import DcsApiError, Reason
 from notifier.pipeline.events import Notification
+from notifier.pipeline.instance import PollOutcome
 from notifier.store.keys import Keys
 from tests.conftest import AK, ORDERS, PROJECT_ID, SESSIONS, SK, WEBHOOK_SECRET
 
@@ -73,6 +75,12 @@ class World:
 async def world(sim: Simulator, redis_url: str, redis_client: aioredis.Redis) -> AsyncIterator[World]:
     async with SlackStandIn() as slack, WebhookReceiver(secret=WEBHOOK_SECRET) as audit:
         yield World(sim, slack, audit, redis_url, redis_client)
+
+
+async def poll_once(d: Daemon, inst: InstanceConfig) -> PollOutcome:
+    """Poll one configured instance once, as its polling loop would."""
+    [target] = [t for t in d.poller.targets.values() if t.instance.id == inst.id]
+    return await d.poller.poll_target(target)
 
 
 async def once(world: World, **env: str) -> list[str]:
@@ -282,7 +290,7 @@ async def test_unknown_instance_is_reported_once(world: World, caplog: pytest.Lo
     cfg = world.config(text=CONFIG.replace("instances:\n", "instances:\n  - {id: gone, name: gone-cache}\n"))
     async with Daemon(cfg) as d:
         for _ in range(3):
-            outcome = await d.poller.poll_instance(cfg.instances[0])
+            outcome = await poll_once(d, cfg.instances[0])
             assert isinstance(outcome.error, DcsApiError)
             assert outcome.error.error_code == "DCS.3022"
             assert d.poller.next_delay(outcome) >= 300
@@ -293,12 +301,12 @@ async def test_unknown_instance_is_reported_once(world: World, caplog: pytest.Lo
 async def test_throttling_backs_off_honouring_retry_after(world: World) -> None:
     world.sim.inject(Fault.throttled(2), instance_id=ORDERS)
     async with world.daemon() as d:
-        outcome = await d.poller.poll_instance(d.config.instances[0])
+        outcome = await poll_once(d, d.config.instances[0])
         assert isinstance(outcome.error, DcsApiError)
         assert outcome.error.retryable
         assert d.poller.next_delay(outcome) == 2
         # The endpoint's limiter holds every request to that endpoint for the Retry-After too.
-        ok = await d.poller.poll_instance(d.config.instances[0])
+        ok = await poll_once(d, d.config.instances[0])
         assert ok.ok
         throttled, retried = world.sim.task_requests(ORDERS)
         assert retried.at - throttled.at >= 2.0
@@ -346,7 +354,7 @@ async def test_a_long_task_is_followed_past_the_poll_window(world: World) -> Non
 
 async def test_redis_down_means_no_backoff_and_no_heartbeat(world: World) -> None:
     async with world.daemon(REDIS_URL="redis://127.0.0.1:1/0") as d:
-        outcome = await d.poller.poll_instance(d.config.instances[0])
+        outcome = await poll_once(d, d.config.instances[0])
         assert outcome.error is not None
         assert d.poller.next_delay(outcome) == d.config.poll.interval  # resumes as soon as Redis does
         assert d.poller.last_success is None
@@ -361,7 +369,7 @@ async def test_redis_down_means_no_backoff_and_no_heartbeat(world: World) -> Non
 async def test_auth_errors_are_rechecked_slowly_and_server_errors_back_off(world: World) -> None:
     inst = world.config().instances[0]
     async with world.daemon(CLOUD_SDK_SK="wrong") as d:
-        outcome = await d.poller.poll_instance(inst)
+        outcome = await poll_once(d, inst)
         assert isinstance(outcome.error, DcsApiError)
         assert outcome.error.reason is Reason.AUTH
         assert d.poller.next_delay(outcome) >= 300  # not retried in a loop
@@ -369,12 +377,12 @@ async def test_auth_errors_are_rechecked_slowly_and_server_errors_back_off(world
     async with world.daemon() as d:
         delays = []
         for _ in range(3):
-            outcome = await d.poller.poll_instance(inst)
+            outcome = await poll_once(d, inst)
             assert isinstance(outcome.error, DcsApiError)
             assert outcome.error.reason is Reason.SERVER_ERROR
             delays.append(d.poller.next_delay(outcome))
         assert delays == [0.2, 0.4, 0.8]  # exponential from poll.interval
-        assert d.poller.next_delay(await d.poller.poll_instance(inst)) == 0.2  # recovered
+        assert d.poller.next_delay(await poll_once(d, inst)) == 0.2  # recovered
 
 
 async def test_many_instances_polled_at_once(world: World) -> None:

@@ -16,18 +16,19 @@ import pytest
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
-from notifier.app import connect_redis, open_store
-from notifier.config.models import DeliveryConfig, RedisConfig, parse_config, parse_redis_url
+from notifier.config.load import parse_config
+from notifier.config.models import DeliveryConfig, RedisConfig
+from notifier.config.redis_url import parse_redis_url
 from notifier.delivery.channels.base import Channel
 from notifier.delivery.channels.webhook import WebhookChannel, WebhookChannelConfig
 from notifier.delivery.worker import Deliverer
 from notifier.devtools.standins.webhook import WebhookReceiver
-from notifier.errors import ConfigError, DeliveryError, Reason, StateStoreError
+from notifier.errors import ConfigError, DeliveryError, Reason, StoreError
 from notifier.pipeline.diff import DiffContext, DiffResult, diff
 from notifier.pipeline.events import EventType, Notification
 from notifier.pipeline.rules import route
+from notifier.store.connect import Store, connect_redis, open_store
 from notifier.store.keys import Keys
-from notifier.store.state import StateStore
 from tests.factories import INSTANCE, T0, poller_event, problem, removed_event, task
 from tests.support.redis_cluster import RedisClusterServers
 
@@ -58,9 +59,9 @@ def target(request: pytest.FixtureRequest) -> Target:
 
 
 @pytest.fixture
-async def store(target: Target) -> AsyncIterator[StateStore]:
+async def store(target: Target) -> AsyncIterator[Store]:
     client = connect_redis(target.url)
-    yield StateStore(client, Keys("t"))  # the cluster flag comes from the client's type
+    yield Store(client, Keys("t"))  # the cluster flag comes from the client's type
     await client.aclose()
 
 
@@ -96,22 +97,20 @@ def refused(name: str) -> DeliveryError:
     return DeliveryError(name, False, Reason.NOT_FOUND, "HTTP 404")
 
 
-async def test_the_mode_follows_the_client(store: StateStore, target: Target) -> None:
-    assert store.cluster is (target.mode == "cluster")
+async def test_the_mode_follows_the_client(store: Store, target: Target) -> None:
+    assert store.link.cluster is (target.mode == "cluster")
     assert isinstance(store.redis, RedisCluster) is (target.mode == "cluster")
     expected = "t:outbox:{audit}" if target.mode == "cluster" else "t:outbox:audit"
     assert store.keys.outbox("audit") == expected
 
 
-async def test_commit_lands_state_and_outbox_entries_of_three_channels(
-    store: StateStore, target: Target
-) -> None:
+async def test_commit_lands_state_and_outbox_entries_of_three_channels(store: Store, target: Target) -> None:
     result, notes = first_poll()
-    await store.commit("p", INSTANCE.id, result, notes)
-    snap = await store.load("p", INSTANCE.id, touch=T0)
+    await store.snapshots.commit("p", INSTANCE.id, result, notes)
+    snap = await store.snapshots.load("p", INSTANCE.id, touch=T0)
     assert snap is not None and set(snap.tasks) == {"t0", "t1"}
     for channel in CHANNELS:
-        entries = await store.read(channel, "c1", count=10)
+        entries = await store.outbox.read(channel, "c1", count=10)
         assert [e.notification for e in entries] == [n for n in notes if n.channel == channel]
     if target.cluster is not None:
         by_node = target.cluster.keys_by_node()
@@ -120,41 +119,41 @@ async def test_commit_lands_state_and_outbox_entries_of_three_channels(
         assert any(f"t:snap:{{p:{INSTANCE.id}}}" in keys for keys in by_node.values())
 
 
-async def test_read_deliver_ack_with_the_notification_log(store: StateStore) -> None:
+async def test_read_deliver_ack_with_the_notification_log(store: Store) -> None:
     result, notes = first_poll()
-    await store.commit("p", INSTANCE.id, result, notes)
+    await store.snapshots.commit("p", INSTANCE.id, result, notes)
     async with WebhookReceiver() as receiver:
         channels: dict[str, Channel] = {
             c: WebhookChannel(c, WebhookChannelConfig(type="webhook", url=receiver.url)) for c in CHANNELS
         }
         try:
-            results = await Deliverer(store, channels, FAST).drain_all()
+            results = await Deliverer(store.outbox, channels, FAST).drain_all()
         finally:
             for ch in channels.values():
                 await ch.aclose()
         assert {c: r.delivered for c, r in results.items()} == dict.fromkeys(CHANNELS, 2)
         assert len(receiver.requests) == 6
     for channel in CHANNELS:
-        assert await store.backlog(channel) == 0
+        assert await store.outbox.backlog(channel) == 0
     # The notification log: a copy of a delivered entry is acknowledged without a send.
-    await store.commit("p", "other", *first_poll())
-    [copy, _] = await store.read("audit", FAST.consumer, count=10)
-    assert await store.was_delivered(copy)
+    await store.snapshots.commit("p", "other", *first_poll())
+    [copy, _] = await store.outbox.read("audit", FAST.consumer, count=10)
+    assert await store.outbox.was_delivered(copy)
     assert await store.redis.ttl(store.keys.delivered("audit", copy.notification.event.id)) > 0
     second = Scripted("audit")
-    verdict = await Deliverer(store, {"audit": second}, FAST).drain("audit")
+    verdict = await Deliverer(store.outbox, {"audit": second}, FAST).drain("audit")
     assert (verdict.skipped_duplicates, second.sent) == (2, [])
 
 
-async def test_dead_letters_replay_and_purge_over_channels(store: StateStore, target: Target) -> None:
+async def test_dead_letters_replay_and_purge_over_channels(store: Store, target: Target) -> None:
     result, notes = first_poll()
-    await store.commit("p", INSTANCE.id, result, notes)
+    await store.snapshots.commit("p", INSTANCE.id, result, notes)
     for channel in ("audit", "ops"):
-        out = await Deliverer(store, {channel: Scripted(channel, [refused(channel)] * 2)}, FAST).drain(
+        out = await Deliverer(store.outbox, {channel: Scripted(channel, [refused(channel)] * 2)}, FAST).drain(
             channel
         )
         assert out.dead_lettered == 2
-    letters = await store.dead_letters()
+    letters = await store.dead_letters.oldest()
     assert Counter(d.channel for d in letters) == {"audit": 2, "ops": 2}
     assert all(d.notification is not None and d.attempts == 1 for d in letters)
     if target.mode == "cluster":
@@ -163,24 +162,24 @@ async def test_dead_letters_replay_and_purge_over_channels(store: StateStore, ta
         assert await store.redis.xlen("t:dead:{ops}") == 2
     else:
         assert await store.redis.xlen("t:dead") == 4
-    with pytest.raises(StateStoreError, match="no dead letter with id 0-1"):
-        await store.select_dead(["0-1"])
+    with pytest.raises(StoreError, match="no dead letter with id 0-1"):
+        await store.dead_letters.select(["0-1"])
     pick = next(d for d in letters if d.channel == "ops")
-    [selected] = await store.select_dead([f"ops/{pick.entry_id}"])
+    [selected] = await store.dead_letters.select([f"ops/{pick.entry_id}"])
     assert selected == pick
-    assert await store.requeue_dead([selected]) == [selected]
-    assert await store.backlog("ops") == 1
+    assert await store.dead_letters.requeue([selected]) == [selected]
+    assert await store.outbox.backlog("ops") == 1
     ops = Scripted("ops")
-    assert (await Deliverer(store, {"ops": ops}, FAST).drain("ops")).delivered == 1
+    assert (await Deliverer(store.outbox, {"ops": ops}, FAST).drain("ops")).delivered == 1
     assert pick.notification is not None and ops.sent == [pick.notification.event.id]
     # A replay delivered directly: logged as delivered, gone from the dead letters.
     audit_letter = next(d for d in letters if d.channel == "audit")
-    await store.resolve_dead(audit_letter)
+    await store.dead_letters.resolve(audit_letter)
     assert audit_letter.notification is not None
     assert await store.redis.exists(store.keys.delivered("audit", audit_letter.notification.event.id))
-    assert len(await store.dead_letters()) == 2
-    assert await store.purge_dead() == 2
-    assert await store.dead_letters() == []
+    assert len(await store.dead_letters.oldest()) == 2
+    assert await store.dead_letters.purge() == 2
+    assert await store.dead_letters.oldest() == []
 
 
 async def test_an_id_in_several_channels_dead_letters_must_be_qualified(
@@ -188,71 +187,71 @@ async def test_an_id_in_several_channels_dead_letters_must_be_qualified(
 ) -> None:
     """Stream ids are per stream: on a cluster, two channels' dead-letter streams may share one."""
     client = connect_redis(redis_cluster.url)
-    store = StateStore(client, Keys("t"))
+    store = Store(client, Keys("t"))
     try:
         fields = {"n": "{}", "k": "x", "channel": "", "error": "e", "attempts": "1", "failed_at": ""}
         await client.xadd("t:dead:{audit}", fields, id="5-0")
         await client.xadd("t:dead:{ops}", fields, id="5-0")
-        with pytest.raises(StateStoreError, match="dead letter id 5-0 is in several channels: name one of"):
-            await store.select_dead(["5-0"])
-        [one] = await store.select_dead(["ops/5-0"])
+        with pytest.raises(StoreError, match="dead letter id 5-0 is in several channels: name one of"):
+            await store.dead_letters.select(["5-0"])
+        [one] = await store.dead_letters.select(["ops/5-0"])
         assert (one.channel, one.entry_id, one.notification) == ("ops", "5-0", None)
-        assert await store.requeue_dead([one]) == []  # unreadable: cannot be replayed, only purged
-        assert await store.purge_dead() == 2
+        assert await store.dead_letters.requeue([one]) == []  # unreadable: cannot be replayed, only purged
+        assert await store.dead_letters.purge() == 2
     finally:
         await client.aclose()
 
 
-async def test_attempts_are_counted_and_dropped_with_the_entry(store: StateStore) -> None:
+async def test_attempts_are_counted_and_dropped_with_the_entry(store: Store) -> None:
     result, notes = first_poll(1)
-    await store.commit("p", INSTANCE.id, result, notes)
-    [entry] = await store.read("dba", "c1", count=10)
-    assert await store.attempts(entry) == 0
-    assert await store.record_attempt(entry) == 1
-    assert await store.record_attempt(entry) == 2
-    assert await store.attempts(entry) == 2
-    await store.dead_letter(entry, "gave up", 2)
-    assert await store.attempts(entry) == 0
-    [dead] = await store.dead_letters()
+    await store.snapshots.commit("p", INSTANCE.id, result, notes)
+    [entry] = await store.outbox.read("dba", "c1", count=10)
+    assert await store.outbox.attempts(entry) == 0
+    assert await store.outbox.record_attempt(entry) == 1
+    assert await store.outbox.record_attempt(entry) == 2
+    assert await store.outbox.attempts(entry) == 2
+    await store.outbox.dead_letter(entry, "gave up", 2)
+    assert await store.outbox.attempts(entry) == 0
+    [dead] = await store.dead_letters.oldest()
     assert (dead.channel, dead.attempts, dead.error) == ("dba", 2, "gave up")
-    assert await store.backlog("dba") == 0
+    assert await store.outbox.backlog("dba") == 0
 
 
-async def test_claim_stale_and_renew(store: StateStore) -> None:
+async def test_claim_stale_and_renew(store: Store) -> None:
     result, notes = first_poll()
-    await store.commit("p", INSTANCE.id, result, notes)
-    taken = await store.read("ops", "dead-worker", count=10)
-    assert await store.held_elsewhere("ops", "alive")
-    claimed = await store.claim_stale("ops", "alive", min_idle_ms=0, count=10)
+    await store.snapshots.commit("p", INSTANCE.id, result, notes)
+    taken = await store.outbox.read("ops", "dead-worker", count=10)
+    assert await store.outbox.held_elsewhere("ops", "alive")
+    claimed = await store.outbox.claim_stale("ops", "alive", min_idle_ms=0, count=10)
     assert [e.entry_id for e in claimed] == [e.entry_id for e in taken]
-    assert not await store.held_elsewhere("ops", "alive")
-    assert await store.renew("ops", "alive") == {e.entry_id for e in taken}
+    assert not await store.outbox.held_elsewhere("ops", "alive")
+    assert await store.outbox.renew("ops", "alive") == {e.entry_id for e in taken}
     for entry in claimed:
-        await store.mark_delivered(entry)
-    assert await store.backlog("ops") == 0
+        await store.outbox.mark_delivered(entry)
+    assert await store.outbox.backlog("ops") == 0
 
 
-async def test_heartbeat_health_and_removal(store: StateStore) -> None:
-    assert await store.last_heartbeat() is None
-    await store.heartbeat(30)
-    assert (await store.last_heartbeat() or "").startswith("20")
+async def test_heartbeat_health_and_removal(store: Store) -> None:
+    assert await store.heartbeat.last() is None
+    await store.heartbeat.beat(30)
+    assert (await store.heartbeat.last() or "").startswith("20")
     key = f"p/{INSTANCE.id}"
     unhealthy = poller_event()
     notes = [Notification(event=unhealthy, channel=c) for c in CHANNELS]
-    await store.record_health(key, problem(), notes)
-    assert await store.load_health() == {key: problem()}
+    await store.health.record(key, problem(), notes)
+    assert await store.health.load() == {key: problem()}
     for channel in CHANNELS:
-        [entry] = await store.read(channel, "c1", count=10)
+        [entry] = await store.outbox.read(channel, "c1", count=10)
         assert entry.notification.event.id == unhealthy.id
     recovered = poller_event(EventType.POLLER_RECOVERED)
-    await store.record_health(key, None, [Notification(event=recovered, channel="audit")])
-    assert await store.load_health() == {}
-    assert len(await store.read("audit", "c1", count=10)) == 1
+    await store.health.record(key, None, [Notification(event=recovered, channel="audit")])
+    assert await store.health.load() == {}
+    assert len(await store.outbox.read("audit", "c1", count=10)) == 1
     # instance.removed: outbox entries, the mark, and a TTL on the state.
     result, _ = first_poll()
-    await store.commit("p", INSTANCE.id, result, [])
+    await store.snapshots.commit("p", INSTANCE.id, result, [])
     gone = removed_event()
-    await store.mark_removed(
+    await store.snapshots.mark_removed(
         "p",
         INSTANCE.id,
         [Notification(event=gone, channel=c) for c in CHANNELS],
@@ -260,18 +259,20 @@ async def test_heartbeat_health_and_removal(store: StateStore) -> None:
         baseline_at=T0,
         ttl_seconds=600,
     )
-    snap = await store.load("p", INSTANCE.id)
+    snap = await store.snapshots.load("p", INSTANCE.id)
     assert snap is not None and snap.removed_at == T0
     assert 0 < await store.redis.ttl(store.keys.snapshot("p", INSTANCE.id)) <= 600
     for channel in CHANNELS:
-        assert [e.notification.event.id for e in await store.read(channel, "c1", count=10)] == [gone.id]
+        assert [e.notification.event.id for e in await store.outbox.read(channel, "c1", count=10)] == [
+            gone.id
+        ]
 
 
-async def test_orphan_outboxes_are_found_on_every_node(store: StateStore) -> None:
+async def test_orphan_outboxes_are_found_on_every_node(store: Store) -> None:
     result, notes = first_poll(1)
-    await store.commit("p", INSTANCE.id, result, notes)
-    assert await store.orphan_outboxes(["audit"]) == {"dba": 1, "ops": 1}
-    assert await store.orphan_outboxes(CHANNELS) == {}
+    await store.snapshots.commit("p", INSTANCE.id, result, notes)
+    assert await store.outbox.orphans(["audit"]) == {"dba": 1, "ops": 1}
+    assert await store.outbox.orphans(CHANNELS) == {}
 
 
 async def test_a_crash_between_outbox_and_state_delivers_each_event_once(
@@ -281,7 +282,7 @@ async def test_a_crash_between_outbox_and_state_delivers_each_event_once(
     the entries are queued, the snapshot is not. The next poll finds no snapshot, diffs again, queues the
     same events (same ids) again; the real Deliverer sends each id once per channel."""
     client = connect_redis(redis_cluster.url)
-    store = StateStore(client, Keys("t"))
+    store = Store(client, Keys("t"))
     receivers = {c: WebhookReceiver() for c in CHANNELS}
     channels: dict[str, Channel] = {}
     try:
@@ -295,23 +296,23 @@ async def test_a_crash_between_outbox_and_state_delivers_each_event_once(
         # The crash: only the first half of the cluster commit happened.
         for n in notes:
             await client.xadd(store.keys.outbox(n.channel), {"n": n.model_dump_json(), "k": n.key})
-        assert await store.load("p", INSTANCE.id) is None
+        assert await store.snapshots.load("p", INSTANCE.id) is None
         # Delivery runs meanwhile and sends part of what is queued.
-        partly = await Deliverer(store, channels, FAST).drain("audit")
+        partly = await Deliverer(store.outbox, channels, FAST).drain("audit")
         assert partly.delivered == 3
         # The restarted poller: no snapshot, so the same baseline again, with the same event ids.
         again, renotes = first_poll(3)
         assert [n.key for n in renotes] == [n.key for n in notes]
-        await store.commit("p", INSTANCE.id, again, renotes)
-        assert (await store.load("p", INSTANCE.id)) is not None
-        assert {c: await store.backlog(c) for c in CHANNELS} == {"audit": 3, "dba": 6, "ops": 6}
-        results = await Deliverer(store, channels, FAST).drain_all()
+        await store.snapshots.commit("p", INSTANCE.id, again, renotes)
+        assert (await store.snapshots.load("p", INSTANCE.id)) is not None
+        assert {c: await store.outbox.backlog(c) for c in CHANNELS} == {"audit": 3, "dba": 6, "ops": 6}
+        results = await Deliverer(store.outbox, channels, FAST).drain_all()
         assert {c: r.skipped_duplicates for c, r in results.items()} == {"audit": 3, "dba": 3, "ops": 3}
         for channel, receiver in receivers.items():
             ids = Counter(r.header("webhook-id") for r in receiver.requests)
             expected = {n.event.id for n in notes if n.channel == channel}
             assert set(ids) == expected and set(ids.values()) == {1}, (channel, ids)
-            assert await store.backlog(channel) == 0
+            assert await store.outbox.backlog(channel) == 0
     finally:
         for ch in channels.values():
             await ch.aclose()
@@ -322,10 +323,10 @@ async def test_a_crash_between_outbox_and_state_delivers_each_event_once(
 
 async def test_cluster_key_layout_on_one_server_commits_in_two_steps(redis_client: aioredis.Redis) -> None:
     """``Keys(prefix, cluster=True)`` on any client: tagged names, and the cluster's commit path."""
-    store = StateStore(redis_client, Keys("t", cluster=True))
-    assert store.cluster
+    store = Store(redis_client, Keys("t", cluster=True))
+    assert store.link.cluster
     result, notes = first_poll(1)
-    await store.commit("p", INSTANCE.id, result, notes)
+    await store.snapshots.commit("p", INSTANCE.id, result, notes)
     keys = set(await redis_client.keys("t:*"))
     assert keys == {f"t:snap:{{p:{INSTANCE.id}}}", "t:outbox:{audit}", "t:outbox:{dba}", "t:outbox:{ops}"}
 
@@ -399,11 +400,11 @@ async def test_open_store_from_a_cluster_url(redis_cluster: RedisClusterServers)
     config = parse_config(config_text(redis_cluster.url, "https://e.example/h"), "c.yaml", {})
     store = open_store(config)
     try:
-        assert store.cluster and store.keys.outbox("ops") == "cli:outbox:{ops}"
-        await store.heartbeat(10)
-        assert await store.last_heartbeat() is not None
+        assert store.link.cluster and store.keys.outbox("ops") == "cli:outbox:{ops}"
+        await store.heartbeat.beat(10)
+        assert await store.heartbeat.last() is not None
     finally:
-        await store.redis.aclose()
+        await store.aclose()
 
 
 async def run_cli(env: dict[str, str], *args: str) -> tuple[int, str, str]:
@@ -420,13 +421,15 @@ async def test_cli_dead_letters_on_the_cluster(redis_cluster: RedisClusterServer
     """``dead-letters list/replay/purge`` see every channel's stream: the config's and, found by a SCAN of
     every primary, one of a channel no longer configured (``dba``)."""
     client = connect_redis(redis_cluster.url)
-    store = StateStore(client, Keys("cli"))
+    store = Store(client, Keys("cli"))
     try:
         result, notes = first_poll(1)
-        await store.commit("p", INSTANCE.id, result, notes)
+        await store.snapshots.commit("p", INSTANCE.id, result, notes)
         for channel in CHANNELS:
-            await Deliverer(store, {channel: Scripted(channel, [refused(channel)])}, FAST).drain(channel)
-        letters = {d.channel: d for d in await store.dead_letters()}
+            await Deliverer(store.outbox, {channel: Scripted(channel, [refused(channel)])}, FAST).drain(
+                channel
+            )
+        letters = {d.channel: d for d in await store.dead_letters.oldest()}
         assert set(letters) == set(CHANNELS)
     finally:
         await client.aclose()
@@ -458,7 +461,7 @@ async def test_cli_dead_letters_on_the_cluster(redis_cluster: RedisClusterServer
 
 
 def test_check_config_masks_cluster_and_sentinel_urls() -> None:
-    from notifier.cli import mask_redis_url
+    from notifier.config.display import mask_redis_url
 
     assert (
         mask_redis_url("rediss+cluster://u:hunter2pass@h1:7000,h2:7001")
@@ -473,12 +476,12 @@ def test_check_config_masks_cluster_and_sentinel_urls() -> None:
 )
 async def test_unreachable_cluster_or_sentinel_is_an_outage_without_the_password(url: str) -> None:
     client = connect_redis(url)
-    store = StateStore(client, Keys())
+    store = Store(client, Keys())
     try:
-        with pytest.raises(StateStoreError) as info:
-            await store.load("p", "i")
+        with pytest.raises(StoreError) as info:
+            await store.snapshots.load("p", "i")
         assert "hunter2pass" not in str(info.value)
         assert str(info.value).startswith("Redis read of instance state failed")
-        assert store.down  # an outage (logged once), not a refused command
+        assert store.link.down  # an outage (logged once), not a refused command
     finally:
         await client.aclose()

@@ -17,15 +17,16 @@ import redis
 import redis.asyncio as aioredis
 
 from notifier.app import Daemon
-from notifier.config.models import Config, parse_config
+from notifier.config.load import parse_config
+from notifier.config.models import Config
 from notifier.dcs.cloud import Cloud
 from notifier.devtools.simulator import Fault, Simulator
 from notifier.devtools.simulator.state import SkewedClock
 from notifier.devtools.standins.webhook import WebhookReceiver
 from notifier.pipeline.poll import Poller
+from notifier.store.connect import Store
 from notifier.store.keys import Keys
 from notifier.store.leases import DaemonConflict
-from notifier.store.state import StateStore
 from tests import test_hostile_redis as hostile
 from tests.conftest import AK, ORDERS, PROJECT_ID, SESSIONS, SK
 from tests.support.daemons import running
@@ -81,7 +82,7 @@ async def test_a_change_committed_before_the_loss_is_noticed_does_not_defeat_the
     cfg = config(sim, redis_url, audit)
     cloud = Cloud(cfg)
     try:
-        poller = Poller(cfg, cloud.clients, StateStore(redis_client, Keys("rv")))
+        poller = Poller(cfg, cloud.clients, Store(redis_client, Keys("rv")))
         running_task = sim.start_task(ORDERS, "masterStandbySwapJob")
         await poller.poll_all()  # baseline: the switchover's start is queued
         await redis_client.flushall()  # Redis loses everything (FLUSHALL, restart without persistence)
@@ -90,7 +91,7 @@ async def test_a_change_committed_before_the_loss_is_noticed_does_not_defeat_the
         assert poller.restore() == 2  # the daemon notices the epoch is gone (Daemon._check_data)
         await poller.poll_all()
         await poller.poll_all()
-        restarted = Poller(cfg, cloud.clients, StateStore(redis_client, Keys("rv")))
+        restarted = Poller(cfg, cloud.clients, Store(redis_client, Keys("rv")))
         await restarted.poll_all()
     finally:
         await cloud.aclose()
@@ -134,11 +135,11 @@ async def test_restore_when_redis_kept_its_data_does_not_overwrite_newer_state(
     cfg = config(sim, redis_url, audit)
     cloud = Cloud(cfg)
     try:
-        daemon_side = Poller(cfg, cloud.clients, StateStore(redis_client, Keys("rv")))
+        daemon_side = Poller(cfg, cloud.clients, Store(redis_client, Keys("rv")))
         tid = sim.start_task(ORDERS, "EXTEND")
         await daemon_side.poll_all()
         sim.finish_task(ORDERS, tid)
-        once_side = Poller(cfg, cloud.clients, StateStore(redis_client, Keys("rv")))
+        once_side = Poller(cfg, cloud.clients, Store(redis_client, Keys("rv")))
         await once_side.poll_all()  # records the success
         assert daemon_side.restore() == 2
         await daemon_side.poll_all()
@@ -294,7 +295,7 @@ async def test_a_date_header_far_off_does_not_break_every_poll_of_the_endpoint(
         cfg = config(sim, redis_url, audit)
         cloud = Cloud(cfg)
         try:
-            poller = Poller(cfg, cloud.clients, StateStore(redis_client, Keys("rv")))
+            poller = Poller(cfg, cloud.clients, Store(redis_client, Keys("rv")))
             await poller.poll_all()  # reads the Date header
             tid = sim.start_task(ORDERS, "EXTEND")
             second = await poller.poll_all()

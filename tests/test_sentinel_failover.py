@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 import redis
 
-from notifier.config.models import Config, parse_config
+from notifier.config.load import parse_config
+from notifier.config.models import Config
 from notifier.devtools.simulator import Simulator
 from notifier.devtools.standins.webhook import WebhookReceiver
 from notifier.pipeline.events import EventType, event_id
@@ -130,7 +131,7 @@ async def test_failover_between_start_and_finish_loses_and_repeats_nothing(
             await until(
                 lambda: all(polls(sim, i) >= n + 2 for i, n in seen.items()), 10, "two more polls of each"
             )
-            assert not daemon.store.down
+            assert not daemon.store.link.down
 
         with direct(servers.replica_port) as new_master:
             assert new_master.xlen(f"{PREFIX}:outbox:audit") == 0

@@ -1,48 +1,46 @@
-"""Configuration: a YAML file with ``${VAR}`` interpolation, validated by pydantic.
+"""The configuration's models: every section, its defaults, bounds and checks (pydantic).
 
-Every error names the file and the key (``config.yaml: channels.oncall.webhook_url: ...``). Secrets
-(AK/SK, tokens, webhook URLs, webhook secrets, a Redis URL with a password) are ``SecretStr`` so they
-never show in a repr, a log line or ``check-config`` output.
+This module only says what a valid config is, in the fleet form; reading the file is
+:mod:`notifier.config.load`. Secrets (AK/SK, tokens, webhook URLs, webhook secrets, a Redis URL with a
+password) are ``SecretStr`` so they never show in a repr, a log line or ``check-config`` output.
 """
 
 from __future__ import annotations
 
-import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import parse_qs, unquote
 
-import yaml
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
-    ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from notifier.config.redis_url import RedisTarget, parse_redis_url
+from notifier.config.source import Loc, SourceMap, did_you_mean
 from notifier.delivery.channels import ChannelConfig
-from notifier.errors import ConfigError
+from notifier.net.tls import CaBundle, check_host_entry
 from notifier.pipeline.events import EventType
 from notifier.store.keys import DEFAULT_PREFIX, DELIVERED_TTL_SECONDS
 
-_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
+class AtKey(ValueError):
+    """A model's own check about one of its keys: pydantic places a model's errors at the model, so the
+    key (relative to the model) travels with the error and the error message names it."""
 
-class Environment(BaseSettings):
-    """What the process environment may set (Huawei's own samples use CLOUD_SDK_AK / CLOUD_SDK_SK)."""
-
-    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
-
-    config_path: Path | None = Field(default=None, validation_alias="DCS_NOTIFIER_CONFIG")
-    cloud_sdk_ak: SecretStr | None = Field(default=None, validation_alias="CLOUD_SDK_AK")
-    cloud_sdk_sk: SecretStr | None = Field(default=None, validation_alias="CLOUD_SDK_SK")
+    def __init__(self, key: Loc, message: str) -> None:
+        super().__init__(f"{'.'.join(map(str, key))}: {message}")
+        self.key = key
+        self.message = message
 
 
 class _Model(BaseModel):
@@ -75,7 +73,7 @@ def _url_or_none(v: str | None, example: str) -> str | None:
     return v.rstrip("/")
 
 
-class AkSkCredentials(_Model):
+class AkSkCredentialsConfig(_Model):
     """Permanent AK/SK, or temporary AK/SK with their security token (``X-Security-Token``, signed).
 
     Left out, ``ak``/``sk`` come from the environment variables CLOUD_SDK_AK/CLOUD_SDK_SK.
@@ -87,7 +85,7 @@ class AkSkCredentials(_Model):
     security_token: SecretStr | None = None
 
 
-class FileCredentials(_Model):
+class FileCredentialsConfig(_Model):
     """AK/SK (and a security token) read from a file, re-read whenever the file changes.
 
     JSON or YAML (``ak``, ``sk``, ``security_token``; or Huawei's temporary-credential shape
@@ -98,7 +96,7 @@ class FileCredentials(_Model):
     path: Path
 
 
-class IamCredentials(_Model):
+class IamCredentialsConfig(_Model):
     """An IAM user: a project-scoped token (``X-Auth-Token``) is obtained and refreshed before it expires."""
 
     type: Literal["iam"] = "iam"
@@ -119,7 +117,9 @@ class IamCredentials(_Model):
         return self.iam_endpoint or f"https://iam.{region}.myhuaweicloud.com"
 
 
-CredentialsConfig = Annotated[AkSkCredentials | FileCredentials | IamCredentials, Field(discriminator="type")]
+CredentialsConfig = Annotated[
+    AkSkCredentialsConfig | FileCredentialsConfig | IamCredentialsConfig, Field(discriminator="type")
+]
 
 
 def _infer_credentials_type(value: Any) -> Any:
@@ -189,7 +189,7 @@ class ProjectConfig(_Model):
 class AccountConfig(_Model):
     name: str = Field(default="default", pattern=r"^[A-Za-z0-9_.-]+$")
     region: str = Field(default="cn-north-4", min_length=1)
-    credentials: CredentialsConfig = Field(default_factory=AkSkCredentials)
+    credentials: CredentialsConfig = Field(default_factory=AkSkCredentialsConfig)
     #: Defaults for every project of the account (each project may say otherwise).
     discover: bool = False
     filter: InstanceFilter = Field(default_factory=InstanceFilter)
@@ -200,7 +200,7 @@ class AccountConfig(_Model):
         for p, project in enumerate(self.projects):
             discover = self.discover if project.discover is None else project.discover
             if not discover and not project.instances:
-                raise ValueError(f"projects.{p}: nothing to watch: list instances, or set discover: true")
+                raise AtKey(("projects", p), "nothing to watch: list instances, or set discover: true")
         return self
 
     @field_validator("credentials", mode="before")
@@ -217,7 +217,7 @@ class ProjectSpec:
     region: str
     project_id: str
     endpoint: str
-    credentials: AkSkCredentials | FileCredentials | IamCredentials
+    credentials: AkSkCredentialsConfig | FileCredentialsConfig | IamCredentialsConfig
     discover: bool
     filter: InstanceFilter
     instances: tuple[InstanceConfig, ...]
@@ -244,24 +244,15 @@ class ApiConfig(_Model):
     #: The rate never drops below this, however often the API throttles.
     min_rate: float = Field(default=0.2, ge=0.001, le=1_000_000, allow_inf_nan=False)
     #: A PEM file of CA certificates trusted in addition to the system's.
-    ca_bundle: Path | None = None
+    ca_bundle: CaBundle | None = None
     #: Endpoints (URLs or host[:port]) whose TLS certificate is NOT verified. Empty by default.
     insecure_endpoints: list[str] = Field(default_factory=list)
     #: An HTTP(S) proxy URL; default: HTTPS_PROXY / HTTP_PROXY / NO_PROXY from the environment.
     proxy: SecretStr | None = None
 
-    @field_validator("ca_bundle")
-    @classmethod
-    def _ca_bundle_readable(cls, v: Path | None) -> Path | None:
-        if v is not None and not v.is_file():
-            raise ValueError(f"{v}: no such file (a PEM file of CA certificates)")
-        return v
-
     @field_validator("insecure_endpoints")
     @classmethod
     def _endpoints_parse(cls, v: list[str]) -> list[str]:
-        from notifier.net.session import check_host_entry
-
         for entry in v:
             check_host_entry(entry)
         return v
@@ -303,114 +294,6 @@ class PollConfig(_Model):
     max_tasks: int = Field(default=10_000, ge=1, le=1_000_000)
 
 
-@dataclass(frozen=True)
-class RedisTarget:
-    """What ``redis.url`` names: a standalone server, a Redis Cluster, or a Sentinel-managed master."""
-
-    mode: Literal["standalone", "cluster", "sentinel"]
-    url: str = ""  # standalone: the URL itself, as redis-py reads it
-    nodes: tuple[tuple[str, int], ...] = ()  # cluster: seed nodes; sentinel: the sentinels
-    tls: bool = False
-    username: str | None = None
-    password: str | None = None  # of the data nodes (cluster nodes, or the Sentinel's master)
-    service: str = ""  # sentinel: the monitored master's name
-    db: int = 0
-    sentinel_password: str | None = None  # sentinel: when the sentinels themselves require one
-
-
-_SENTINEL_QUERY = ("sentinel_password",)
-_REDIS_SCHEMES = (
-    "redis",
-    "rediss",
-    "unix",
-    "redis+cluster",
-    "rediss+cluster",
-    "redis+sentinel",
-    "rediss+sentinel",
-)
-
-
-def _host_port(item: str, scheme: str) -> tuple[str, int]:
-    """``host:port`` or ``[v6]:port``; the message never repeats the URL (it may hold a password)."""
-    if item.startswith("["):
-        host, sep, rest = item[1:].partition("]")
-        port = rest[1:] if rest.startswith(":") else ""
-        ok = bool(sep) and rest.startswith(":")
-    else:
-        host, _, port = item.rpartition(":")
-        ok = ":" in item
-    if not ok or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"{scheme}:// URLs list host:port pairs separated by commas (each with its port)")
-    return host, int(port)
-
-
-def parse_redis_url(url: str) -> RedisTarget:
-    """Read ``redis.url``: ``redis://``, ``rediss://``, ``unix://`` (standalone, as redis-py reads them),
-    ``redis+cluster://[user:password@]host:port[,host:port...]`` (``rediss+cluster://`` with TLS), or
-    ``redis+sentinel://[user:password@]host:port[,host:port...]/service_name[/db]`` (``rediss+sentinel://``).
-
-    Errors name the expected form, never the URL (it may hold a password).
-    """
-    scheme, sep, rest = url.partition("://")
-    scheme = scheme.lower()
-    if not sep or scheme not in _REDIS_SCHEMES:
-        raise ValueError(
-            "must start with redis://, rediss://, unix:// (one server), redis+cluster:// or "
-            "rediss+cluster:// (a Redis Cluster), redis+sentinel:// or rediss+sentinel:// (Sentinel)"
-        )
-    if scheme in ("redis", "rediss", "unix"):
-        return RedisTarget(mode="standalone", url=url)
-    mode: Literal["cluster", "sentinel"] = "cluster" if scheme.endswith("cluster") else "sentinel"
-    rest, _, fragment = rest.partition("#")
-    rest, _, query = rest.partition("?")
-    netloc, _, path = rest.partition("/")
-    userinfo, at, hosts = netloc.rpartition("@")
-    if not at:
-        hosts = netloc
-    username: str | None = None
-    password: str | None = None
-    if at:
-        user, colon, pw = userinfo.partition(":")
-        username = unquote(user) or None
-        password = unquote(pw) if colon else None
-    if not hosts:
-        raise ValueError(f"{scheme}:// needs at least one host:port")
-    nodes = tuple(_host_port(h.strip(), scheme) for h in hosts.split(","))
-    params = parse_qs(query, keep_blank_values=True)
-    allowed = _SENTINEL_QUERY if mode == "sentinel" else ()
-    unknown = sorted(set(params) - set(allowed))
-    if unknown or fragment:
-        what = ", ".join(unknown) or "a #fragment"
-        known = f" (known: {', '.join(allowed)})" if allowed else ""
-        raise ValueError(f"{scheme}:// URLs take no {what}{known}")
-    tls = scheme.startswith("rediss")
-    if mode == "cluster":
-        if path.strip("/") not in ("", "0"):
-            raise ValueError(f"{scheme}:// URLs take no database number: a Redis Cluster has only db 0")
-        return RedisTarget(mode="cluster", nodes=nodes, tls=tls, username=username, password=password)
-    parts = [unquote(p) for p in path.split("/")] if path else []
-    if parts and parts[-1] == "":
-        parts.pop()
-    if not parts or not parts[0] or len(parts) > 2:
-        raise ValueError(f"{scheme}:// URLs end with /service_name or /service_name/db (the master's name)")
-    db = 0
-    if len(parts) == 2:
-        if not parts[1].isdigit():
-            raise ValueError(f"{scheme}:// URLs end with /service_name/db, db a number")
-        db = int(parts[1])
-    sentinel_pw = params.get("sentinel_password", [None])[-1]
-    return RedisTarget(
-        mode="sentinel",
-        nodes=nodes,
-        tls=tls,
-        username=username,
-        password=password,
-        service=parts[0],
-        db=db,
-        sentinel_password=sentinel_pw or None,
-    )
-
-
 class RedisConfig(_Model):
     #: One server (``redis://``, ``rediss://``, ``unix://``), a Redis Cluster (``redis+cluster://``) or a
     #: Sentinel-managed master (``redis+sentinel://.../service_name[/db]``); see :func:`parse_redis_url`.
@@ -449,77 +332,25 @@ class DeliveryConfig(_Model):
     batch: int = Field(default=10, ge=1, le=1000)
 
 
+def _known_event(value: Any) -> Any:
+    """One clear message for an unknown event type (the union's two errors would say it twice)."""
+    known = [e.value for e in EventType]
+    if isinstance(value, str) and value != "*" and value not in known:
+        hint = did_you_mean(value, known, quote=repr)
+        raise ValueError(f"unknown event {value!r}{hint} (events: {', '.join(known)}, or * for all)")
+    return value
+
+
+EventPattern = Annotated[EventType | Literal["*"], BeforeValidator(_known_event)]
+
+
 class RuleConfig(_Model):
     name: str = Field(min_length=1)
     tasks: list[str] = Field(default_factory=lambda: ["*"])
-    events: list[EventType | Literal["*"]] = Field(
-        default_factory=lambda: list[EventType | Literal["*"]](["*"])
-    )
+    events: list[EventPattern] = Field(default_factory=lambda: list[EventType | Literal["*"]](["*"]))
     instances: list[str] = Field(default_factory=lambda: ["*"], description="instance ids or names")
     labels: dict[str, str] = Field(default_factory=dict, description="all must match")
     channels: list[str] = Field(min_length=1)
-
-
-#: Keys of the single-project form of ``cloud`` (``cloud: {region, project_id, ak, sk}`` + ``instances``).
-_LEGACY_API_KEYS = ("timeout", "page_size", "max_concurrency")
-
-
-def _from_single_project_form(data: dict[str, Any]) -> dict[str, Any]:
-    """``cloud: {region, endpoint, project_id, ak, sk, ...}`` + top-level ``instances`` → the account list."""
-    cloud = dict(data["cloud"])
-    out = {k: v for k, v in data.items() if k not in ("cloud", "instances")}
-    api = dict(out.get("api") or {})
-    for key in _LEGACY_API_KEYS:
-        if key in cloud:
-            if key in api:
-                raise ValueError(f"cloud.{key} and api.{key} are both set: keep one (api.{key})")
-            api[key] = cloud.pop(key)
-    if api:
-        out["api"] = api
-    credentials = {k: cloud.pop(k) for k in ("ak", "sk", "security_token") if k in cloud}
-    project: dict[str, Any] = {"instances": data.get("instances") or []}
-    for key in ("project_id", "endpoint"):
-        if key in cloud:
-            project[key] = cloud.pop(key)
-    account: dict[str, Any] = {**cloud, "projects": [project]}
-    if credentials:
-        account["credentials"] = {"type": "aksk", **credentials}
-    out["cloud"] = [account]
-    out["single_project_form"] = True
-    return out
-
-
-#: Error locations of the single-project form, translated back to what the user wrote (first match wins).
-_SINGLE_FORM_LOCATIONS = [
-    ("cloud.0.projects.0.instances", "instances"),
-    ("cloud.0.projects.0.project_id", "cloud.project_id"),
-    ("cloud.0.projects.0.endpoint", "cloud.endpoint"),
-    ("cloud.0.projects.0", "instances"),
-    ("cloud.0.credentials.aksk", "cloud"),
-    ("cloud.0.credentials", "cloud"),
-    ("cloud.0", "cloud"),
-]
-
-
-def _location_translator(raw: Mapping[str, Any]) -> Callable[[str], str]:
-    """Error locations in the words of the file: ``cloud.0.projects.0.project_id`` → ``cloud.project_id``."""
-    cloud = raw.get("cloud")
-    table: list[tuple[str, str]] = []
-    if isinstance(cloud, dict) and "projects" not in cloud:
-        table = [
-            *_SINGLE_FORM_LOCATIONS,
-            *((f"api.{k}", f"cloud.{k}") for k in _LEGACY_API_KEYS if k in cloud),
-        ]
-    elif isinstance(cloud, dict):
-        table = [("cloud.0", "cloud")]  # one account written as a mapping
-
-    def translate(loc: str) -> str:
-        for old, new in table:
-            if loc == old or loc.startswith(old + "."):
-                return new + loc[len(old) :]
-        return loc
-
-    return translate
 
 
 class ScalingConfig(_Model):
@@ -535,7 +366,8 @@ class ScalingConfig(_Model):
 
 
 class Config(_Model):
-    #: One or more accounts. The single-project form (``cloud: {project_id, ...}`` + ``instances``) loads too.
+    """The whole file, in the fleet form (:mod:`notifier.config.load` rewrites the short form into it)."""
+
     cloud: list[AccountConfig] = Field(min_length=1)
     api: ApiConfig = Field(default_factory=ApiConfig)
     poll: PollConfig = Field(default_factory=PollConfig)
@@ -546,70 +378,61 @@ class Config(_Model):
     rules: list[RuleConfig] = Field(default_factory=list)
     delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)
     scaling: ScalingConfig = Field(default_factory=ScalingConfig)
-    #: Set when the file used the single-project form (error messages then use its key names).
-    single_project_form: bool = Field(default=False, exclude=True)
+    _source: SourceMap = PrivateAttr(default_factory=SourceMap)
 
-    @model_validator(mode="before")
-    @classmethod
-    def _accounts(cls, data: Any) -> Any:
-        if not isinstance(data, dict):
-            return data
-        if "single_project_form" in data:
-            raise ValueError("single_project_form: Extra inputs are not permitted")
-        cloud = data.get("cloud")
-        if isinstance(cloud, dict) and "projects" not in cloud:
-            return _from_single_project_form(data)
-        if isinstance(cloud, dict):
-            data = {**data, "cloud": [cloud]}
-        if "instances" in data:
-            raise ValueError(
-                "instances: with accounts and projects in cloud, list instances under "
-                "cloud.N.projects.N.instances (or use discover: true)"
-            )
-        return data
+    @property
+    def source(self) -> SourceMap:
+        """The file this config came from, and where its keys are written there."""
+        return self._source
 
     @model_validator(mode="after")
-    def _cross_checks(self) -> Config:
+    def _cross_checks(self, info: ValidationInfo) -> Config:
+        source = (info.context or {}).get("source")
+        if isinstance(source, SourceMap):
+            self._source = source  # before the checks: their messages name keys as the file writes them
         accounts = [a.name for a in self.cloud]
         dupes = sorted({a for a in accounts if accounts.count(a) > 1})
         if dupes:
-            raise ValueError(f"cloud: duplicate account name {', '.join(dupes)} (give each a name)")
+            raise AtKey(("cloud",), f"duplicate account name {', '.join(dupes)} (give each a name)")
         seen: dict[str, str] = {}
-        for spec in self.projects():
-            if spec.project_id in seen:
-                raise ValueError(
-                    f"{spec.where}.project_id: project {spec.project_id} "
-                    f"is already listed at {seen[spec.project_id]}"
-                )
-            seen[spec.project_id] = spec.where
-            ids = [i.id for i in spec.instances]
-            dupes = sorted({i for i in ids if ids.count(i) > 1})
-            if dupes:
-                where = "instances" if self.single_project_form else f"{spec.where}.instances"
-                raise ValueError(f"{where}: duplicate id {', '.join(dupes)}")
+        for a, account in enumerate(self.cloud):
+            for p, project in enumerate(account.projects):
+                at: Loc = ("cloud", a, "projects", p)
+                if project.project_id in seen:
+                    raise AtKey(
+                        (*at, "project_id"),
+                        f"project {project.project_id} is already listed at {seen[project.project_id]}",
+                    )
+                seen[project.project_id] = self.source.key(at)
+                ids = [i.id for i in project.instances]
+                dupes = sorted({i for i in ids if ids.count(i) > 1})
+                if dupes:
+                    raise AtKey((*at, "instances"), f"duplicate id {', '.join(dupes)}")
         names = [r.name for r in self.rules]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
-            raise ValueError(f"rules: duplicate rule name {', '.join(dupes)}")
-        known = ", ".join(sorted(self.channels))
+            raise AtKey(("rules",), f"duplicate rule name {', '.join(dupes)}")
         for i, rule in enumerate(self.rules):
             for ch in rule.channels:
                 if ch not in self.channels:
-                    raise ValueError(f"rules.{i}.channels: unknown channel {ch!r} (known: {known})")
+                    raise AtKey(("rules", i, "channels"), self._unknown_channel(ch))
         if self.scaling.enabled and self.scaling.lease_ttl < self.poll.interval:
-            raise ValueError(
-                f"scaling.lease_ttl ({self.scaling.lease_ttl:g} s) must be at least poll.interval "
-                f"({self.poll.interval:g} s): a replica taking over must not poll within an interval"
+            raise AtKey(
+                ("scaling", "lease_ttl"),
+                f"{self.scaling.lease_ttl:g} s must be at least poll.interval ({self.poll.interval:g} s): "
+                "a replica taking over must not poll within an interval",
             )
         for ch in self.health.channels:
             if ch not in self.channels:
-                raise ValueError(f"health.channels: unknown channel {ch!r} (known: {known})")
+                raise AtKey(("health", "channels"), self._unknown_channel(ch))
         for name in self.channels:
             if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
-                raise ValueError(
-                    f"channels.{name}: a channel name may only hold letters, digits, '_', '.', '-'"
-                )
+                raise AtKey(("channels", name), "a channel name may only hold letters, digits, '_', '.', '-'")
         return self
+
+    def _unknown_channel(self, name: str) -> str:
+        known = sorted(self.channels)
+        return f"unknown channel {name!r}{did_you_mean(name, known, quote=repr)} (known: {', '.join(known)})"
 
     def projects(self) -> list[ProjectSpec]:
         """Every project of every account, with region, endpoint and credentials resolved."""
@@ -617,7 +440,6 @@ class Config(_Model):
         for a, account in enumerate(self.cloud):
             for p, project in enumerate(account.projects):
                 region = project.region or account.region
-                where = "cloud" if self.single_project_form else f"cloud.{a}.projects.{p}"
                 out.append(
                     ProjectSpec(
                         account=account.name,
@@ -629,7 +451,7 @@ class Config(_Model):
                         filter=project.filter or account.filter,
                         instances=tuple(project.instances),
                         labels=dict(project.labels),
-                        where=where,
+                        where=self.source.key(("cloud", a, "projects", p)),
                     )
                 )
         return out
@@ -639,197 +461,24 @@ class Config(_Model):
         """Every instance named in the config (discovered ones are not known until the API is asked)."""
         return [i for spec in self.projects() for i in spec.instances]
 
-    def with_env_credentials(self, env: Environment) -> Config:
-        """Fill AK/SK from CLOUD_SDK_AK / CLOUD_SDK_SK wherever AK/SK credentials leave them out."""
+    def secret_values(self) -> list[str]:
+        """Every secret string in the config, for the log redaction safety net."""
+        found: list[str] = []
 
-        def fill(c: Any) -> Any:
-            if isinstance(c, AkSkCredentials):
-                return c.model_copy(update={"ak": c.ak or env.cloud_sdk_ak, "sk": c.sk or env.cloud_sdk_sk})
-            return c
+        def walk(obj: Any) -> None:
+            if isinstance(obj, SecretStr):
+                v = obj.get_secret_value()
+                if len(v) >= 4:
+                    found.append(v)
+            elif isinstance(obj, BaseModel):
+                for name in type(obj).model_fields:
+                    walk(getattr(obj, name))
+            elif isinstance(obj, dict):
+                for v in obj.values():
+                    walk(v)
+            elif isinstance(obj, list | tuple):
+                for v in obj:
+                    walk(v)
 
-        accounts = [
-            a.model_copy(
-                update={
-                    "credentials": fill(a.credentials),
-                    "projects": [
-                        p.model_copy(update={"credentials": fill(p.credentials)}) for p in a.projects
-                    ],
-                }
-            )
-            for a in self.cloud
-        ]
-        return self.model_copy(update={"cloud": accounts})
-
-
-def interpolate(value: Any, environ: Mapping[str, str], path: str = "") -> Any:
-    """Replace ``${VAR}`` / ``${VAR:-default}`` in every string of a parsed YAML tree."""
-    if isinstance(value, dict):
-        return {k: interpolate(v, environ, f"{path}.{k}" if path else str(k)) for k, v in value.items()}
-    if isinstance(value, list):
-        return [interpolate(v, environ, f"{path}.{i}") for i, v in enumerate(value)]
-    if not isinstance(value, str):
-        return value
-
-    def repl(m: re.Match[str]) -> str:
-        name, default = m.group(1), m.group(2)
-        if name in environ:
-            return environ[name]
-        if default is not None:
-            return default
-        raise ConfigError(f"{path or '<root>'}: environment variable {name} is not set")
-
-    return _VAR.sub(repl, value)
-
-
-_RELATIVE_KEY = re.compile(r"^(projects\.\d+): (.*)$", re.S)
-
-
-def _format_validation_error(source: str, exc: ValidationError, translate: Callable[[str], str] = str) -> str:
-    lines = [f"{source}: invalid configuration ({exc.error_count()} problem(s)):"]
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"])
-        msg = err["msg"].removeprefix("Value error, ")
-        relative = _RELATIVE_KEY.match(msg) if err["type"] == "value_error" and loc else None
-        if relative:  # a model's own check naming one of its keys: "projects.1: ..."
-            loc, msg = f"{loc}.{relative.group(1)}", relative.group(2)
-        loc = translate(loc)
-        lines.append(f"  {loc}: {msg}" if loc else f"  {msg}")
-    return "\n".join(lines)
-
-
-_MERGE = "tag:yaml.org,2002:merge"
-
-
-def _refuse_duplicate_keys(document: yaml.Node | None) -> None:
-    """Raise when a key is given twice in one mapping: PyYAML keeps the last silently, so a second
-    ``poll:`` or channel would replace the first without a word.
-
-    Checked on the composed document, as written: once constructed, keys merged in with ``<<`` (which
-    may be overridden on purpose) can no longer be told from keys written twice.
-    """
-    seen: set[int] = set()
-    stack = [document] if document is not None else []
-    while stack:
-        node = stack.pop()
-        if id(node) in seen:  # an alias: the same node again
-            continue
-        seen.add(id(node))
-        if isinstance(node, yaml.SequenceNode):
-            stack.extend(node.value)
-        elif isinstance(node, yaml.MappingNode):
-            first: dict[tuple[str, str], yaml.Node] = {}
-            for key, value in node.value:
-                stack.append(value)
-                if key.tag == _MERGE or not isinstance(key, yaml.ScalarNode):
-                    continue
-                earlier = first.setdefault((key.tag, key.value), key)
-                if earlier is not key:
-                    shown = repr(key.value) if len(key.value) <= 60 else repr(key.value[:57] + "...")
-                    raise yaml.constructor.ConstructorError(
-                        None,
-                        None,
-                        f"duplicate key {shown}: set on line {earlier.start_mark.line + 1} "
-                        f"and again on line {key.start_mark.line + 1} (keep one)",
-                        key.start_mark,
-                    )
-
-
-def parse_config(text: str, source: str = "<config>", environ: Mapping[str, str] | None = None) -> Config:
-    """Parse YAML text into a validated Config; raises ConfigError naming ``source`` and the key."""
-    env_map = dict(os.environ if environ is None else environ)
-    try:
-        _refuse_duplicate_keys(yaml.compose(text, Loader=yaml.SafeLoader))
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        where = ""
-        mark = getattr(exc, "problem_mark", None)
-        if mark is not None:
-            where = f" line {mark.line + 1}, column {mark.column + 1}"
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"{source}:{where}: not valid YAML: {problem}") from None
-    if raw is None:
-        raise ConfigError(f"{source}: the file is empty")
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: the top level must be a mapping of keys (cloud, instances, ...)")
-    try:
-        resolved = interpolate(raw, env_map)
-    except ConfigError as exc:
-        raise ConfigError(f"{source}: {exc}") from None
-    try:
-        config = Config.model_validate(resolved)
-    except ValidationError as exc:
-        raise ConfigError(_format_validation_error(source, exc, _location_translator(resolved))) from None
-    try:
-        env = Environment.model_validate(env_map)
-    except ValidationError as exc:
-        raise ConfigError(_format_validation_error("environment", exc)) from None
-    return config.with_env_credentials(env)
-
-
-def load_config(path: Path | str | None = None, environ: Mapping[str, str] | None = None) -> Config:
-    """Load the config from ``path``, or from $DCS_NOTIFIER_CONFIG, or ``./config.yaml``."""
-    env_map = dict(os.environ if environ is None else environ)
-    if path is None:
-        path = env_map.get("DCS_NOTIFIER_CONFIG") or "config.yaml"
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(
-            f"{p}: config file not found (pass --config PATH or set DCS_NOTIFIER_CONFIG)"
-        ) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{p}: cannot read config file: {exc}") from None
-    return parse_config(text, str(p), env_map)
-
-
-def credential_problems(config: Config) -> list[str]:
-    """What is missing from the credentials, one line per project, naming where to put it."""
-    problems = []
-    for a, account in enumerate(config.cloud):
-        for p, project in enumerate(account.projects):
-            c = project.credentials or account.credentials
-            if not isinstance(c, AkSkCredentials) or (c.ak is not None and c.sk is not None):
-                continue
-            missing = "/".join(n for n, v in (("ak", c.ak), ("sk", c.sk)) if v is None)
-            if config.single_project_form:
-                where = "cloud"
-            elif project.credentials is not None:
-                where = f"cloud.{a}.projects.{p}.credentials"
-            else:
-                where = f"cloud.{a}.credentials"
-            problems.append(
-                f"{where}.{missing}: no credentials for project {project.project_id}; set them in the config "
-                "or the environment variables CLOUD_SDK_AK/CLOUD_SDK_SK"
-            )
-    return problems
-
-
-def require_credentials(config: Config) -> None:
-    """Raise a ConfigError when some project has no usable credentials."""
-    problems = credential_problems(config)
-    if problems:
-        raise ConfigError("; ".join(dict.fromkeys(problems)))
-
-
-def secret_values(config: Config) -> list[str]:
-    """Every secret string in the config, for the log redaction safety net."""
-    found: list[str] = []
-
-    def walk(obj: Any) -> None:
-        if isinstance(obj, SecretStr):
-            v = obj.get_secret_value()
-            if len(v) >= 4:
-                found.append(v)
-        elif isinstance(obj, BaseModel):
-            for name in type(obj).model_fields:
-                walk(getattr(obj, name))
-        elif isinstance(obj, dict):
-            for v in obj.values():
-                walk(v)
-        elif isinstance(obj, list | tuple):
-            for v in obj:
-                walk(v)
-
-    walk(config)
-    return found
+        walk(self)
+        return found

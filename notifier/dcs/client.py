@@ -6,12 +6,18 @@ concurrency per region, an adaptive rate limit per endpoint), reads every page o
 anything but a good answer into a :class:`~notifier.errors.DcsApiError` that names the instance, the
 HTTP status, the Huawei error code and message, and the ``X-Request-Id``. The client does not retry:
 the poller decides when to ask again, from the error's reason.
+
+Requests go over the :class:`~notifier.net.session.Http` it is given (one long-lived aiohttp session for
+the cloud side: TLS policy and proxy decided once, see :mod:`notifier.net.session`). The poller's GETs
+are lean: URL and headers built from strings made once per instance, the body read raw and parsed
+with orjson, and an answer byte-for-byte the same as the last one not parsed at all (``unchanged=``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import ssl
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -22,13 +28,17 @@ from urllib.parse import quote, urlsplit
 
 import aiohttp
 from pydantic import ValidationError
+from yarl import URL
 
 from notifier.dcs.credentials import AkSkCredentials, CredentialProvider
 from notifier.dcs.limits import ApiGate
 from notifier.dcs.models import ApiErrorBody, Task, TaskList, format_query_time
 from notifier.dcs.signer import canonical_query
-from notifier.dcs.transport import HttpTransport, KeepAliveTransport, TransportError
 from notifier.errors import CredentialsError, DcsApiError, Reason
+from notifier.net import USER_AGENT
+from notifier.net.errors import describe_client_error
+from notifier.net.headers import parse_retry_after
+from notifier.net.session import Http, make_http
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +48,14 @@ try:  # orjson when installed: several times faster on task lists
 except ImportError:  # pragma: no cover - orjson is a dependency; the fallback keeps the client working
     from json import loads as json_loads
 
-USER_AGENT = "dcs-notifier/0.1"
 #: A ``Retry-After`` holds every request to the endpoint at most this long (the poller still waits
 #: the whole of it before polling that instance again).
 MAX_PAUSE_SECONDS = 120.0
 #: How often the API's clock is measured from the ``Date`` header of an answer.
 DATE_CHECK_SECONDS = 60.0
 MAX_PAGES = 1000
+#: An answer bigger than this (decoded) fails: a page of 100 tasks is about 50 KB.
+MAX_ANSWER_BYTES = 64 * 1024 * 1024
 _MAX_ERROR_TEXT = 300
 
 
@@ -64,23 +75,14 @@ def _reason_for_status(status: int, code: str | None = None) -> Reason:
     return Reason.CLIENT_ERROR
 
 
-def _retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None
-
-
 class DcsClient:
     """One project's DCS endpoint. Share one instance across all polls; close it with ``aclose()``.
 
     Give either ``credentials`` (any :class:`CredentialProvider`) or ``ak``/``sk`` (permanent AK/SK).
-    Clients of one process share ``transport`` (TLS, proxy, connections; see
-    :func:`~notifier.dcs.transport.transport_for`), ``session`` (for credential providers that call
-    IAM) and ``gate`` (politeness). Without a transport the client makes its own
-    :class:`~notifier.dcs.transport.KeepAliveTransport`, verifying TLS against the system store.
+    Clients of one process share ``http`` (session, TLS policy, proxy:
+    :func:`~notifier.net.session.make_http`; credential providers that call IAM use it too) and ``gate``
+    (politeness). Without ``http`` the client makes its own on first use, verifying TLS against the
+    system store, and closes it in ``aclose()``.
     """
 
     def __init__(
@@ -96,8 +98,7 @@ class DcsClient:
         page_size: int = 100,
         max_tasks: int = 10_000,
         max_concurrency: int = 16,
-        session: aiohttp.ClientSession | None = None,
-        transport: HttpTransport | None = None,
+        http: Http | None = None,
         gate: ApiGate | None = None,
     ) -> None:
         self._endpoint = endpoint.rstrip("/")
@@ -109,22 +110,34 @@ class DcsClient:
                 raise ValueError("DcsClient needs credentials, or ak and sk")
             credentials = AkSkCredentials(ak, sk)
         self._host = split.netloc
+        #: ``host:port`` as errors name the endpoint (never the URL: its query carries a signature).
+        self._name = split.netloc.rpartition("@")[2]
         self._project_id = project_id
         self._credentials = credentials
         self._region = region or split.hostname
         self._timeout = timeout
+        self._client_timeout = aiohttp.ClientTimeout(total=timeout)
         self._page_size = page_size
         self._max_tasks = max_tasks
         self._gate = gate or ApiGate(
             max_concurrency=max_concurrency, region_concurrency=max_concurrency, rate=1e6, min_rate=1e6
         )
-        self._session = session
-        self._own_session = session is None
-        self._transport: HttpTransport = transport or KeepAliveTransport()
-        self._own_transport = transport is None
+        self._http = http
+        self._own_http = http is None
+        #: ``ssl=`` of every request (the endpoint's TLS decision), taken from the Http on first use.
+        self._ssl: ssl.SSLContext | bool | None = None
+        # The same for every request: a header HTTP/1.1 cannot carry is a mistake found once, not per poll.
+        self._base_headers = {
+            "Content-Type": "application/json",
+            "Host": self._host,
+            "User-Agent": USER_AGENT,
+            "X-Project-Id": self._project_id,
+        }
+        self._header_problem = _header_problem(self._base_headers)
         #: The API's clock minus ours, in seconds, from the ``Date`` of its answers (None: not seen yet).
         self.clock_offset: float | None = None
-        self._paths: dict[str, str] = {}
+        #: Instance id → ``endpoint + path + "?"`` of its task list (emptied by forget()).
+        self._task_urls: dict[str, str] = {}
         self._next_date_check = 0.0
 
     @property
@@ -139,11 +152,9 @@ class DcsClient:
         return f"<DcsClient {self._endpoint} project={self._project_id}>"
 
     async def aclose(self) -> None:
-        if self._own_transport:
-            await self._transport.aclose()
-        if self._own_session and self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._own_http and self._http is not None:
+            await self._http.aclose()
+            self._http = None
 
     async def __aenter__(self) -> DcsClient:
         return self
@@ -151,10 +162,13 @@ class DcsClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
-    def _get_session(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(headers={"User-Agent": USER_AGENT})
-        return self._session
+    def _get_http(self) -> tuple[Http, ssl.SSLContext | bool]:
+        """The session, and the ``ssl=`` of this endpoint's requests (decided once)."""
+        if self._http is None:
+            self._http = make_http()
+        if self._ssl is None:
+            self._ssl = self._http.ssl_for(self._endpoint)
+        return self._http, self._ssl
 
     async def list_tasks(self, instance_id: str, start: datetime, end: datetime) -> list[Task]:
         """Every task created in [start, end] (UTC), all pages read, duplicates across pages dropped."""
@@ -170,7 +184,7 @@ class DcsClient:
         ``unchanged`` is the ``digest`` of the previous answer: when this answer is the same single
         page, byte for byte, it is not parsed at all and ``tasks`` is None ("nothing changed").
         """
-        path = self._tasks_path(instance_id)
+        prefix = self._tasks_url(instance_id)
         end_time, start_time = format_query_time(end), format_query_time(start)
         seen: dict[str, Task] = {}
         offset = 0
@@ -178,7 +192,7 @@ class DcsClient:
         for number in range(MAX_PAGES):
             # The canonical query (keys sorted, values digits: nothing to escape), built directly.
             query = f"end_time={end_time}&limit={self._page_size}&offset={offset}&start_time={start_time}"
-            raw, request_id = await self._get_raw(instance_id, path, query)
+            raw, request_id = await self._get_raw(instance_id, prefix + query)
             if number == 0:
                 digest = hashlib.blake2b(raw, digest_size=16).digest()
                 if digest == unchanged:
@@ -230,41 +244,36 @@ class DcsClient:
     async def _get_json(
         self, instance_id: str, path: str, params: Sequence[tuple[str, str]]
     ) -> dict[str, Any]:
-        raw, request_id = await self._get_raw(instance_id, path, canonical_query(params))
+        query = canonical_query(params)
+        raw, request_id = await self._get_raw(instance_id, f"{self._endpoint}{path}?{query}")
         return self._decode(instance_id, raw, request_id)
 
     def forget(self, instance_id: str) -> None:
         """The instance is no longer watched: drop what the client keeps for it."""
-        self._paths.pop(instance_id, None)
+        self._task_urls.pop(instance_id, None)
 
-    def _tasks_path(self, instance_id: str) -> str:
-        path = self._paths.get(instance_id)
-        if path is None:
+    def _tasks_url(self, instance_id: str) -> str:
+        url = self._task_urls.get(instance_id)
+        if url is None:
             project, instance = quote(self._project_id, safe=""), quote(instance_id, safe="")
-            path = self._paths[instance_id] = f"/v2/{project}/instances/{instance}/tasks"
-        return path
+            url = self._task_urls[instance_id] = f"{self._endpoint}/v2/{project}/instances/{instance}/tasks?"
+        return url
 
-    async def _get_raw(self, instance_id: str, path: str, query: str) -> tuple[bytes, str | None]:
+    async def _get_raw(self, instance_id: str, url: str) -> tuple[bytes, str | None]:
         """The body of a 200 answer (and its request id), retried once after a 401 with fresh credentials.
 
-        ``query`` must be canonical (:func:`~notifier.dcs.signer.canonical_query`): it is signed as it is.
+        ``url``'s query must be canonical (:func:`~notifier.dcs.signer.canonical_query`): it is signed and
+        sent as it is.
         """
-        target = f"{path}?{query}" if query else path
-        base_headers = {
-            "Content-Type": "application/json",
-            "Host": self._host,
-            "User-Agent": USER_AGENT,
-            "X-Project-Id": self._project_id,
-        }
         try:
-            raw, request_id = await self._send(instance_id, target, base_headers)
+            raw, request_id = await self._send(instance_id, url)
         except DcsApiError as exc:
             rejected = exc.sent_headers
             exc.sent_headers = None
             # A rejected IAM token or a rotated credentials file: the provider may have fresh ones.
             if exc.http_status != 401 or not self._credentials.invalidate(self._project_id, rejected):
                 raise
-            raw, request_id = await self._send(instance_id, target, base_headers)
+            raw, request_id = await self._send(instance_id, url)
         return raw, request_id
 
     @staticmethod
@@ -290,45 +299,52 @@ class DcsClient:
             )
         return body
 
-    async def _send(
-        self, instance_id: str, target: str, base_headers: dict[str, str]
-    ) -> tuple[bytes, str | None]:
+    async def _send(self, instance_id: str, url: str) -> tuple[bytes, str | None]:
         """One request through the gate: the body of a 200, or a DcsApiError."""
-        session = self._get_session()
+        http, ssl_arg = self._get_http()
+        if self._header_problem is not None:  # asking again will not help
+            problem = f"cannot send the request: {self._header_problem}"
+            raise DcsApiError(instance_id, Reason.CLIENT_ERROR, problem)
         limiter = self._gate.limiter(self._host)
         try:
             async with self._gate.slot(self._region, self._host):
                 # Authenticated as late as possible: a request that waited for its slot is not stale.
                 headers = await self._credentials.apply(
-                    "GET",
-                    self._endpoint + target,
-                    base_headers,
-                    b"",
-                    project_id=self._project_id,
-                    session=session,
+                    "GET", url, self._base_headers, b"", project_id=self._project_id, http=http
                 )
-                answer = await self._transport.get(self._endpoint, target, headers, self._timeout)
+                async with http.session.get(
+                    URL(url, encoded=True),  # sent exactly as signed
+                    headers=headers,
+                    ssl=ssl_arg,
+                    timeout=self._client_timeout,
+                    allow_redirects=False,  # a redirect would carry the signature (and ssl=) elsewhere
+                ) as resp:
+                    status = resp.status
+                    answer_headers = resp.headers
+                    raw = await _read_capped(resp, self._name)
         except CredentialsError as exc:
             raise DcsApiError(instance_id, exc.reason, str(exc)) from None
-        except TimeoutError:
+        except TimeoutError:  # aiohttp's own timeouts are TimeoutErrors too
             raise DcsApiError(instance_id, Reason.TIMEOUT, f"no answer within {self._timeout:g} s") from None
-        except TransportError as exc:  # its message names the endpoint's host, never the URL
+        except _TooLarge as exc:
             raise DcsApiError(instance_id, Reason.CONNECTION, str(exc)) from None
+        except aiohttp.ClientError as exc:  # described by the endpoint's host, never the URL
+            message = describe_client_error(exc, self._name, http.tls.hint)
+            raise DcsApiError(instance_id, Reason.CONNECTION, message) from None
         except ValueError as exc:  # a request that cannot be sent as it is: asking again will not help
             raise DcsApiError(instance_id, Reason.CLIENT_ERROR, f"cannot send the request: {exc}") from None
-        raw = answer.body
-        request_id = answer.headers.get("x-request-id")
-        if answer.status == 200:
+        request_id = answer_headers.get("X-Request-Id")
+        if status == 200:
             limiter.on_success()
             if time.monotonic() >= self._next_date_check:
-                self._observe_date(answer.headers.get("date"))
+                self._observe_date(answer_headers.get("Date"))
             return raw, request_id
-        error = self._http_error(instance_id, answer.status, raw, request_id, answer.headers)
+        error = self._http_error(instance_id, status, raw, request_id, answer_headers)
         if error.reason is Reason.RATE_LIMITED:
             limiter.on_throttled()
             if error.retry_after:
                 limiter.pause(min(error.retry_after, MAX_PAUSE_SECONDS))
-        elif answer.status == 401:
+        elif status == 401:
             error.sent_headers = headers  # for invalidate(): which token was rejected
         raise error
 
@@ -365,8 +381,39 @@ class DcsClient:
             http_status=status,
             error_code=code,
             request_id=request_id,
-            retry_after=_retry_after(headers.get("retry-after")),
+            retry_after=parse_retry_after(headers.get("Retry-After")),
         )
+
+
+class _TooLarge(Exception):
+    """An answer past MAX_ANSWER_BYTES; the message names the endpoint's host."""
+
+
+async def _read_capped(resp: aiohttp.ClientResponse, name: str) -> bytes:
+    """The whole (decoded) body, at most MAX_ANSWER_BYTES of it: a hostile answer cannot fill memory."""
+    size = resp.content_length
+    if size is not None and size <= MAX_ANSWER_BYTES and "Content-Encoding" not in resp.headers:
+        return await resp.read()  # the common case: framed, not compressed, one read
+    chunks: list[bytes] = []
+    total = 0
+    async for chunk in resp.content.iter_any():  # decoded (gzip, deflate) by aiohttp
+        total += len(chunk)
+        if total > MAX_ANSWER_BYTES:
+            raise _TooLarge(f"{name} sent an answer larger than {MAX_ANSWER_BYTES >> 20} MiB")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _header_problem(headers: Mapping[str, str]) -> str | None:
+    """Why ``headers`` cannot be sent over HTTP/1.1 (a line break, not Latin-1), or None."""
+    for name, value in headers.items():
+        if "\r" in value or "\n" in value:
+            return f"header {name}: a line break in its value"
+        try:
+            value.encode("latin-1")
+        except UnicodeEncodeError:
+            return "a header holds characters HTTP/1.1 cannot carry (not Latin-1)"
+    return None
 
 
 @dataclass(frozen=True, slots=True)

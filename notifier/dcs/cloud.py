@@ -1,38 +1,36 @@
 """The cloud side of a config: credential providers, HTTP, a politeness gate, a client per project.
 
-Every project's :class:`~notifier.dcs.client.DcsClient` shares the transport (TLS settings, proxy,
-kept-alive connections), the aiohttp session (IAM tokens; the transport's when a proxy is in effect)
-and the gate (concurrency per region and overall, an adaptive rate limit per
-endpoint). Projects of one account share its credential provider (one IAM token cache, one watched
-credentials file).
+Every project's :class:`~notifier.dcs.client.DcsClient` shares one :class:`~notifier.net.session.Http`
+(the long-lived aiohttp session with the ``api.`` TLS settings and proxy; IAM token requests use it too)
+and the gate (concurrency per region and overall, an adaptive rate limit per endpoint). Projects of one
+account share its credential provider (one IAM token cache, one watched credentials file).
 """
 
 from __future__ import annotations
 
 from datetime import timedelta
 
+from notifier.config.env import require_credentials
 from notifier.config.models import (
-    AkSkCredentials,
+    AkSkCredentialsConfig,
     Config,
-    FileCredentials,
-    IamCredentials,
-    require_credentials,
+    FileCredentialsConfig,
+    IamCredentialsConfig,
 )
 from notifier.dcs import credentials as providers
-from notifier.dcs.client import USER_AGENT, DcsClient
+from notifier.dcs.client import DcsClient
 from notifier.dcs.credentials import CredentialProvider
 from notifier.dcs.limits import ApiGate
-from notifier.dcs.transport import transport_for
-from notifier.net.session import make_session
+from notifier.net.session import make_http
 
 
 def credential_provider(
-    config: AkSkCredentials | FileCredentials | IamCredentials, region: str, timeout: float
+    config: AkSkCredentialsConfig | FileCredentialsConfig | IamCredentialsConfig, region: str, timeout: float
 ) -> CredentialProvider:
     """The provider for one ``credentials`` entry (``region`` picks the default IAM endpoint)."""
-    if isinstance(config, FileCredentials):
+    if isinstance(config, FileCredentialsConfig):
         return providers.FileCredentials(config.path)
-    if isinstance(config, IamCredentials):
+    if isinstance(config, IamCredentialsConfig):
         return providers.IamPasswordCredentials(
             config.endpoint_for(region),
             config.domain,
@@ -53,13 +51,12 @@ class Cloud:
     def __init__(self, config: Config) -> None:
         require_credentials(config)
         api = config.api
-        self.session = make_session(
+        self.http = make_http(
+            setting="api",
             ca_bundle=api.ca_bundle,
             insecure_hosts=api.insecure_endpoints,
             proxy=api.proxy.get_secret_value() if api.proxy else None,
-            user_agent=USER_AGENT,
         )
-        self.transport = transport_for(self.session)
         self.gate = ApiGate(
             max_concurrency=api.max_concurrency,
             region_concurrency=api.region_concurrency,
@@ -72,7 +69,7 @@ class Cloud:
             # One provider per credentials entry (and per region, for the IAM endpoint).
             cache_key = (
                 id(spec.credentials),
-                spec.region if isinstance(spec.credentials, IamCredentials) else "",
+                spec.region if isinstance(spec.credentials, IamCredentialsConfig) else "",
             )
             provider = shared.get(cache_key)
             if provider is None:
@@ -85,11 +82,9 @@ class Cloud:
                 timeout=api.timeout,
                 page_size=api.page_size,
                 max_tasks=config.poll.max_tasks,
-                session=self.session,
-                transport=self.transport,
+                http=self.http,
                 gate=self.gate,
             )
 
     async def aclose(self) -> None:
-        await self.transport.aclose()
-        await self.session.close()
+        await self.http.aclose()

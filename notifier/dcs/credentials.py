@@ -29,6 +29,9 @@ import yaml
 
 from notifier.dcs.signer import sign
 from notifier.errors import CredentialsError, Reason
+from notifier.net.errors import describe_client_error
+from notifier.net.session import Http
+from notifier.redaction import mask
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +62,11 @@ class CredentialProvider(Protocol):
         body: bytes,
         *,
         project_id: str,
-        session: aiohttp.ClientSession,
+        http: Http,
     ) -> dict[str, str]:
         """Headers with authentication added: signed (Authorization, X-Sdk-Date, [X-Security-Token]) or
-        X-Auth-Token. ``url`` is the full URL as sent, including the canonical query."""
+        X-Auth-Token. ``url`` is the full URL as sent, including the canonical query; ``http`` is the
+        cloud side's session, for providers that call IAM."""
         ...
 
     def invalidate(self, project_id: str, rejected: Mapping[str, str] | None = None) -> bool:
@@ -138,7 +142,7 @@ class AkSkCredentials:
         body: bytes,
         *,
         project_id: str,
-        session: aiohttp.ClientSession,
+        http: Http,
     ) -> dict[str, str]:
         return self.sign(method, url, headers, body, query_is_canonical=True)  # the protocol's promise
 
@@ -390,7 +394,7 @@ class FileCredentials:
         body: bytes,
         *,
         project_id: str,
-        session: aiohttp.ClientSession,
+        http: Http,
     ) -> dict[str, str]:
         return self.current().sign(method, url, headers, body, query_is_canonical=True)
 
@@ -493,11 +497,11 @@ class IamPasswordCredentials:
             return token
         return None
 
-    async def token(self, project_id: str, session: aiohttp.ClientSession) -> str:
+    async def token(self, project_id: str, http: Http) -> str:
         """The token for ``project_id`` (cached, refreshed when due). Never log it."""
-        return (await self._token(project_id, session)).value
+        return (await self._token(project_id, http)).value
 
-    async def _token(self, project_id: str, session: aiohttp.ClientSession) -> _Token:
+    async def _token(self, project_id: str, http: Http) -> _Token:
         if not project_id:
             raise ValueError("project_id is required")
         token = self._usable(project_id, self._now())
@@ -517,7 +521,7 @@ class IamPasswordCredentials:
             ):
                 raise error.with_traceback(None)
             try:
-                fresh = await self._fetch(project_id, session, now)
+                fresh = await self._fetch(project_id, http, now)
             except CredentialsError as exc:
                 return self._failed(project_id, exc, now)
             self._attempts[project_id] = self._attempts.get(project_id, 0) + 1
@@ -551,9 +555,9 @@ class IamPasswordCredentials:
         return CredentialsError(self.source, reason, message, retryable=retryable, http_status=status)
 
     def _redact(self, text: str) -> str:
-        return text.replace(self._password, "***")
+        return mask(text, [self._password])
 
-    async def _fetch(self, project_id: str, session: aiohttp.ClientSession, now: datetime) -> _Token:
+    async def _fetch(self, project_id: str, http: Http, now: datetime) -> _Token:
         payload = {
             "auth": {
                 "identity": {
@@ -571,9 +575,10 @@ class IamPasswordCredentials:
         }
         url = f"{self._endpoint}/v3/auth/tokens?nocatalog=true"
         try:
-            async with session.post(
+            async with http.session.post(
                 url,
                 json=payload,
+                ssl=http.ssl_for(url),
                 timeout=self._timeout,
                 allow_redirects=False,
                 raise_for_status=False,
@@ -587,9 +592,8 @@ class IamPasswordCredentials:
             ) from None
         except aiohttp.ClientError as exc:
             # The exception text may carry the URL; name only the host.
-            raise self._error(
-                Reason.CONNECTION, f"cannot reach IAM at {self._host}: {type(exc).__name__}"
-            ) from None
+            why = describe_client_error(exc, self._host, http.tls.hint)
+            raise self._error(Reason.CONNECTION, f"cannot reach IAM: {why}") from None
         if status in (401, 403):
             raise self._error(
                 Reason.AUTH,
@@ -688,9 +692,9 @@ class IamPasswordCredentials:
         body: bytes,
         *,
         project_id: str,
-        session: aiohttp.ClientSession,
+        http: Http,
     ) -> dict[str, str]:
-        token = await self._token(project_id, session)
+        token = await self._token(project_id, http)
         out = {key: value for key, value in headers.items() if key.lower() != HEADER_AUTH_TOKEN.lower()}
         out[HEADER_AUTH_TOKEN] = token.value
         return out

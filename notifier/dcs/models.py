@@ -34,14 +34,26 @@ SUCCEEDED_STATUSES = frozenset({"SUCCESS"})
 FAILED_STATUSES = frozenset({"FAILED", "FAIL", "ERROR"})
 
 
+_DOCUMENTED_STATUSES = IN_PROGRESS_STATUSES | SUCCEEDED_STATUSES | FAILED_STATUSES
+
+
 def classify_status(status: str) -> Outcome:
-    """Map a raw task status to an outcome; unknown statuses are kept and count as in progress."""
+    """Map a raw task status to an outcome; unknown statuses are kept and count as in progress.
+
+    The one place a task status is interpreted: everything else asks this (or :attr:`Task.outcome`).
+    """
     s = status.strip().upper()
     if s in SUCCEEDED_STATUSES:
         return Outcome.SUCCEEDED
     if s in FAILED_STATUSES:
         return Outcome.FAILED
     return Outcome.IN_PROGRESS
+
+
+def is_documented_status(status: str) -> bool:
+    """Whether the API documents ``status``: an undocumented one counts as in progress, but may be a
+    final status we do not know, so the poller follows it for a shorter time."""
+    return status.strip().upper() in _DOCUMENTED_STATUSES
 
 
 # Task names as the API reports them → words a person reads in Slack.

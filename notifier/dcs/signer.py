@@ -42,7 +42,6 @@ _AUTH_RE = re.compile(
 )
 
 
-@functools.lru_cache(maxsize=65_536)  # query keys, instance ids and times repeat poll after poll
 def _encode(text: str) -> str:
     return quote(text, safe="~")
 
@@ -58,9 +57,15 @@ def canonical_query(params: QueryParams) -> str:
     return "&".join(f"{_encode(k)}={_encode(v)}" for k, v in sorted(_pairs(params)))
 
 
-@functools.lru_cache(maxsize=65_536)  # one path per instance: polled again and again
+#: A path made of unreserved characters only: its canonical form is itself (the common case, ids are
+#: UUIDs). Not a cache keyed by path: that would keep every instance ever polled.
+_PLAIN_PATH = re.compile(r"[A-Za-z0-9\-._~/]*")
+
+
 def canonical_uri(path: str) -> str:
     """The path as signed: each segment un-escaped then re-encoded, with a trailing ``/``."""
+    if _PLAIN_PATH.fullmatch(path):
+        return path if path.endswith("/") else path + "/"
     encoded = "/".join(_encode(segment) for segment in unquote(path).split("/"))
     return encoded if encoded.endswith("/") else encoded + "/"
 

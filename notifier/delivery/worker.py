@@ -31,9 +31,9 @@ from dataclasses import dataclass, field
 
 from notifier.config.models import DeliveryConfig
 from notifier.delivery.channels.base import Channel
-from notifier.errors import CorruptStateError, DeliveryError, Reason, StateStoreError
+from notifier.errors import CorruptStateError, DeliveryError, Reason, StoreError
 from notifier.pipeline.events import Notification
-from notifier.store.state import OutboxEntry, StateStore
+from notifier.store.outbox import Outbox, OutboxEntry
 
 log = logging.getLogger(__name__)
 
@@ -129,13 +129,13 @@ class Deliverer:
 
     def __init__(
         self,
-        store: StateStore,
+        outbox: Outbox,
         channels: Mapping[str, Channel],
         config: DeliveryConfig,
         *,
         stop: asyncio.Event | None = None,
     ) -> None:
-        self.store = store
+        self.outbox = outbox
         self.channels = dict(channels)
         self.config = config
         self.stop = stop or asyncio.Event()
@@ -162,8 +162,8 @@ class Deliverer:
 
     async def _ack(self, entry: OutboxEntry) -> None:
         try:
-            await self.store.mark_delivered(entry)
-        except StateStoreError:
+            await self.outbox.mark_delivered(entry)
+        except StoreError:
             # Sent, but Redis is gone: remember, and acknowledge before anything else when it returns.
             self._unacked[entry.channel].append(entry)
             raise
@@ -171,7 +171,7 @@ class Deliverer:
     async def _flush_unacked(self, name: str) -> None:
         pending = self._unacked[name]
         while pending:
-            await self.store.mark_delivered(pending[0])
+            await self.outbox.mark_delivered(pending[0])
             pending.pop(0)
 
     async def deliver(
@@ -179,7 +179,7 @@ class Deliverer:
     ) -> tuple[Verdict, str]:
         """Deliver one entry, retrying as the policy says; ``budget`` caps the attempts of this call."""
         cfg = self.config
-        if await self.store.was_delivered(entry):
+        if await self.outbox.was_delivered(entry):
             await self._ack(entry)
             return Verdict.DUPLICATE, ""
         tries = 0
@@ -191,14 +191,14 @@ class Deliverer:
                 return Verdict.DELIVERED, ""
             tries += 1
             if not error.retryable:
-                attempts = await self.store.attempts(entry) + 1
-                await self.store.dead_letter(entry, str(error), attempts)
+                attempts = await self.outbox.attempts(entry) + 1
+                await self.outbox.dead_letter(entry, str(error), attempts)
                 return Verdict.DEAD, str(error)
-            attempts = await self.store.record_attempt(entry)
+            attempts = await self.outbox.record_attempt(entry)
             age = entry_age(entry.entry_id, time.time())
             if attempts >= cfg.max_attempts or age >= cfg.max_age:
                 reason = f"gave up after {attempts} attempt(s) over {age:.0f} s; last error: {error}"
-                await self.store.dead_letter(entry, reason, attempts)
+                await self.outbox.dead_letter(entry, reason, attempts)
                 return Verdict.DEAD, reason
             if budget is not None and tries >= budget:
                 return Verdict.PENDING, str(error)
@@ -214,7 +214,7 @@ class Deliverer:
             )
             if not await self._wait_holding(channel.name, entry, delay):
                 return Verdict.PENDING, str(error)
-            if entry.entry_id not in await self.store.renew(channel.name, cfg.consumer):
+            if entry.entry_id not in await self.outbox.renew(channel.name, cfg.consumer):
                 # Another consumer took it over meanwhile: it is theirs to send now.
                 return Verdict.PENDING, f"{error} (entry taken over by another consumer)"
 
@@ -227,7 +227,7 @@ class Deliverer:
         while (left := until - loop.time()) > 0:
             if await pause(min(left, step), self.stop):
                 return False
-            if loop.time() < until and entry.entry_id not in await self.store.renew(
+            if loop.time() < until and entry.entry_id not in await self.outbox.renew(
                 name, self.config.consumer
             ):
                 return False
@@ -276,29 +276,29 @@ class Deliverer:
         4. new entries; the first read may block up to ``block_ms``.
         """
         cfg = self.config
-        store = self.store
+        outbox = self.outbox
         result = PassResult()
         await self._flush_unacked(name)
         if claim:
             min_idle_ms = int(cfg.claim_idle * 1000)
-            while claimed := await store.claim_stale(
+            while claimed := await outbox.claim_stale(
                 name, cfg.consumer, min_idle_ms=min_idle_ms, count=cfg.batch
             ):
                 recover = True
                 if len(claimed) < cfg.batch:
                     break
-        if await store.held_elsewhere(name, cfg.consumer):
+        if await outbox.held_elsewhere(name, cfg.consumer):
             result.waiting = True
             return result
         if recover:
-            while entries := await store.read(name, cfg.consumer, count=cfg.batch, pending=True):
+            while entries := await outbox.read(name, cfg.consumer, count=cfg.batch, pending=True):
                 if not await self._process(name, entries, budget, result) or len(entries) < cfg.batch:
                     break
             if not result.ok or self.stop.is_set():
                 return result
         block = block_ms
         while not self.stop.is_set():
-            entries = await store.read(name, cfg.consumer, count=cfg.batch, block_ms=block)
+            entries = await outbox.read(name, cfg.consumer, count=cfg.batch, block_ms=block)
             block = None
             if not entries or not await self._process(name, entries, budget, result):
                 break
@@ -332,7 +332,7 @@ class Deliverer:
                 next_claim = now + self.config.claim_idle / 2
             try:
                 result = await self.drain(name, recover=recover, claim=claim, block_ms=IDLE_BLOCK_MS)
-            except StateStoreError as exc:
+            except StoreError as exc:
                 # Redis's problems are logged once per episode by the store; the channel's own keys
                 # being unreadable is this channel's, logged when it starts or changes.
                 if isinstance(exc, CorruptStateError) and str(exc) != reported:

@@ -19,12 +19,13 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from notifier.app import Daemon, connect_redis
-from notifier.config.models import parse_config
+from notifier.app import Daemon
+from notifier.config.load import parse_config
 from notifier.devtools.simulator import Scenario, Simulator, default_demo_scenario, install_instances
 from notifier.devtools.standins import RecordedRequest
 from notifier.devtools.standins.slack import SlackStandIn
 from notifier.devtools.standins.webhook import WebhookReceiver
+from notifier.store.connect import connect_redis
 
 #: The embedded default config; ${...} are filled with the addresses of the local stand-ins, and
 #: __INSTANCES__ with the scenario's instances (labelled by DEMO_LABELS, for the rules below).

@@ -80,21 +80,19 @@ def _finished_at(task: Task) -> datetime | None:
     return task.updated_at or task.created_at
 
 
-def _first_sight_type(task: Task) -> EventType:
-    match task.outcome:
-        case Outcome.SUCCEEDED:
-            return EventType.SUCCEEDED
-        case Outcome.FAILED:
-            return EventType.FAILED
-        case Outcome.IN_PROGRESS:
-            return EventType.STARTED
+#: The event of a task first seen with, or newly come to, each outcome.
+_EVENT_OF = {
+    Outcome.IN_PROGRESS: EventType.STARTED,
+    Outcome.SUCCEEDED: EventType.SUCCEEDED,
+    Outcome.FAILED: EventType.FAILED,
+}
 
 
 def _change_type(previous: str, task: Task) -> EventType:
     new = task.outcome
     if new is Outcome.IN_PROGRESS or new is classify_status(previous):
         return EventType.UPDATED
-    return EventType.SUCCEEDED if new is Outcome.SUCCEEDED else EventType.FAILED
+    return _EVENT_OF[new]
 
 
 def _recent(task: Task, since: datetime) -> bool:
@@ -142,7 +140,7 @@ def diff(previous: Snapshot | None, tasks: list[Task], ctx: DiffContext) -> Diff
             if task.outcome is Outcome.IN_PROGRESS:
                 emit(EventType.STARTED, task, None)
             elif _recent(task, silent_before):
-                emit(_first_sight_type(task), task, None)
+                emit(_EVENT_OF[task.outcome], task, None)
             continue
         if seen.status != task.status:
             upserts[task.id] = _seen(task)

@@ -1,20 +1,28 @@
 """Discovery: which instances of a project are watched, from ``GET /v2/{project_id}/instances``.
 
 :func:`select` is pure: the raw instance list in, the watched instances out (with their tags as
-labels). The poller lists each discovering project every ``discovery.interval`` and applies the result:
-new instances are added (and baselined, so no flood), instances filtered out are dropped silently, and
-instances gone from the list are confirmed deleted (404 ``DCS.3022``, or absent from two listings in a
-row) before ``instance.removed`` is announced.
+labels). :class:`Discovery` applies one listing to the fleet (the scheduler lists each discovering
+project every ``discovery.interval``): new instances are added (and baselined, so no flood), instances
+filtered out are dropped silently, and instances gone from the list are confirmed deleted (404
+``DCS.3022``, or absent from two listings in a row) before ``instance.removed`` is announced.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Any
 
 from notifier.config.models import InstanceConfig, InstanceFilter, ProjectSpec
+from notifier.errors import DcsApiError, Failure, StoreError
+from notifier.pipeline.events import InstanceRef
+from notifier.pipeline.health import Subject
+from notifier.pipeline.instance import InstancePoller
+from notifier.pipeline.watch import Fleet, Target, Watch
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,3 +84,88 @@ def select(instances: Iterable[Mapping[str, Any]], spec: ProjectSpec) -> Listing
         elif matches(iid, name, str(raw.get("status") or ""), tags, spec.filter):
             watched[iid] = InstanceConfig(id=iid, name=name, labels={**spec.labels, **tags})
     return Listing(listed=frozenset(listed), watched=watched)
+
+
+def _subject(spec: ProjectSpec) -> Subject:
+    """The health subject of a project's instance listing (``poller.*`` events name it as the instance)."""
+    ref = InstanceRef(
+        id=f"instances-of:{spec.project_id}", name=f"the instance list of project {spec.project_id}"
+    )
+    return Subject(f"{spec.project_id}/~discovery", spec.project_id, spec.region, ref)
+
+
+class Discovery:
+    """Lists discovering projects' instances and applies each listing to the fleet."""
+
+    def __init__(self, fleet: Fleet, instances: InstancePoller) -> None:
+        self.fleet = fleet
+        self.instances = instances
+        self._reported: dict[str, tuple[object, ...]] = {}  # project id → last error logged
+
+    async def discover(self, spec: ProjectSpec) -> bool:
+        """List ``spec``'s instances and update the fleet; False when the listing failed."""
+        fleet = self.fleet
+        subject = _subject(spec)
+        try:
+            raw = await fleet.clients[spec.project_id].list_instances()
+        except DcsApiError as exc:
+            fingerprint = Failure.of(exc).fingerprint
+            if self._reported.get(spec.project_id) != fingerprint:
+                self._reported[spec.project_id] = fingerprint
+                log.error("discovery of project %s (%s) failed: %s", spec.project_id, spec.account, exc)
+            # A project whose instance list keeps failing is watched by nobody: that is ops' business.
+            await fleet.announce(subject.key, fleet.health.failed(subject, exc))
+            return False
+        if self._reported.pop(spec.project_id, None) is not None:
+            log.info("discovery of project %s recovered", spec.project_id)
+        await fleet.announce(subject.key, fleet.health.succeeded(subject))
+        await self.apply(spec, raw)
+        return True
+
+    async def apply(self, spec: ProjectSpec, raw: Iterable[Mapping[str, Any]]) -> None:
+        """Apply one listing of ``spec``'s instances (the API's raw dicts) to the fleet."""
+        fleet = self.fleet
+        listing = select(raw, spec)
+        configured = {i.id for i in spec.instances}
+        for inst in listing.watched.values():
+            target = Target(spec, inst, discovered=inst.id not in configured)
+            w = fleet.get(target.key)
+            if w is None:
+                log.info("discovered instance %s (%s) in project %s", inst.name, inst.id, spec.project_id)
+                fleet.add(target)
+            else:
+                if w.target != target:
+                    fleet.add(target)
+                w.unlisted = 0
+        for w in fleet:
+            target = w.target
+            if target.project.project_id != spec.project_id or not target.discovered:
+                continue
+            if target.instance.id in listing.watched:
+                continue
+            if target.instance.id in listing.listed:
+                await fleet.close_health(target.key)
+                log.info(
+                    "instance %s no longer matches the discovery filter; not watched", target.instance.name
+                )
+                fleet.retire(target.key)
+                continue
+            if not fleet.owns(target.key):
+                continue  # the replica that owns it decides whether it was deleted
+            w.unlisted += 1
+            if w.unlisted == 1:
+                fleet.wake(target.key)  # confirm at once: its tasks answer 404 DCS.3022 if it was deleted
+            else:
+                await self._gone_from_list(w)
+        fleet.check_rate()
+
+    async def _gone_from_list(self, w: Watch) -> None:
+        target = w.target
+        try:
+            previous = await self.fleet.store.snapshots.load(target.project.project_id, target.instance.id)
+        except StoreError:
+            return
+        if previous is None:
+            await self.instances.deleted_unseen(target)
+            return
+        await self.instances.instance_gone(w, previous, None)

@@ -28,10 +28,6 @@ class EventType(enum.StrEnum):
     #: Polling works again after ``poller.unhealthy``.
     POLLER_RECOVERED = "poller.recovered"
 
-    @property
-    def is_task_event(self) -> bool:
-        return self.value.startswith("task.")
-
 
 class InstanceRef(BaseModel):
     """The watched instance as configured: id, a readable name, labels for routing."""

@@ -2,7 +2,7 @@
 ``poller.recovered`` when they work again. Never one message per failed poll.
 
 The tracker is pure bookkeeping (no I/O): the poller reports each outcome and gets back the event to
-announce, if any; it records the announcement in Redis (:meth:`StateStore.record_health`, atomically
+announce, if any; it records the announcement in Redis (:meth:`HealthRecords.record`, atomically
 with the outbox entries) and then confirms it here. Which instances are announced survives restarts
 (it is loaded from Redis); when the failures began is kept in memory only.
 """

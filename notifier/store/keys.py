@@ -4,6 +4,10 @@ Every key starts with the configured prefix (``redis.key_prefix``, default ``dcs
 deployments can share one Redis database. ``{p}`` below is that prefix. The names below are those of
 one server or a Sentinel-managed master; a Redis Cluster uses hash-tagged names (last section).
 
+Who writes what (modules of :mod:`notifier.store`): ``snap`` and ``epoch`` — ``snapshots``; ``health`` —
+``health``; ``outbox``, ``delivered``, ``attempts`` — ``outbox`` (which also buries entries in ``dead``);
+``dead`` — ``dead_letters``; ``heartbeat`` — ``heartbeat``; ``daemon``, ``replicas``, ``lease`` — ``leases``.
+
 ``{p}:snap:{project_id}:{instance_id}`` — HASH, no TTL.
     What was last seen of each task of one instance: field = task id, value = compact JSON
     ``{"s": status, "u": updated_at, "c": created_at}`` (ISO 8601, "" when unknown). Reserved fields:

@@ -37,7 +37,7 @@ import redis.exceptions
 
 from notifier.errors import NotifierError
 from notifier.store.keys import Keys
-from notifier.store.state import RedisClient
+from notifier.store.link import RedisClient
 
 log = logging.getLogger(__name__)
 
@@ -130,13 +130,10 @@ class ShardLeases:
         self.held: set[int] = set()
         self.members: list[str] = []
         self._valid_until = 0.0  # monotonic: leases are trusted until then
-        self._shard_cache: dict[str, int] = {}
 
     def shard(self, key: str) -> int:
-        shard = self._shard_cache.get(key)
-        if shard is None:
-            shard = self._shard_cache[key] = shard_of(key, self.shards)
-        return shard
+        # Not cached: a cache keyed by instance would outlive retired instances (one blake2b is cheap).
+        return shard_of(key, self.shards)
 
     def owns(self, key: str) -> bool:
         """Whether this replica may poll the instance ``key`` now."""

@@ -1,22 +1,31 @@
-"""Raw HTTP servers on loopback for the transport's tests: every byte they send is the test's choice.
+"""Raw HTTP peers on loopback for the HTTP tests: servers whose every byte is the test's choice, and a
+small forward proxy.
 
 ``LoopbackServer`` runs ``handler(server, reader, writer)`` once per accepted connection and records what
 it saw (connections, request heads, connections the client ended). ``scripted(script)`` is the common
 handler: request n (counted over all connections) is answered with ``script(n, head)`` — bytes; bytes
-then "close"; or ``HANG`` (no answer until the client gives up). The ``serve`` and ``transport``
-fixtures are registered for every test by ``tests/conftest.py``.
+then "close"; or ``HANG`` (no answer until the client gives up).
+
+``LoopbackProxy`` is an HTTP forward proxy (absolute-form requests and CONNECT tunnels, optional Basic
+authentication) that forwards to 127.0.0.1 only and records what it was asked.
+
+Fixtures registered for every test by ``tests/conftest.py``: ``serve``, ``proxy``, ``no_proxy_env`` (the
+host's proxy variables removed), ``ca`` (a trustme CA) and ``ca_pem`` (its certificate in a PEM file).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import suppress
 from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
-
-from notifier.dcs.transport import KeepAliveTransport
+import trustme
 
 
 class Hang:
@@ -149,8 +158,135 @@ async def serve() -> AsyncIterator[StartServer]:
         await server.stop()
 
 
+class LoopbackProxy:
+    """A minimal HTTP forward proxy on 127.0.0.1: absolute-form requests and CONNECT tunnels, one request
+    per client connection. Records every request line it gets (``seen``) and the Proxy-Authorization
+    sent with it; forwards only to 127.0.0.1. With ``auth``, anything else is answered 407. ``aliases``
+    are host names only the proxy knows (it forwards them to 127.0.0.1): a receiver named so is reachable
+    through the proxy only, and nobody resolves its name."""
+
+    def __init__(self, auth: tuple[str, str] | None = None, aliases: Iterable[str] = ()) -> None:
+        self.aliases = frozenset(aliases)
+        self.seen: list[str] = []
+        self.auth_seen: list[str | None] = []
+        self._expected = None
+        if auth is not None:
+            self._expected = "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> LoopbackProxy:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def stop(self) -> None:
+        self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        upstream: list[asyncio.StreamWriter] = []
+        try:
+            await self._serve(reader, writer, upstream)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            for w in (writer, *upstream):
+                w.close()
+                with suppress(ConnectionError, asyncio.CancelledError):
+                    await w.wait_closed()
+            self._tasks.discard(task)
+
+    async def _serve(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, upstream: list[asyncio.StreamWriter]
+    ) -> None:
+        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+        request_line, *lines = head.split("\r\n")
+        method, target, version = request_line.split(" ")
+        headers = [(k.strip(), v.strip()) for k, _, v in (h.partition(":") for h in lines if h)]
+        self.seen.append(f"{method} {target}")
+        auth = next((v for k, v in headers if k.lower() == "proxy-authorization"), None)
+        self.auth_seen.append(auth)
+        if self._expected is not None and auth != self._expected:
+            writer.write(
+                b'HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic realm="t"\r\n'
+                b"Content-Length: 0\r\nConnection: close\r\n\r\n"
+            )
+            await writer.drain()
+            return
+        if method == "CONNECT":
+            host, _, port = target.rpartition(":")
+            host = "127.0.0.1" if host in self.aliases else host
+            assert host == "127.0.0.1", target
+            up_reader, up_writer = await asyncio.open_connection(host, int(port))
+            upstream.append(up_writer)
+            writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+            return
+        url = urlsplit(target)  # absolute-form: http://host:port/path?query
+        host = "127.0.0.1" if url.hostname in self.aliases else url.hostname
+        assert url.scheme == "http" and host == "127.0.0.1", target
+        up_reader, up_writer = await asyncio.open_connection(host, url.port or 80)
+        upstream.append(up_writer)
+        hop_by_hop = {"proxy-authorization", "proxy-connection", "connection", "keep-alive"}
+        kept = [f"{k}: {v}" for k, v in headers if k.lower() not in hop_by_hop]
+        length = next((int(v) for k, v in headers if k.lower() == "content-length"), 0)
+        body = await reader.readexactly(length) if length else b""
+        path = (url.path or "/") + (f"?{url.query}" if url.query else "")
+        out = "\r\n".join([f"{method} {path} {version}", *kept, "Connection: close", "", ""])
+        up_writer.write(out.encode("latin-1") + body)
+        await _pipe(up_reader, writer)
+
+
+async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+    try:
+        while data := await src.read(65536):
+            dst.write(data)
+            await dst.drain()
+    except ConnectionError:
+        pass
+    finally:
+        dst.close()
+
+
 @pytest.fixture
-async def transport() -> AsyncIterator[KeepAliveTransport]:
-    t = KeepAliveTransport()
-    yield t
-    await t.aclose()
+async def proxy() -> AsyncIterator[LoopbackProxy]:
+    """A started LoopbackProxy (no authentication), stopped after the test."""
+    p = await LoopbackProxy().start()
+    yield p
+    await p.stop()
+
+
+_PROXY_ENV = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "WS_PROXY", "WSS_PROXY")
+
+
+@pytest.fixture
+def no_proxy_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The host's proxy settings must not leak into a test (NO_PROXY in particular)."""
+    for name in _PROXY_ENV:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+
+
+@pytest.fixture(scope="session")
+def ca() -> trustme.CA:
+    """A private CA for TLS servers on 127.0.0.1 (``ca.issue_cert("127.0.0.1")``)."""
+    return trustme.CA()
+
+
+@pytest.fixture
+def ca_pem(ca: trustme.CA, tmp_path: Path) -> Path:
+    """The private CA's certificate as a PEM file (a ``ca_bundle``)."""
+    path = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(path))
+    return path

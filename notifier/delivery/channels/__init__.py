@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, Field
 
-from notifier.delivery.channels.base import Channel, redact_url
+from notifier.delivery.channels.base import Channel
 from notifier.delivery.channels.slack import SlackChannel, SlackChannelConfig, masked_slack_config
 from notifier.delivery.channels.webhook import WebhookChannel, WebhookChannelConfig, masked_webhook_config
 
@@ -53,5 +53,4 @@ __all__ = [
     "WebhookChannelConfig",
     "build_channel",
     "masked_config",
-    "redact_url",
 ]

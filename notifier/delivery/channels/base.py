@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import abc
 from typing import ClassVar
-from urllib.parse import urlsplit
 
 from notifier.pipeline.events import Notification
 
@@ -36,15 +35,3 @@ class Channel(abc.ABC):
     def __repr__(self) -> str:
         # Never the URL or token: those are secrets.
         return f"<{type(self).__name__} {self.name!r}>"
-
-
-def redact_url(url: str) -> str:
-    """``https://hooks.slack.com/services/T/B/X`` → ``https://hooks.slack.com/…``: safe to log."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<invalid url>"
-    if not parts.scheme or not parts.hostname:
-        return "<redacted>"
-    host = parts.hostname if parts.port is None else f"{parts.hostname}:{parts.port}"
-    return f"{parts.scheme}://{host}/…"

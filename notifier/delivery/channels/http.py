@@ -1,7 +1,13 @@
-"""The HTTP every channel shares: one session factory, and what to make of an answer (or of none).
+"""The HTTP every channel shares: its settings, its session, and what to make of an answer (or of none).
 
-:func:`channel_session` is the only way a channel gets an :class:`aiohttp.ClientSession` (slack-sdk's
-clients are handed one too), so whatever a receiver does, every channel kind meets it the same way:
+:func:`channel_http` is the only way a channel gets a session (an :class:`~notifier.net.session.Http` from
+the one factory, :func:`~notifier.net.session.make_http`; slack-sdk's clients are handed its session too),
+so whatever a receiver does, every channel kind meets it the same way:
+
+* **Proxies and private CAs.** The environment's ``HTTPS_PROXY`` / ``HTTP_PROXY`` / ``NO_PROXY`` apply;
+  a channel's ``proxy:`` overrides them and its ``ca_bundle:`` is trusted in addition to the system's
+  CAs (:class:`HttpChannelConfig`). An untrusted certificate is an error naming the channel and the key
+  that fixes it.
 
 * **No redirects.** A 3xx is refused at once by a session middleware (it wraps each hop, so it covers
   slack-sdk's calls, which let aiohttp follow redirects): :class:`RedirectRefused`, a permanent failure
@@ -14,34 +20,53 @@ clients are handed one too), so whatever a receiver does, every channel kind mee
   then "accepted, answer unreadable" (sending again would duplicate the message), any other status is
   classified by the status alone.
 
-Also here: classifying statuses, ``Retry-After``, and scrubbing URLs and secrets out of text meant for
-errors and logs — in linear time, and capped.
+Also here: classifying statuses and failures into :class:`~notifier.errors.DeliveryError`. ``Retry-After``
+is read by :func:`notifier.net.headers.parse_retry_after`, secrets scrubbed by :mod:`notifier.redaction`.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import Any, Final
 from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp.typedefs import DEFAULT_JSON_DECODER, JSONDecoder
+from pydantic import BaseModel, Field, SecretStr, field_validator
 
-from notifier.delivery.channels.base import redact_url
 from notifier.errors import DeliveryError, Reason
-from notifier.logsetup import MESSAGE_LIMIT, cut_note, safe_cut
+from notifier.net.errors import describe_client_error
+from notifier.net.headers import parse_retry_after
+from notifier.net.session import Http, check_proxy_url, make_http
+from notifier.net.tls import CaBundle, ca_hint
+from notifier.redaction import scrub
 
 #: The most of an answer any channel reads. Slack's answers are a few KB.
 MAX_ANSWER_BYTES: Final = 1024 * 1024
-#: The scheme is bounded (real ones are short), which keeps matching linear: an unbounded one made the
-#: engine try every start position of a long run of letters against all the rest of it.
-_URL_RE: Final = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]{0,31}://[^\s'\"<>()\]\[,]+")
+
+
+# --- settings every HTTP channel has -------------------------------------------------------------------
+
+
+class HttpChannelConfig(BaseModel):
+    """How a channel reaches its receiver: per-request timeout, proxy, extra trusted CAs."""
+
+    timeout: float = Field(default=10.0, gt=0, le=300)
+    #: An HTTP(S) proxy URL for this channel; default: HTTPS_PROXY / HTTP_PROXY / NO_PROXY from the
+    #: environment.
+    proxy: SecretStr | None = None
+    #: A PEM file of CA certificates trusted in addition to the system's (a receiver with a private CA).
+    ca_bundle: CaBundle | None = None
+
+    @field_validator("proxy")
+    @classmethod
+    def _proxy_url(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None:
+            check_proxy_url(v.get_secret_value())  # its message never quotes the URL
+        return v
 
 
 # --- what a receiver answered --------------------------------------------------------------------------
@@ -159,10 +184,14 @@ async def _refuse_redirects(
     return response
 
 
-def channel_session(timeout: float) -> aiohttp.ClientSession:
-    """The session of one channel: ``timeout`` seconds per request, capped answers, no redirects."""
-    return aiohttp.ClientSession(
-        timeout=aiohttp.ClientTimeout(total=timeout),
+def channel_http(name: str, config: HttpChannelConfig) -> Http:
+    """The session of channel ``name``: its timeout per request, capped answers, no redirects, its proxy
+    (else the environment's) and CA bundle. Call it inside the running event loop."""
+    return make_http(
+        setting=f"channels.{name}",
+        ca_bundle=config.ca_bundle,
+        proxy=config.proxy.get_secret_value() if config.proxy else None,
+        timeout=config.timeout,
         response_class=CappedResponse,
         middlewares=(_refuse_redirects,),
     )
@@ -182,28 +211,6 @@ def check_http_url(url: str, what: str) -> None:
         raise ValueError(f"{what} must start with http:// or https://")
     if not parts.hostname:
         raise ValueError(f"{what} has no host")
-
-
-def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
-    """``Retry-After`` as seconds: delta-seconds or an HTTP date; ``None`` when absent or unreadable."""
-    if value is None:
-        return None
-    text = value.strip()
-    if not text:
-        return None
-    try:
-        seconds = float(text)
-    except ValueError:
-        try:
-            when = parsedate_to_datetime(text)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-        seconds = (when - (now or datetime.now(UTC))).total_seconds()
-    if seconds != seconds or seconds in (float("inf"), float("-inf")):  # NaN/inf
-        return None
-    return max(0.0, seconds)
 
 
 def classify_status(status: int) -> tuple[bool, Reason]:
@@ -245,33 +252,53 @@ def http_error(
     )
 
 
-def scrub(text: str, secrets: Iterable[str] = (), *, limit: int | None = MESSAGE_LIMIT) -> str:
-    """Remove secrets from text meant for errors/logs: every URL becomes ``scheme://host/…``.
-
-    Linear in the text scanned, which is at most ``limit`` characters (``None``: all of it); a longer
-    text is cut first, never inside a secret (see :func:`notifier.logsetup.safe_cut`), with a note of
-    how much was cut.
-    """
-    ordered = sorted({s for s in secrets if s}, key=len, reverse=True)
-    cut = len(text) if limit is None or len(text) <= limit else safe_cut(text, limit, ordered)
-    kept = text[:cut]
-    for secret in ordered:
-        if secret in kept:
-            kept = kept.replace(secret, redact_url(secret) if _URL_RE.fullmatch(secret) else "****")
-    kept = _URL_RE.sub(lambda m: redact_url(m.group(0)), kept)
-    return kept + cut_note(len(text) - cut) if cut < len(text) else kept
-
-
 def describe_exception(exc: BaseException, secrets: Iterable[str] = ()) -> str:
     """``ClientConnectorError: Cannot connect to host …`` with URLs and secrets scrubbed."""
     detail = scrub(str(exc), secrets)
     return f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
 
 
-def transport_error(channel: str, exc: BaseException, secrets: Iterable[str] = ()) -> DeliveryError:
+#: Failures on the way to the receiver that say more than "could not connect".
+_NETWORK_PATH_ERRORS: Final = (
+    aiohttp.ClientConnectorCertificateError,
+    aiohttp.ClientSSLError,
+    aiohttp.ClientProxyConnectionError,
+    aiohttp.ClientHttpProxyError,
+)
+
+
+def receiver_host(url: str) -> str:
+    """``host:port`` of a receiver's URL as errors name it (no user info, path or query)."""
+    parts = urlsplit(url)
+    return _hostport(parts.hostname, parts.port)
+
+
+def _hostport(host: str | None, port: int | None) -> str:
+    if not host:
+        return "the receiver"
+    shown = f"[{host}]" if ":" in host else host
+    return shown if port is None else f"{shown}:{port}"
+
+
+def _host_of(exc: BaseException) -> str:
+    """``host:port`` a failed request was for, as far as the exception says (never its URL)."""
+    if isinstance(exc, aiohttp.ClientHttpProxyError):
+        url = exc.request_info.real_url
+        host, port = url.host, url.port
+    elif isinstance(exc, aiohttp.ClientConnectorError):
+        host, port = exc.host, exc.port
+    else:
+        return "the receiver"
+    return _hostport(host, port)
+
+
+def transport_error(
+    channel: str, exc: BaseException, secrets: Iterable[str] = (), *, host: str | None = None
+) -> DeliveryError:
     """Classify a failure to get a usable answer: timeouts and broken connections are retryable, a
     redirect is refused for good, an unreadable answer counts by its status (a 2xx one is the channel's to
-    judge first: the message was accepted)."""
+    judge first: the message was accepted). ``host``: the receiver's ``host:port``, for TLS and proxy
+    failures (the exception may name only the proxy)."""
     if isinstance(exc, RedirectRefused):
         return redirect_error(channel, exc.status)
     if isinstance(exc, AnswerError):
@@ -279,6 +306,10 @@ def transport_error(channel: str, exc: BaseException, secrets: Iterable[str] = (
         return http_error(channel, exc.status, retry_after, f"({exc.problem})")
     if isinstance(exc, TimeoutError):
         return DeliveryError(channel, True, Reason.TIMEOUT, f"timed out ({type(exc).__name__})")
+    if isinstance(exc, _NETWORK_PATH_ERRORS):
+        # TLS and proxy trouble, named by host (and by the key that fixes an untrusted certificate).
+        message = describe_client_error(exc, host or _host_of(exc), ca_hint(f"channels.{channel}"))
+        return DeliveryError(channel, True, Reason.CONNECTION, message)
     if isinstance(exc, aiohttp.ClientConnectionError | OSError):
         return DeliveryError(channel, True, Reason.CONNECTION, describe_exception(exc, secrets))
     return DeliveryError(channel, False, Reason.INVALID_RESPONSE, describe_exception(exc, secrets))

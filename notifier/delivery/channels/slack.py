@@ -5,11 +5,11 @@ failure becomes a ``DeliveryError`` the delivery loop decides about. A Slack web
 has it can post), as is a token: neither appears in errors, ``repr`` or logs — slack-sdk's debug logging goes
 through a per-channel logger whose filter masks them (and caps what it logs of an answer).
 
-slack-sdk makes the requests, on a session from :func:`~notifier.delivery.channels.http.channel_session` (no
-redirects, answers capped); the answer is judged here, not by slack-sdk's exceptions. A 2xx whose body
-cannot be read (too large, not text, not JSON, JSON without ``ok``) means Slack took the message: it counts
-as delivered, with a warning, since sending it again would post it twice. Any other status is judged by the
-status (and Slack's error code when the body has one).
+slack-sdk makes the requests, on a session from :func:`~notifier.delivery.channels.http.channel_http` (no
+redirects, answers capped, the channel's proxy and CA bundle); the answer is judged here, not by slack-sdk's
+exceptions. A 2xx whose body cannot be read (too large, not text, not JSON, JSON without ``ok``) means Slack
+took the message: it counts as delivered, with a warning, since sending it again would post it twice. Any
+other status is judged by the status (and Slack's error code when the body has one).
 """
 
 from __future__ import annotations
@@ -20,29 +20,31 @@ from collections.abc import Mapping
 from typing import Any, ClassVar, Final, Literal
 from urllib.parse import urlsplit
 
-import aiohttp
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import ConfigDict, Field, SecretStr, model_validator
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
-from notifier.delivery.channels.base import Channel, redact_url
+from notifier.delivery.channels.base import Channel
 from notifier.delivery.channels.http import (
     AnswerError,
     AnswerSeen,
+    HttpChannelConfig,
     RedirectRefused,
-    channel_session,
+    channel_http,
     check_http_url,
     classify_status,
     describe_exception,
-    parse_retry_after,
-    scrub,
+    receiver_host,
     transport_error,
     watch_answers,
 )
 from notifier.delivery.formatters.slack import SlackMessage, format_slack
 from notifier.errors import DeliveryError, Reason
+from notifier.net.headers import parse_retry_after
+from notifier.net.session import Http
 from notifier.pipeline.events import Notification
+from notifier.redaction import redact_url, scrub
 
 DEFAULT_API_BASE_URL: Final = "https://slack.com/api/"
 
@@ -106,8 +108,9 @@ def slack_error_code(body: object) -> str | None:
     return text if _ERROR_CODE_RE.match(text) else None
 
 
-class SlackChannelConfig(BaseModel):
-    """``type: slack`` channel settings: either ``webhook_url``, or ``token`` + ``channel``."""
+class SlackChannelConfig(HttpChannelConfig):
+    """``type: slack`` channel settings: either ``webhook_url``, or ``token`` + ``channel`` (and
+    ``timeout``, ``proxy``, ``ca_bundle``)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
@@ -116,7 +119,6 @@ class SlackChannelConfig(BaseModel):
     token: SecretStr | None = None
     channel: str | None = None
     base_url: str | None = None
-    timeout: float = Field(default=10.0, gt=0, le=300)
     username: str | None = None
     icon_emoji: str | None = None
     #: Messages per second. Slack allows about one per second per incoming webhook / channel.
@@ -187,7 +189,9 @@ class SlackChannel(Channel):
         if config.token is not None:
             self._secrets.append(config.token.get_secret_value().strip())
         self._logger = _sdk_logger(name, self._secrets)
-        self._session: aiohttp.ClientSession | None = None
+        where = config.webhook_url.get_secret_value() if config.webhook_url else config.base_url
+        self._host = receiver_host(where or DEFAULT_API_BASE_URL)
+        self._http: Http | None = None
         self._webhook: AsyncWebhookClient | None = None
         self._web: AsyncWebClient | None = None
 
@@ -195,15 +199,15 @@ class SlackChannel(Channel):
     def config(self) -> SlackChannelConfig:
         return self._config
 
-    def _get_session(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = channel_session(self._config.timeout)
+    def _get_http(self) -> Http:
+        if self._http is None or self._http.closed:
+            self._http = channel_http(self.name, self._config)
             self._webhook = None
             self._web = None
-        return self._session
+        return self._http
 
     def _webhook_client(self) -> AsyncWebhookClient:
-        session = self._get_session()
+        session = self._get_http().session
         if self._webhook is None:
             assert self._config.webhook_url is not None
             self._webhook = AsyncWebhookClient(
@@ -213,10 +217,13 @@ class SlackChannel(Channel):
                 logger=self._logger,
                 retry_handlers=[],
             )
+            # slack-sdk copies HTTPS_PROXY into every request, past NO_PROXY and the channel's proxy: the
+            # session decides (see channel_http).
+            self._webhook.proxy = None
         return self._webhook
 
     def _web_client(self) -> AsyncWebClient:
-        session = self._get_session()
+        session = self._get_http().session
         if self._web is None:
             assert self._config.token is not None
             self._web = AsyncWebClient(
@@ -227,6 +234,7 @@ class SlackChannel(Channel):
                 logger=self._logger,
                 retry_handlers=[],
             )
+            self._web.proxy = None  # as in _webhook_client: the session decides
         return self._web
 
     def _error(
@@ -260,7 +268,7 @@ class SlackChannel(Channel):
     def _judge_failure(self, what: str, exc: Exception, seen: AnswerSeen) -> None:
         """A slack-sdk call failed. Returns (delivered) if the answer was a 2xx, else raises DeliveryError."""
         if isinstance(exc, RedirectRefused) or (seen.status is None and not isinstance(exc, AnswerError)):
-            raise transport_error(self.name, exc, self._secrets) from None
+            raise transport_error(self.name, exc, self._secrets, host=self._host) from None
         status = exc.status if isinstance(exc, AnswerError) else seen.status
         headers = (exc.headers if isinstance(exc, AnswerError) else None) or seen.headers
         problem = exc.problem if isinstance(exc, AnswerError) else self._unread(exc, headers)
@@ -329,9 +337,9 @@ class SlackChannel(Channel):
         self._accepted_unreadable(status, what, _not_an_answer(headers))
 
     async def aclose(self) -> None:
-        if self._session is not None and not self._session.closed:
-            await self._session.close()
-        self._session = None
+        if self._http is not None and not self._http.closed:
+            await self._http.aclose()
+        self._http = None
         self._webhook = None
         self._web = None
 
@@ -358,4 +366,6 @@ def masked_slack_config(config: SlackChannelConfig) -> dict[str, Any]:
         "username": config.username,
         "icon_emoji": config.icon_emoji,
         "rate": config.rate,
+        "proxy": None if config.proxy is None else redact_url(config.proxy.get_secret_value(), path=False),
+        "ca_bundle": None if config.ca_bundle is None else str(config.ca_bundle),
     }

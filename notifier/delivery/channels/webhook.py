@@ -1,7 +1,7 @@
 """Generic webhook channel: one signed POST per notification (Standard Webhooks).
 
-Headers sent: ``Content-Type: application/json``, ``User-Agent: dcs-notifier/0.1``, ``webhook-id`` (the event
-id, an idempotency key), ``webhook-timestamp`` (unix seconds at send time) and, with a secret,
+Headers sent: ``Content-Type: application/json``, ``User-Agent: dcs-notifier/<version>``, ``webhook-id``
+(the event id, an idempotency key), ``webhook-timestamp`` (unix seconds at send time) and, with a secret,
 ``webhook-signature: v1,<base64 HMAC-SHA256(key, "{id}.{timestamp}.{body}")>``, plus configured headers.
 
 No redirect is followed and no answer body is read (see :mod:`notifier.delivery.channels.http`): a 2xx is
@@ -18,18 +18,23 @@ import time
 from collections.abc import Iterator
 from typing import Any, ClassVar, Final, Literal
 
-import aiohttp
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import ConfigDict, Field, SecretStr, field_validator
 
-from notifier.delivery.channels.base import Channel, redact_url
-from notifier.delivery.channels.http import channel_session, check_http_url, http_error, transport_error
+from notifier.delivery.channels.base import Channel
 from notifier.delivery.channels.http import (
-    parse_retry_after as parse_retry_after,  # tests import it from here
+    HttpChannelConfig,
+    channel_http,
+    check_http_url,
+    http_error,
+    receiver_host,
+    transport_error,
 )
 from notifier.delivery.formatters.webhook import webhook_body
+from notifier.net import USER_AGENT
+from notifier.net.session import Http
 from notifier.pipeline.events import Notification
+from notifier.redaction import redact_url
 
-USER_AGENT: Final = "dcs-notifier/0.1"
 SECRET_PREFIX: Final = "whsec_"  # noqa: S105 - a prefix, not a secret
 #: Headers the channel sets itself; configuring them would break the protocol.
 RESERVED_HEADERS: Final = frozenset(
@@ -73,8 +78,8 @@ def sign(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
 # --- the channel -----------------------------------------------------------------------------------------
 
 
-class WebhookChannelConfig(BaseModel):
-    """``type: webhook`` channel settings."""
+class WebhookChannelConfig(HttpChannelConfig):
+    """``type: webhook`` channel settings (and ``timeout``, ``proxy``, ``ca_bundle``)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
@@ -82,7 +87,6 @@ class WebhookChannelConfig(BaseModel):
     url: SecretStr
     secret: SecretStr | None = None
     headers: dict[str, str] = Field(default_factory=dict)
-    timeout: float = Field(default=10.0, gt=0, le=300)
     #: Messages per second; None (the default) sends as fast as the receiver answers.
     rate: float | None = Field(default=None, ge=0.001, le=10_000, allow_inf_nan=False)
 
@@ -127,7 +131,8 @@ class WebhookChannel(Channel):
         self._config = config
         self._url = config.url.get_secret_value()
         self._key = config.signing_key
-        self._session: aiohttp.ClientSession | None = None
+        self._host = receiver_host(self._url)
+        self._http: Http | None = None
 
     @property
     def config(self) -> WebhookChannelConfig:
@@ -140,10 +145,10 @@ class WebhookChannel(Channel):
             found.append(self._config.secret.get_secret_value())
         return found
 
-    def _get_session(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = channel_session(self._config.timeout)
-        return self._session
+    def _get_http(self) -> Http:
+        if self._http is None or self._http.closed:
+            self._http = channel_http(self.name, self._config)
+        return self._http
 
     def build_headers(self, notification: Notification, body: bytes, timestamp: int) -> dict[str, str]:
         """The request headers of one attempt (configured headers first, protocol headers win)."""
@@ -159,7 +164,7 @@ class WebhookChannel(Channel):
     async def send(self, notification: Notification) -> None:
         body = webhook_body(notification)
         headers = self.build_headers(notification, body, int(time.time()))
-        session = self._get_session()
+        session = self._get_http().session
         try:
             # The answer's body is never read; redirects are refused by the session (and not asked for).
             async with session.post(self._url, data=body, headers=headers, allow_redirects=False) as resp:
@@ -168,13 +173,13 @@ class WebhookChannel(Channel):
                 if 200 <= status < 300:
                     return
         except Exception as exc:
-            raise transport_error(self.name, exc, self._secrets()) from None
+            raise transport_error(self.name, exc, self._secrets(), host=self._host) from None
         raise http_error(self.name, status, retry_after)
 
     async def aclose(self) -> None:
-        if self._session is not None and not self._session.closed:
-            await self._session.close()
-        self._session = None
+        if self._http is not None and not self._http.closed:
+            await self._http.aclose()
+        self._http = None
 
 
 def masked_webhook_config(config: WebhookChannelConfig) -> dict[str, Any]:
@@ -186,4 +191,6 @@ def masked_webhook_config(config: WebhookChannelConfig) -> dict[str, Any]:
         "headers": {name: "****" for name in config.headers},
         "timeout": config.timeout,
         "rate": config.rate,
+        "proxy": None if config.proxy is None else redact_url(config.proxy.get_secret_value(), path=False),
+        "ca_bundle": None if config.ca_bundle is None else str(config.ca_bundle),
     }

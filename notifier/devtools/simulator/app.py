@@ -27,6 +27,7 @@ from notifier.devtools.simulator.state import (
     error_body,
     wall_clock,
 )
+from notifier.errors import INSTANCE_GONE
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -372,7 +373,7 @@ class Simulator(SimulatorState):
         instance_id = request.match_info["instance_id"]
         instance = self.instances.get(instance_id)
         if instance is None or instance.project_id != request.match_info["project_id"]:
-            raise ApiError(404, "DCS.3022", "instance does not exist")
+            raise ApiError(404, INSTANCE_GONE, "instance does not exist")
         offset = _int_param(request, "offset", 0, 0, 2**31 - 1)
         limit = _int_param(request, "limit", DEFAULT_LIMIT, 1, self.max_limit)
         start = _time_param(request, "start_time", "begin_time")
@@ -390,11 +391,12 @@ class Simulator(SimulatorState):
         name = request.query.get("name")
         status = request.query.get("status")
         picked = [
-            instance.to_api()
+            instance
             for instance in self.instances_of(request.match_info["project_id"])
             if (not name or name in instance.name) and (not status or instance.status == status)
         ]
-        return _json({"instance_num": len(picked), "instances": picked[offset : offset + limit]})
+        page = [instance.to_api() for instance in picked[offset : offset + limit]]  # this page's only
+        return _json({"instance_num": len(picked), "instances": page})
 
     async def _issue_token(self, request: web.Request) -> web.Response:
         """IAM ``POST /v3/auth/tokens``, password method, project scope; the body is recorded nowhere."""

@@ -1,0 +1,114 @@
+"""The config as ``check-config`` shows it: a short verdict, or the resolved config with secrets masked.
+
+Only secrets are masked: AK/SK, tokens, passwords, webhook URLs and secrets, a Redis URL's credentials and
+header values whose name says they are credentials (``Authorization``, ``X-Api-Key``…). A plain header such
+as ``X-Team: db`` is shown as written, so that what is checked is what will be sent.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+from notifier.config.models import Config
+from notifier.delivery.channels import WebhookChannelConfig, masked_config
+from notifier.redaction import MASK
+
+#: Header names that carry credentials (matched anywhere in the name, case-insensitively).
+_SECRET_HEADER = re.compile(r"auth|token|secret|key|pass|cookie|session|signature|credential", re.I)
+_SECRET_QUERY_KEYS = frozenset({"password", "username", "user", "sentinel_password"})
+
+
+def secret_header(name: str) -> bool:
+    """Whether a configured header's value is a credential, judged by its name."""
+    return _SECRET_HEADER.search(name) is not None
+
+
+def mask_redis_url(url: str) -> str:
+    """A Redis URL without its credentials: user info and ``password=`` query values become ``****``."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = MASK + "@" + netloc.rsplit("@", 1)[1]
+    query = urlencode(
+        [(k, MASK if k.lower() in _SECRET_QUERY_KEYS else v) for k, v in parse_qsl(parts.query)],
+        safe="*",
+    )
+    return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
+
+
+def _short_masks(value: Any) -> Any:
+    # SecretStr fields dump as "**********": shown as the one mask used everywhere else.
+    if isinstance(value, dict):
+        return {k: _short_masks(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_short_masks(v) for v in value]
+    return MASK if value == "**********" else value
+
+
+def _channel(config: Any) -> dict[str, Any]:
+    shown = masked_config(config)
+    if isinstance(config, WebhookChannelConfig):
+        shown["headers"] = {h: MASK if secret_header(h) else v for h, v in config.headers.items()}
+    return shown
+
+
+def masked(config: Config) -> dict[str, Any]:
+    """The resolved config as plain data (``check-config --show``), every secret replaced by ``****``."""
+    data: dict[str, Any] = _short_masks(config.model_dump(mode="json", exclude={"channels"}))
+    data["projects"] = [
+        {
+            "account": spec.account,
+            "region": spec.region,
+            "project_id": spec.project_id,
+            "endpoint": spec.endpoint,
+            "credentials": spec.credentials.type,
+            "instances": "discovered" if spec.discover else len(spec.instances),
+        }
+        for spec in config.projects()
+    ]
+    data["redis"]["url"] = mask_redis_url(config.redis.url.get_secret_value())
+    data["channels"] = {name: _channel(cfg) for name, cfg in config.channels.items()}
+    return data
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What ``check-config`` says by default: the config in a few lines, then its warnings."""
+
+    lines: list[str]
+    warnings: list[str] = field(default_factory=list)
+
+
+def verdict(config: Config) -> Verdict:
+    """A summary of a valid config, and what looks like a mistake without being an error."""
+    specs = config.projects()
+    named = sum(len(s.instances) for s in specs)
+    discovering = sum(1 for s in specs if s.discover)
+    regions = sorted({s.region for s in specs})
+    lines = [
+        f"{_plural(len(specs), 'project')} in {_plural(len(config.cloud), 'account')} "
+        f"(region {', '.join(regions)}): {_plural(named, 'instance')} named, {discovering} discovering",
+        f"{_plural(len(config.channels), 'channel')}: "
+        + ", ".join(f"{name} ({cfg.type})" for name, cfg in config.channels.items()),
+        (
+            f"{_plural(len(config.rules), 'rule')}: " + ", ".join(r.name for r in config.rules)
+            if config.rules
+            else "no rules: every event goes to every channel"
+        ),
+        f"redis: {mask_redis_url(config.redis.url.get_secret_value())} "
+        f"(key prefix {config.redis.key_prefix})",
+    ]
+    warnings: list[str] = []
+    if config.rules:
+        used = {ch for r in config.rules for ch in r.channels} | set(config.health.channels)
+        warnings.extend(
+            f"channels.{name}: no rule sends to this channel" for name in config.channels if name not in used
+        )
+    return Verdict(lines, warnings)

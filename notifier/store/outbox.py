@@ -1,0 +1,277 @@
+"""The outbox: one Redis stream per channel, written with the state change that causes its entries, read
+by delivery (``{p}:outbox:{channel}``, ``{p}:delivered:...``, ``{p}:attempts:...`` in
+:mod:`notifier.store.keys`).
+
+The writing side is :func:`transaction_with`: the MULTI/EXEC a state change (a snapshot, a health
+record) shares with the outbox entries it causes. The delivery side is :class:`Outbox`: read, claim,
+count attempts, acknowledge with the notification log, bury in the dead letters, renew.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import redis.exceptions
+from redis.typing import EncodableT, FieldT
+
+from notifier.pipeline.events import Notification
+from notifier.store.keys import DEAD_LETTER_MAXLEN, DELIVERED_TTL_SECONDS, Keys
+from notifier.store.link import Link
+
+log = logging.getLogger(__name__)
+
+#: At most this many of a consumer's pending entries are renewed at once (a batch is far fewer).
+RENEW_LIMIT = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEntry:
+    """One stream entry: its id in the channel's outbox stream and the notification it carries."""
+
+    entry_id: str
+    channel: str
+    notification: Notification
+
+
+def entry_fields(notification: Notification) -> dict[FieldT, EncodableT]:
+    """The fields of a notification's outbox entry."""
+    return {"n": notification.model_dump_json(), "k": notification.key}
+
+
+def _queue(pipe: Any, keys: Keys, notifications: Iterable[Notification]) -> int:
+    queued = 0
+    for n in notifications:
+        pipe.xadd(keys.outbox(n.channel), entry_fields(n))
+        queued += 1
+    return queued
+
+
+async def transaction_with(link: Link, notifications: Iterable[Notification]) -> Any:
+    """A MULTI/EXEC pipeline for a state change and the outbox entries it causes: the caller adds the
+    state change and executes it (see :func:`execute`).
+
+    Standalone: the entries are queued in it, so state and outbox are written both or neither.
+    Cluster: the entries (in several slots) are written now, pipelined per node, and the pipeline
+    returned holds only the state change (one key, one slot). A failure in between leaves entries
+    whose state change is missing: the next poll queues them again with the same event ids, and the
+    notification log keeps each from being delivered twice.
+    """
+    if not link.cluster:
+        pipe = link.redis.pipeline(transaction=True)
+        _queue(pipe, link.keys, notifications)
+        return pipe
+    outbox = link.redis.pipeline(transaction=False)
+    if _queue(outbox, link.keys, notifications):
+        await outbox.execute()
+    return link.redis.pipeline(transaction=True)
+
+
+async def execute(pipe: Any) -> None:
+    """Execute a pipeline unless it is empty."""
+    if len(pipe):
+        await pipe.execute()
+
+
+def _remove(pipe: Any, keys: Keys, channel: str, entry_id: str) -> None:
+    """Queue what takes an entry out of the outbox: acknowledged, deleted, its attempts forgotten."""
+    key = keys.outbox(channel)
+    pipe.xack(key, keys.group, entry_id)
+    pipe.xdel(key, entry_id)
+    pipe.hdel(keys.attempts(channel), entry_id)
+
+
+class Outbox:
+    """The delivery side of every channel's outbox stream."""
+
+    def __init__(self, link: Link) -> None:
+        self.link = link
+        self._groups: set[str] = set()
+        self._recoveries = link.recoveries
+
+    async def ensure_group(self, channel: str, *, force: bool = False) -> None:
+        link = self.link
+        if self._recoveries != link.recoveries:  # a restarted Redis may have lost the consumer groups
+            self._groups.clear()
+            self._recoveries = link.recoveries
+        if channel in self._groups and not force:
+            return
+        async with link.op("creation of the delivery consumer group"):
+            try:
+                await link.redis.xgroup_create(
+                    link.keys.outbox(channel), link.keys.group, id="0", mkstream=True
+                )
+            except redis.exceptions.ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+        self._groups.add(channel)
+
+    async def _entries(self, channel: str, rows: Any) -> list[OutboxEntry]:
+        """Parse stream rows; an unreadable entry goes to dead letters instead of blocking the stream."""
+        out: list[OutboxEntry] = []
+        gone: list[str] = []
+        for entry_id, fields in rows or []:
+            if not fields:  # deleted while still pending: nothing to send, just acknowledge it
+                gone.append(entry_id)
+                continue
+            try:
+                out.append(OutboxEntry(entry_id, channel, Notification.model_validate_json(fields["n"])))
+            except (KeyError, ValueError) as exc:
+                log.error(
+                    "outbox entry %s of %s is unreadable, moved to dead letters: %s", entry_id, channel, exc
+                )
+                async with self.link.op("move to dead letters"):
+                    await self._bury(channel, entry_id, fields, f"unreadable outbox entry: {exc}"[:500], 0)
+        if gone:
+            async with self.link.op("acknowledgement of deleted entries"):
+                await self.link.redis.xack(self.link.keys.outbox(channel), self.link.keys.group, *gone)
+        return out
+
+    async def _grouped(self, channel: str, call: Any) -> Any:
+        """Run a consumer-group call, recreating the group if Redis lost it (restart without persistence)."""
+        await self.ensure_group(channel)
+        try:
+            return await call()
+        except redis.exceptions.ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            await self.ensure_group(channel, force=True)
+            return await call()
+
+    async def read(
+        self, channel: str, consumer: str, *, count: int, block_ms: int | None = None, pending: bool = False
+    ) -> list[OutboxEntry]:
+        """New entries (``pending=False``) or this consumer's unacknowledged ones (``pending=True``)."""
+        link = self.link
+        key = link.keys.outbox(channel)
+        start = "0" if pending else ">"
+        async with link.op("read of the outbox"):
+            result = await self._grouped(
+                channel,
+                lambda: link.redis.xreadgroup(
+                    link.keys.group, consumer, {key: start}, count=count, block=block_ms
+                ),
+            )
+        rows: list[Any] = []
+        for _stream, items in result or []:
+            rows.extend(items)
+        return await self._entries(channel, rows)
+
+    async def claim_stale(
+        self, channel: str, consumer: str, *, min_idle_ms: int, count: int
+    ) -> list[OutboxEntry]:
+        """Take over entries another (dead) consumer left pending for longer than ``min_idle_ms``."""
+        link = self.link
+        key = link.keys.outbox(channel)
+        async with link.op("claim of stale outbox entries"):
+            result = await self._grouped(
+                channel,
+                lambda: link.redis.xautoclaim(
+                    key, link.keys.group, consumer, min_idle_ms, "0-0", count=count
+                ),
+            )
+        return await self._entries(channel, result[1] if result else [])
+
+    async def was_delivered(self, entry: OutboxEntry) -> bool:
+        """Whether the notification log holds the entry's notification (another consumer sent it)."""
+        async with self.link.op("read of the notification log"):
+            return bool(
+                await self.link.redis.exists(
+                    self.link.keys.delivered(entry.channel, entry.notification.event.id)
+                )
+            )
+
+    async def record_attempt(self, entry: OutboxEntry) -> int:
+        """Count one more failed attempt at this entry; returns the total so far."""
+        async with self.link.op("count of a failed attempt"):
+            return int(
+                await self.link.redis.hincrby(self.link.keys.attempts(entry.channel), entry.entry_id, 1)
+            )
+
+    async def attempts(self, entry: OutboxEntry) -> int:
+        """The failed attempts counted for this entry so far."""
+        async with self.link.op("read of an attempt count"):
+            value = await self.link.redis.hget(self.link.keys.attempts(entry.channel), entry.entry_id)
+        return int(value or 0)
+
+    async def mark_delivered(self, entry: OutboxEntry) -> None:
+        """Record the delivery and drop the entry from the outbox, atomically."""
+        keys = self.link.keys
+        async with self.link.op("acknowledgement of a delivery"):
+            pipe = self.link.redis.pipeline(transaction=True)
+            pipe.set(
+                keys.delivered(entry.channel, entry.notification.event.id), "1", ex=DELIVERED_TTL_SECONDS
+            )
+            _remove(pipe, keys, entry.channel, entry.entry_id)
+            await pipe.execute()
+
+    async def _bury(
+        self, channel: str, entry_id: str, fields: dict[FieldT, EncodableT], error: str, attempts: int
+    ) -> None:
+        keys = self.link.keys
+        pipe = self.link.redis.pipeline(transaction=True)
+        pipe.xadd(
+            keys.dead(channel),
+            {
+                "n": fields.get("n", ""),
+                "k": fields.get("k", ""),
+                "channel": channel,
+                "error": error,
+                "attempts": str(attempts),
+                "failed_at": datetime.now(UTC).isoformat(),
+            },
+            maxlen=DEAD_LETTER_MAXLEN,
+            approximate=True,
+        )
+        _remove(pipe, keys, channel, entry_id)
+        await pipe.execute()
+
+    async def dead_letter(self, entry: OutboxEntry, error: str, attempts: int) -> None:
+        """Move an entry a channel refused for good to the dead-letter stream, atomically."""
+        async with self.link.op("move to dead letters"):
+            await self._bury(entry.channel, entry.entry_id, entry_fields(entry.notification), error, attempts)
+
+    async def backlog(self, channel: str) -> int:
+        """Entries in the channel's outbox not yet delivered (pending or new)."""
+        async with self.link.op("read of the outbox length"):
+            return int(await self.link.redis.xlen(self.link.keys.outbox(channel)))
+
+    async def held_elsewhere(self, channel: str, consumer: str) -> bool:
+        """Whether another consumer holds unacknowledged entries of this channel (they come first)."""
+        link = self.link
+        async with link.op("read of pending entries"):
+            summary = await self._grouped(
+                channel, lambda: link.redis.xpending(link.keys.outbox(channel), link.keys.group)
+            )
+        return any(c["name"] != consumer and int(c["pending"]) > 0 for c in summary.get("consumers") or [])
+
+    async def renew(self, channel: str, consumer: str) -> set[str]:
+        """Reset the idle time of every entry this consumer holds, so that no other consumer claims them
+        while this one waits to retry; returns the ids it still holds."""
+        link = self.link
+        key = link.keys.outbox(channel)
+        async with link.op("renewal of pending entries"):
+            rows = await link.redis.xpending_range(
+                key, link.keys.group, "-", "+", RENEW_LIMIT, consumername=consumer
+            )
+            ids: list[str] = [str(r["message_id"]) for r in rows]
+            if ids:
+                await link.redis.xclaim(key, link.keys.group, consumer, 0, list[Any](ids), justid=True)
+        return set(ids)
+
+    async def orphans(self, channels: Iterable[str]) -> dict[str, int]:
+        """Outbox streams with entries for channels no longer in the config: name → entries."""
+        link = self.link
+        known = set(channels)
+        found: dict[str, int] = {}
+        async with link.op("scan for outbox streams"):
+            async for key in link.scan(link.keys.outbox("*"), "stream"):
+                channel = link.keys.outbox_channel(key)
+                if channel is not None and channel not in known:
+                    n = int(await link.redis.xlen(key))
+                    if n:
+                        found[channel] = n
+        return found
