@@ -17,23 +17,24 @@ import signal
 import sys
 from collections.abc import Coroutine, Sequence
 from datetime import UTC, datetime
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from notifier.app import Daemon, freeze_startup_heap
-from notifier.config.display import mask_redis_url, masked, verdict
+from notifier.config.display import masked, verdict
 from notifier.config.env import credential_problems
 from notifier.config.load import load_config
 from notifier.config.models import Config
 from notifier.delivery.direct import Replay, replay, send_direct
 from notifier.errors import ConfigError, DcsApiError, StoreError
 from notifier.logsetup import configure_logging, escape_controls
+from notifier.net import VERSION
 from notifier.pipeline.inventory import instance_lists
 from notifier.pipeline.preview import preview
 from notifier.pipeline.sample import sample_notification
+from notifier.redaction import mask_redis_url
 from notifier.store.connect import Store, open_store
 from notifier.store.dead_letters import DeadLetter
 from notifier.store.leases import DaemonConflict
@@ -47,18 +48,21 @@ def say(text: str, *, err: bool = False) -> None:
     print(escape_controls(text), file=sys.stderr if err else sys.stdout)
 
 
-def _add_common(p: argparse.ArgumentParser) -> None:
+def _add_common(p: argparse.ArgumentParser, *, top: bool = False) -> None:
+    """``--config`` and ``--log-level``, before the command (``top``) or after it. A command's parser has no
+    defaults of its own: it must not reset what was given before the command."""
     p.add_argument(
-        "--config", "-c", metavar="PATH", help="config file (default: $DCS_NOTIFIER_CONFIG or ./config.yaml)"
+        "--config",
+        "-c",
+        metavar="PATH",
+        default=None if top else argparse.SUPPRESS,
+        help="config file (default: $DCS_NOTIFIER_CONFIG or ./config.yaml)",
     )
-    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-
-
-def _version() -> str:
-    try:
-        return version("dcs-notifier")
-    except PackageNotFoundError:  # run from a source tree that was never installed
-        return "unknown (not installed)"
+    p.add_argument(
+        "--log-level",
+        default="INFO" if top else argparse.SUPPRESS,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="dcs-notifier",
         description="Watch Huawei Cloud DCS background tasks and notify Slack and signed webhooks.",
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {VERSION}")
+    _add_common(parser, top=True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = sub.add_parser("run", help="run the daemon until SIGTERM/SIGINT")
     _add_common(p)
@@ -130,7 +135,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         print(yaml.safe_dump(masked(config), sort_keys=False, allow_unicode=True), end="")
     problems = credential_problems(config)
     for problem in problems:
-        print(f"error: {problem}", file=sys.stderr)
+        print(f"error: {_config_path(args)}: {problem}", file=sys.stderr)
     if problems:
         return 2
     summary = verdict(config)

@@ -4,6 +4,8 @@ Logs, errors and printed configs meet URLs (a Slack webhook URL is a credential,
 password, a signed request URL holds a signature) and secret values (tokens, keys, passwords). Here:
 
 * :func:`redact_url` — a URL reduced to what is safe to show: scheme, host and explicit port;
+* :func:`mask_redis_url` — a Redis URL as written, its credentials masked (shown whole: its hosts, db and
+  options are what an operator checks);
 * :func:`mask` — known secret values replaced by ``****``;
 * :func:`scrub` — both at once over text from outside (an exception, an answer): secrets masked, every
   URL redacted, in linear time and capped at :data:`MESSAGE_LIMIT` characters;
@@ -15,7 +17,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from typing import Final
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 #: Characters of outside text kept in a log line or an error (the rest is cut, with a note saying how much).
 MESSAGE_LIMIT: Final = 16 * 1024
@@ -24,6 +26,8 @@ MASK: Final = "****"
 #: The scheme is bounded (real ones are short), which keeps matching linear: an unbounded one made the
 #: engine try every start position of a long run of letters against all the rest of it.
 URL_RE: Final = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]{0,31}://[^\s'\"<>()\]\[,]+")
+#: Query parameters of a Redis URL that are credentials.
+_SECRET_QUERY_KEYS: Final = frozenset({"password", "username", "user", "sentinel_password"})
 #: A chain of overlapping secrets longer than this makes a cut give up and keep nothing (never met).
 _MAX_CUT_MOVES: Final = 16
 
@@ -46,6 +50,19 @@ def redact_url(url: object, *, path: bool = True) -> str:
     if port is not None:
         shown = f"{shown}:{port}"
     return f"{parts.scheme}://{shown}/…" if path else f"{parts.scheme}://{shown}"
+
+
+def mask_redis_url(url: str) -> str:
+    """A Redis URL without its credentials: user info and ``password=`` query values become ``****``."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = MASK + "@" + netloc.rsplit("@", 1)[1]
+    query = urlencode(
+        [(k, MASK if k.lower() in _SECRET_QUERY_KEYS else v) for k, v in parse_qsl(parts.query)],
+        safe="*",
+    )
+    return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
 
 
 def mask(text: str, secrets: Iterable[str]) -> str:

@@ -27,7 +27,7 @@ from notifier.delivery.channels import (
     build_channel,
     masked_config,
 )
-from notifier.delivery.channels.webhook import decode_secret, sign
+from notifier.delivery.channels.webhook import decode_secret, sign_webhook
 from notifier.delivery.formatters import format_slack, webhook_body
 from notifier.devtools.standins import CannedResponse, RecordedRequest, every_nth
 from notifier.devtools.standins.slack import SlackStandIn
@@ -551,7 +551,7 @@ def test_secret_decoding_matches_standardwebhooks() -> None:
     key = decode_secret(SECRET)
     ts = 1_700_000_000
     reference = Webhook(SECRET).sign("evt_1", datetime.fromtimestamp(ts, UTC), '{"a":1}')
-    assert sign(key, "evt_1", ts, b'{"a":1}') == reference
+    assert sign_webhook(key, "evt_1", ts, b'{"a":1}') == reference
     headers = {
         "webhook-id": "evt_1",
         "webhook-timestamp": str(ts),

@@ -19,7 +19,7 @@ import redis
 import yaml
 from standardwebhooks.webhooks import Webhook
 
-from notifier.cli import main
+from notifier.cli import build_parser, main
 from notifier.devtools.simulator import Simulator
 from notifier.devtools.standins.slack import SlackStandIn
 from notifier.devtools.standins.webhook import WebhookReceiver
@@ -205,6 +205,26 @@ def test_version_comes_from_the_package_metadata(capsys: pytest.CaptureFixture[s
     assert capsys.readouterr().out.strip() == f"dcs-notifier {version('dcs-notifier')}"
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--config", "x.yaml", "--log-level", "DEBUG", "check-config"],
+        ["check-config", "--config", "x.yaml", "--log-level", "DEBUG"],
+        ["-c", "y.yaml", "check-config", "-c", "x.yaml", "--log-level", "DEBUG"],  # after the command wins
+        ["--config", "x.yaml", "dead-letters", "list", "--log-level", "DEBUG"],
+    ],
+)
+def test_config_and_log_level_go_before_or_after_the_command(argv: list[str]) -> None:
+    args = build_parser().parse_args(argv)
+    assert (args.config, args.log_level) == ("x.yaml", "DEBUG")
+
+
+def test_without_options_the_defaults_hold() -> None:
+    args = build_parser().parse_args(["check-config"])
+    assert (args.config, args.log_level) == (None, "INFO")
+    assert build_parser().parse_args(["demo"]).log_level == "WARNING"
+
+
 HEADERS = '    headers: {X-Team: db, Authorization: "Bearer tok-9f8e7d6c5b4a"}\n'
 
 
@@ -242,7 +262,8 @@ async def test_missing_credentials_are_an_error_not_a_warning(cli: Cli) -> None:
     del cli.env["CLOUD_SDK_SK"]
     code, out, err = await cli.run("check-config")
     assert code == 2
-    assert err.startswith("error: cloud.sk: no credentials for project")
+    assert err.startswith("error: ") and ": cloud.sk: no credentials for project" in err
+    assert err.split(": cloud.sk")[0].removeprefix("error: ").endswith(".yaml")  # the file, then the key
     assert "warning" not in err + out
 
 

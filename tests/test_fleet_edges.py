@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -36,7 +36,7 @@ from notifier.pipeline.watch import Target
 from notifier.store.connect import Store
 from notifier.store.keys import Keys
 from tests.support.daemons import running
-from tests.support.wait import until
+from tests.support.wait import until, until_async
 
 P1 = "0b6ae7c1f2a34f6e9d1b7a2c3e4f5a61"
 P2 = "1c7bf8d2a3b45f7a0e2c8b3d4f5a6b72"
@@ -51,16 +51,6 @@ def _no_proxy_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in _PROXY_ENV:
         monkeypatch.delenv(name, raising=False)
         monkeypatch.delenv(name.lower(), raising=False)
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], within: float, what: str) -> None:
-    """Like ``until``, for a condition that needs an await (a Redis read)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not await check():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {within} s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 def webhooks(receiver: WebhookReceiver, type_: str | None = None) -> list[dict[str, Any]]:
@@ -151,8 +141,8 @@ async def test_instance_removed_again_after_coming_back_is_announced_again(world
             raw = await world.redis.hget(f"r4:snap:{P1}:i-back", "~meta")
             return raw is not None and "removed_at" in raw
 
-        await eventually(marked, 10, "second removal recorded")
-        await eventually(lambda: _drained(world.redis, "r4:outbox:audit"), 10, "the audit outbox drained")
+        await until_async(marked, 10, "second removal recorded")
+        await until_async(lambda: _drained(world.redis, "r4:outbox:audit"), 10, "the audit outbox drained")
     assert len(webhooks(world.audit, "instance.removed")) == 2, (
         "the second instance.removed has the same event id as the first and is dropped as 'already delivered'"
     )
@@ -217,7 +207,7 @@ async def test_removed_static_instance_state_expires_and_stays_gone(world: World
         async def expired() -> bool:
             return int(await world.redis.exists(key)) == 0
 
-        await eventually(expired, 5, "the removed instance's state to expire")
+        await until_async(expired, 5, "the removed instance's state to expire")
         mono[0] += 61  # the next poll (every poll.recheck) pipelines a '~polled' touch with its read
         await poller.poll_target(target)
         assert int(await world.redis.exists(key)) == 0, (

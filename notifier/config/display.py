@@ -10,33 +10,18 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from notifier.config.models import Config
 from notifier.delivery.channels import WebhookChannelConfig, masked_config
-from notifier.redaction import MASK
+from notifier.redaction import MASK, mask_redis_url, redact_url
 
 #: Header names that carry credentials (matched anywhere in the name, case-insensitively).
 _SECRET_HEADER = re.compile(r"auth|token|secret|key|pass|cookie|session|signature|credential", re.I)
-_SECRET_QUERY_KEYS = frozenset({"password", "username", "user", "sentinel_password"})
 
 
 def secret_header(name: str) -> bool:
     """Whether a configured header's value is a credential, judged by its name."""
     return _SECRET_HEADER.search(name) is not None
-
-
-def mask_redis_url(url: str) -> str:
-    """A Redis URL without its credentials: user info and ``password=`` query values become ``****``."""
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if "@" in netloc:
-        netloc = MASK + "@" + netloc.rsplit("@", 1)[1]
-    query = urlencode(
-        [(k, MASK if k.lower() in _SECRET_QUERY_KEYS else v) for k, v in parse_qsl(parts.query)],
-        safe="*",
-    )
-    return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
 
 
 def _short_masks(value: Any) -> Any:
@@ -70,6 +55,8 @@ def masked(config: Config) -> dict[str, Any]:
         for spec in config.projects()
     ]
     data["redis"]["url"] = mask_redis_url(config.redis.url.get_secret_value())
+    if config.api.proxy is not None:  # shown as a channel's proxy is: its origin, without credentials
+        data["api"]["proxy"] = redact_url(config.api.proxy.get_secret_value(), path=False)
     data["channels"] = {name: _channel(cfg) for name, cfg in config.channels.items()}
     return data
 
@@ -79,14 +66,14 @@ def _plural(n: int, word: str) -> str:
 
 
 @dataclass(frozen=True)
-class Verdict:
+class ConfigVerdict:
     """What ``check-config`` says by default: the config in a few lines, then its warnings."""
 
     lines: list[str]
     warnings: list[str] = field(default_factory=list)
 
 
-def verdict(config: Config) -> Verdict:
+def verdict(config: Config) -> ConfigVerdict:
     """A summary of a valid config, and what looks like a mistake without being an error."""
     specs = config.projects()
     named = sum(len(s.instances) for s in specs)
@@ -111,4 +98,4 @@ def verdict(config: Config) -> Verdict:
         warnings.extend(
             f"channels.{name}: no rule sends to this channel" for name in config.channels if name not in used
         )
-    return Verdict(lines, warnings)
+    return ConfigVerdict(lines, warnings)

@@ -28,6 +28,7 @@ from pydantic import (
 from notifier.config.redis_url import RedisTarget, parse_redis_url
 from notifier.config.source import Loc, SourceMap, did_you_mean
 from notifier.delivery.channels import ChannelConfig
+from notifier.net.session import check_proxy_url
 from notifier.net.tls import CaBundle, check_host_entry
 from notifier.pipeline.events import EventType
 from notifier.store.keys import DEFAULT_PREFIX, DELIVERED_TTL_SECONDS
@@ -44,7 +45,8 @@ class AtKey(ValueError):
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # hide_input_in_errors: a raw ValidationError never quotes what was written (an SK, a proxy password).
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
 
 HOUR = 3600.0
@@ -255,6 +257,13 @@ class ApiConfig(_Model):
     def _endpoints_parse(cls, v: list[str]) -> list[str]:
         for entry in v:
             check_host_entry(entry)
+        return v
+
+    @field_validator("proxy")
+    @classmethod
+    def _proxy_url(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None:
+            check_proxy_url(v.get_secret_value())  # as a channel's proxy: its message never quotes the URL
         return v
 
     @model_validator(mode="after")

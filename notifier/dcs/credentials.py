@@ -251,20 +251,6 @@ def _from_csv(text: str) -> _Parsed:
     return _Parsed(AkSkCredentials(ak, sk), None)
 
 
-def parse_credentials(data: bytes, *, csv_hint: bool = False) -> tuple[AkSkCredentials, datetime | None]:
-    """Credentials (and their expiry, if stated) from a credentials file's bytes.
-
-    JSON or YAML mapping with ``ak``/``sk``/``security_token``, Huawei's temporary-credential shape
-    (``{"credential": {"access", "secret", "securitytoken", "expires_at"}}``, also un-nested), or the
-    console's ``credentials.csv``. Raises ``ValueError`` with a message that never quotes the content.
-    """
-    try:
-        parsed = _parse(data, csv_hint=csv_hint)
-    except _FileProblem as exc:
-        raise ValueError(str(exc)) from None
-    return parsed.credentials, parsed.expires_at
-
-
 def _parse(data: bytes, *, csv_hint: bool) -> _Parsed:
     try:
         text = data.decode("utf-8-sig")

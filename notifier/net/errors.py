@@ -88,7 +88,7 @@ def describe_client_error(exc: aiohttp.ClientError, host: str, hint: str = _API_
     if isinstance(exc, aiohttp.ClientPayloadError):
         return f"{host} sent a malformed or truncated body"
     if isinstance(exc, aiohttp.InvalidURL):
-        return f"invalid request URL for {host}"
+        return f"invalid URL (of the request, or of the proxy it goes through) for {host}"
     if isinstance(exc, aiohttp.ClientOSError):
         return f"connection to {host} failed ({_os_reason(exc)})"
     return f"request to {host} failed ({type(exc).__name__})"

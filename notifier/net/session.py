@@ -124,6 +124,19 @@ def environment_has_proxies() -> bool:
     return any(scheme != "no" for scheme in urllib.request.getproxies())
 
 
+def environment_proxy_problems() -> list[str]:
+    """What is wrong with the environment's ``HTTP_PROXY`` / ``HTTPS_PROXY`` (never quoting them): a value
+    without ``http://`` (``proxy.corp:3128``, which curl accepts) fails every request sent through it."""
+    problems = []
+    for scheme, value in sorted(urllib.request.getproxies().items()):
+        if scheme in ("http", "https"):
+            try:
+                _split_proxy(value)
+            except ValueError:  # not even its scheme is quoted: without "://" it is the user name
+                problems.append(f"{scheme.upper()}_PROXY is not an http:// or https:// URL with a host")
+    return problems
+
+
 def make_http(
     *,
     setting: str = "api",
@@ -189,4 +202,8 @@ def make_http(
         log.info("%s: HTTP proxy %s", setting, choice)
     elif choice is not None:
         log.debug("%s: HTTP proxy from the %s", setting, ENVIRONMENT)
+        for problem in environment_proxy_problems():
+            log.warning(
+                "%s: unusable proxy in the environment (requests through it fail): %s", setting, problem
+            )
     return Http(session, policy, choice)

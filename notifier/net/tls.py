@@ -9,7 +9,6 @@ safe.
 
 from __future__ import annotations
 
-import functools
 import ssl
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -123,21 +122,9 @@ class TlsPolicy:
             return False
         return port is None or _host_key(host, port) not in self.insecure_hosts
 
-    def context_for(self, host: str, port: int | None = None) -> ssl.SSLContext:
-        """The TLS context for ``host`` (on ``port``): the verifying one, or one that verifies nothing."""
-        return self.context if self.verifies(host, port) else _unverified_context()
-
     def ssl_for(self, url: str | URL) -> ssl.SSLContext | bool:
         """The ``ssl=`` argument for a request to ``url``: the verifying context, or False."""
         u = url if isinstance(url, URL) else URL(url)
         if u.host is not None and not self.verifies(u.host, u.port):
             return False
         return self.context
-
-
-@functools.cache
-def _unverified_context() -> ssl.SSLContext:
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    return context

@@ -37,7 +37,7 @@ import aiohttp
 from aiohttp.typedefs import DEFAULT_JSON_DECODER, JSONDecoder
 from pydantic import BaseModel, Field, SecretStr, field_validator
 
-from notifier.errors import DeliveryError, Reason
+from notifier.errors import ConfigError, DeliveryError, Reason
 from notifier.net.errors import describe_client_error
 from notifier.net.headers import parse_retry_after
 from notifier.net.session import Http, check_proxy_url, make_http
@@ -186,15 +186,22 @@ async def _refuse_redirects(
 
 def channel_http(name: str, config: HttpChannelConfig) -> Http:
     """The session of channel ``name``: its timeout per request, capped answers, no redirects, its proxy
-    (else the environment's) and CA bundle. Call it inside the running event loop."""
-    return make_http(
-        setting=f"channels.{name}",
-        ca_bundle=config.ca_bundle,
-        proxy=config.proxy.get_secret_value() if config.proxy else None,
-        timeout=config.timeout,
-        response_class=CappedResponse,
-        middlewares=(_refuse_redirects,),
-    )
+    (else the environment's) and CA bundle. Call it inside the running event loop.
+
+    The settings were checked when the config was loaded; a CA bundle gone since (rotated away) fails
+    this send with a retryable error naming the key, not a ConfigError the worker would take for a bug.
+    """
+    try:
+        return make_http(
+            setting=f"channels.{name}",
+            ca_bundle=config.ca_bundle,
+            proxy=config.proxy.get_secret_value() if config.proxy else None,
+            timeout=config.timeout,
+            response_class=CappedResponse,
+            middlewares=(_refuse_redirects,),
+        )
+    except ConfigError as exc:
+        raise DeliveryError(name, True, Reason.CONNECTION, str(exc)) from None
 
 
 # --- classifying failures ------------------------------------------------------------------------------
@@ -213,7 +220,7 @@ def check_http_url(url: str, what: str) -> None:
         raise ValueError(f"{what} has no host")
 
 
-def classify_status(status: int) -> tuple[bool, Reason]:
+def classify_http_status(status: int) -> tuple[bool, Reason]:
     """(retryable, reason) of an HTTP error status."""
     if status == 429:
         return True, Reason.RATE_LIMITED
@@ -241,7 +248,7 @@ def http_error(
     """A ``DeliveryError`` for a non-2xx answer."""
     if 300 <= status < 400:
         return redirect_error(channel, status)
-    retryable, reason = classify_status(status)
+    retryable, reason = classify_http_status(status)
     message = f"HTTP {status}" + (f" {detail}" if detail else "")
     return DeliveryError(
         channel,

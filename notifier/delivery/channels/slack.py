@@ -33,7 +33,7 @@ from notifier.delivery.channels.http import (
     RedirectRefused,
     channel_http,
     check_http_url,
-    classify_status,
+    classify_http_status,
     describe_exception,
     receiver_host,
     transport_error,
@@ -94,7 +94,7 @@ def classify_slack(status: int, error: str | None) -> tuple[bool, Reason]:
     if error in NOT_FOUND_ERRORS:
         return False, Reason.NOT_FOUND
     if status >= 400:
-        return classify_status(status)
+        return classify_http_status(status)
     return False, Reason.CLIENT_ERROR
 
 

@@ -69,7 +69,7 @@ def decode_secret(secret: str) -> bytes:
     return key
 
 
-def sign(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
+def sign_webhook(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
     """``v1,<base64 signature>`` of one message (the Standard Webhooks scheme)."""
     to_sign = f"{msg_id}.{timestamp}.".encode() + body
     return "v1," + base64.b64encode(hmac.new(key, to_sign, hashlib.sha256).digest()).decode("ascii")
@@ -158,7 +158,7 @@ class WebhookChannel(Channel):
         headers["webhook-id"] = msg_id
         headers["webhook-timestamp"] = str(timestamp)
         if self._key is not None:
-            headers["webhook-signature"] = sign(self._key, msg_id, timestamp, body)
+            headers["webhook-signature"] = sign_webhook(self._key, msg_id, timestamp, body)
         return headers
 
     async def send(self, notification: Notification) -> None:

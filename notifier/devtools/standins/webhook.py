@@ -13,7 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
-from notifier.delivery.channels.webhook import decode_secret, sign
+from notifier.delivery.channels.webhook import decode_secret, sign_webhook
 from notifier.devtools.standins import CannedResponse, OnMessage, Policy, StandInServer
 
 DEFAULT_PATH = "/hooks/dcs"
@@ -41,7 +41,7 @@ def verify_signature(
         return False
     if abs((time.time() if now is None else now) - ts) > tolerance:
         return False
-    expected = sign(key, msg_id, ts, body)
+    expected = sign_webhook(key, msg_id, ts, body)
     return any(hmac.compare_digest(expected, candidate) for candidate in signatures.split(" "))
 
 
