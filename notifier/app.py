@@ -45,13 +45,12 @@ MIN_LOCK_TTL = 3.0
 def freeze_startup_heap(poll_interval: float) -> None:
     """Exempt the long-lived objects from the cyclic garbage collector (for ``dcs-notifier run``).
 
-    Once a daemon is built, nearly all of the process's objects — modules, classes, config, clients:
-    some 65,000 — live as long as it does, and a full collection walked them all: a 12-26 ms pause (measured
-    in ``bench.compare``) that every poll and delivery in flight waited for, the slowest 1 % of
-    detection → delivery latency. Frozen now, and once more when every instance has been polled once
-    (1.5 intervals: its target and state live on too; 10,000 of them made full collections of 66 ms),
-    they are skipped; what the daemon allocates later is collected as before. Garbage is collected
-    before each freeze, so nothing collectable is frozen.
+    Once a daemon is built, nearly all of the process's objects — modules, classes, config, clients — live
+    as long as it does, and a full collection walked them all: a pause that every poll and delivery in
+    flight waited for, the slowest 1 % of detection → delivery latency (figures: README, Scaling). Frozen
+    now, and once more when every instance has been polled once (1.5 intervals: its target and state live
+    on too), they are skipped; what the daemon allocates later is collected as before. Garbage is
+    collected before each freeze, so nothing collectable is frozen.
     """
     _freeze()
     asyncio.get_running_loop().call_later(poll_interval * 1.5, _freeze)
@@ -105,7 +104,6 @@ class Daemon:
             self.replica = config.scaling.replica or default_replica_id()
             delivery = delivery.model_copy(update={"consumer": f"{delivery.consumer}-{self.replica}"})
         self.deliverer = Deliverer(self.store.outbox, self.channels, delivery, stop=self.stop)
-        # Transitional: Poller(config, self.cloud.clients, self.store, ...) once notifier/pipeline uses Store.
         self.poller = Poller(config, self.cloud.clients, self.store, clock=clock)
         #: Set when another daemon of this config turned out to run (see DaemonLock).
         self.conflict: DaemonConflict | None = None

@@ -10,14 +10,12 @@ the proxy" has a host name only the loopback proxy knows (nothing ever resolves 
 from __future__ import annotations
 
 import logging
-import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trustme
-from aiohttp import web
 from pydantic import ValidationError
 
 from notifier.delivery.channels import SlackChannel, WebhookChannel, masked_config
@@ -27,6 +25,7 @@ from notifier.devtools.standins.slack import SlackStandIn
 from notifier.devtools.standins.webhook import WebhookReceiver
 from notifier.errors import DeliveryError, Reason
 from tests.support.loopback_http import LoopbackProxy
+from tests.support.loopback_http import tls_receiver as https_receiver
 from tests.test_channels import SECRET, TOKEN, WEBHOOK_PATH, notification
 
 HIDDEN = "receiver.invalid"  # known to the proxy only
@@ -162,21 +161,8 @@ def test_channel_proxy_and_ca_bundle_are_validated_without_echoing_secrets(tmp_p
 @pytest.fixture
 async def tls_receiver(ca: trustme.CA) -> AsyncIterator[tuple[str, list[bytes]]]:
     """An HTTPS webhook receiver on 127.0.0.1 whose certificate the private CA signed: (URL, bodies)."""
-    bodies: list[bytes] = []
-
-    async def receive(request: web.Request) -> web.Response:
-        bodies.append(await request.read())
-        return web.Response(status=204)
-
-    app = web.Application()
-    app.router.add_post("/hook", receive)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(context)
-    await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context).start()
-    yield f"https://127.0.0.1:{runner.addresses[0][1]}/hook", bodies
-    await runner.cleanup()
+    async with https_receiver(ca) as (port, bodies):
+        yield f"https://127.0.0.1:{port}/hook", bodies
 
 
 async def test_a_webhook_with_a_private_ca_needs_its_ca_bundle(

@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import ast
 import logging
-import ssl
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 import trustme
-from aiohttp import web
 from pydantic import ValidationError
 
 import notifier
@@ -26,6 +24,7 @@ from notifier.devtools.standins.slack import SlackStandIn
 from notifier.errors import ConfigError, DeliveryError, Reason
 from notifier.net.session import make_http
 from tests.support.loopback_http import LoopbackProxy, StartServer, always, scripted
+from tests.support.loopback_http import tls_receiver as https_receiver
 from tests.test_channels import SECRET, WEBHOOK_PATH, notification
 from tests.test_client_network import OK, dcs, failure, poll
 
@@ -128,21 +127,8 @@ async def test_a_slack_webhook_through_an_authenticated_proxy(corp_proxy: Loopba
 async def tls_receiver(ca: trustme.CA) -> AsyncIterator[tuple[int, list[bytes]]]:
     """An HTTPS receiver on 127.0.0.1, its certificate (for HIDDEN and 127.0.0.1) from the private CA:
     (port, bodies)."""
-    bodies: list[bytes] = []
-
-    async def receive(request: web.Request) -> web.Response:
-        bodies.append(await request.read())
-        return web.Response(status=204)
-
-    app = web.Application()
-    app.router.add_post("/hook", receive)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert(HIDDEN, "127.0.0.1").configure_cert(context)
-    await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context).start()
-    yield runner.addresses[0][1], bodies
-    await runner.cleanup()
+    async with https_receiver(ca, HIDDEN) as received:
+        yield received
 
 
 async def test_an_https_webhook_with_a_private_ca_through_an_authenticated_tunnel(

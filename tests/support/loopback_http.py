@@ -19,13 +19,14 @@ import asyncio
 import base64
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from contextlib import suppress
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 import trustme
+from aiohttp import web
 
 
 class Hang:
@@ -290,3 +291,26 @@ def ca_pem(ca: trustme.CA, tmp_path: Path) -> Path:
     path = tmp_path / "ca.pem"
     ca.cert_pem.write_to_path(str(path))
     return path
+
+
+@asynccontextmanager
+async def tls_receiver(ca: trustme.CA, *names: str) -> AsyncIterator[tuple[int, list[bytes]]]:
+    """An HTTPS receiver of POSTs to ``/hook`` on 127.0.0.1, its certificate (for ``names`` and 127.0.0.1)
+    signed by the private CA ``ca``: (port, bodies received), answering 204."""
+    bodies: list[bytes] = []
+
+    async def receive(request: web.Request) -> web.Response:
+        bodies.append(await request.read())
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/hook", receive)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert(*names, "127.0.0.1").configure_cert(context)
+    await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context).start()
+    try:
+        yield runner.addresses[0][1], bodies
+    finally:
+        await runner.cleanup()
