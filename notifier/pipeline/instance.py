@@ -173,6 +173,10 @@ class InstancePoller:
         w = self.fleet.get(target.key)
         if w is None or w.target != target:
             w = Watch(target)
+        return await self.poll_watch(w)
+
+    async def poll_watch(self, w: Watch) -> PollOutcome:
+        """:meth:`poll` for the scheduler, which holds the instance's record already."""
         if w.known is not None:
             return await self._poll(w)
         async with self._cold:

@@ -130,7 +130,7 @@ class Scheduler:
                 w.forget_known()
                 delay = self.jittered(self.config.poll.interval)
                 continue
-            delay = self.next_delay(await self.instances.poll(w.target))
+            delay = self.next_delay(await self.instances.poll_watch(w))
 
     async def _discovery_loop(self, spec: ProjectSpec, stop: asyncio.Event) -> None:
         interval = self.config.discovery.interval

@@ -35,10 +35,12 @@ class Target:
     project: ProjectSpec
     instance: InstanceConfig
     discovered: bool = False
+    #: ``{project_id}/{instance_id}``: the instance's name in the fleet, the leases and health (made once:
+    #: it is asked for several times per poll).
+    key: str = field(init=False, compare=False, repr=False)
 
-    @property
-    def key(self) -> str:
-        return f"{self.project.project_id}/{self.instance.id}"
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", f"{self.project.project_id}/{self.instance.id}")
 
     @property
     def subject(self) -> Subject:
