@@ -23,6 +23,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 MESSAGE_LIMIT: Final = 16 * 1024
 #: What a masked secret becomes.
 MASK: Final = "****"
+#: Header names that carry credentials (matched anywhere in the name, case-insensitively).
+_SECRET_HEADER = re.compile(r"auth|token|secret|key|pass|cookie|session|signature|credential", re.I)
 #: The scheme is bounded (real ones are short), which keeps matching linear: an unbounded one made the
 #: engine try every start position of a long run of letters against all the rest of it.
 URL_RE: Final = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]{0,31}://[^\s'\"<>()\]\[,]+")
@@ -120,3 +122,8 @@ def scrub(text: str, secrets: Iterable[str] = (), *, limit: int | None = MESSAGE
             kept = kept.replace(secret, redact_url(secret) if URL_RE.fullmatch(secret) else MASK)
     kept = URL_RE.sub(lambda m: redact_url(m.group(0)), kept)
     return kept + cut_note(len(text) - cut) if cut < len(text) else kept
+
+
+def secret_header(name: str) -> bool:
+    """Whether a configured header's value is a credential, judged by its name (``X-Team`` is not)."""
+    return _SECRET_HEADER.search(name) is not None

@@ -461,7 +461,7 @@ async def test_cli_dead_letters_on_the_cluster(redis_cluster: RedisClusterServer
 
 
 def test_check_config_masks_cluster_and_sentinel_urls() -> None:
-    from notifier.config.display import mask_redis_url
+    from notifier.redaction import mask_redis_url
 
     assert (
         mask_redis_url("rediss+cluster://u:hunter2pass@h1:7000,h2:7001")

@@ -7,21 +7,12 @@ as ``X-Team: db`` is shown as written, so that what is checked is what will be s
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from notifier.config.models import Config
-from notifier.delivery.channels import WebhookChannelConfig, masked_config
+from notifier.delivery.channels import masked_config
 from notifier.redaction import MASK, mask_redis_url, redact_url
-
-#: Header names that carry credentials (matched anywhere in the name, case-insensitively).
-_SECRET_HEADER = re.compile(r"auth|token|secret|key|pass|cookie|session|signature|credential", re.I)
-
-
-def secret_header(name: str) -> bool:
-    """Whether a configured header's value is a credential, judged by its name."""
-    return _SECRET_HEADER.search(name) is not None
 
 
 def _short_masks(value: Any) -> Any:
@@ -31,13 +22,6 @@ def _short_masks(value: Any) -> Any:
     if isinstance(value, list):
         return [_short_masks(v) for v in value]
     return MASK if value == "**********" else value
-
-
-def _channel(config: Any) -> dict[str, Any]:
-    shown = masked_config(config)
-    if isinstance(config, WebhookChannelConfig):
-        shown["headers"] = {h: MASK if secret_header(h) else v for h, v in config.headers.items()}
-    return shown
 
 
 def masked(config: Config) -> dict[str, Any]:
@@ -57,7 +41,7 @@ def masked(config: Config) -> dict[str, Any]:
     data["redis"]["url"] = mask_redis_url(config.redis.url.get_secret_value())
     if config.api.proxy is not None:  # shown as a channel's proxy is: its origin, without credentials
         data["api"]["proxy"] = redact_url(config.api.proxy.get_secret_value(), path=False)
-    data["channels"] = {name: _channel(cfg) for name, cfg in config.channels.items()}
+    data["channels"] = {name: masked_config(cfg) for name, cfg in config.channels.items()}
     return data
 
 

@@ -33,7 +33,7 @@ from notifier.delivery.formatters.webhook import webhook_body
 from notifier.net import USER_AGENT
 from notifier.net.session import Http
 from notifier.pipeline.events import Notification
-from notifier.redaction import redact_url
+from notifier.redaction import MASK, redact_url, secret_header
 
 SECRET_PREFIX: Final = "whsec_"  # noqa: S105 - a prefix, not a secret
 #: Headers the channel sets itself; configuring them would break the protocol.
@@ -183,12 +183,12 @@ class WebhookChannel(Channel):
 
 
 def masked_webhook_config(config: WebhookChannelConfig) -> dict[str, Any]:
-    """Settings safe to print: the URL reduced to its host, secret and header values masked."""
+    """Settings safe to print: the URL reduced to its host, the secret and credential headers masked."""
     return {
         "type": config.type,
         "url": redact_url(config.url.get_secret_value()),
         "secret": None if config.secret is None else "****",
-        "headers": {name: "****" for name in config.headers},
+        "headers": {name: MASK if secret_header(name) else v for name, v in config.headers.items()},
         "timeout": config.timeout,
         "rate": config.rate,
         "proxy": None if config.proxy is None else redact_url(config.proxy.get_secret_value(), path=False),
