@@ -27,7 +27,7 @@ from tests.conftest import AK, ORDERS, PROJECT_ID, SESSIONS, SK
 from tests.support.observe import container_sizes
 
 CHURN = 5000
-#: Of each round's instances, this many are polled (their state known, their URL cached by the client),
+#: Of each round's instances, this many are polled (their state known),
 #: this many of those fail until they are announced unhealthy, and this many are deleted (the polled
 #: ones and as many never polled); the others stop matching the discovery filter.
 POLLED, FAILING, DELETED = 20, 5, 40
@@ -121,7 +121,7 @@ async def test_5000_instances_discovered_then_removed_three_times_leave_nothing_
 
             growth = {p: n - before.get(p, 0) for p, n in kept(poller).items()}
             # The walk sees what is kept per instance (else this test could not fail): the fleet's
-            # records, the client's URL cache, the health tracker's announcements.
+            # records, the health tracker's announcements.
             assert {CHURN, POLLED, FAILING} <= set(growth.values()), growth
 
             for iid in ids[:POLLED]:

@@ -8,6 +8,7 @@ import pytest
 
 from notifier.config.models import AkSkCredentialsConfig, InstanceConfig, InstanceFilter, ProjectSpec
 from notifier.pipeline.discovery import Listing, matches, select, tags_of
+from notifier.pipeline.events import InstanceRef
 
 
 def spec(
@@ -74,7 +75,7 @@ def test_everything_is_watched_by_default_and_tags_become_labels() -> None:
         "i-4": ("i-4", {}),  # no name: the id
         "orders-by-id": ("orders-by-id", {}),
     }
-    assert all(isinstance(i, InstanceConfig) and i.id == iid for iid, i in listing.watched.items())
+    assert all(isinstance(i, InstanceRef) and i.id == iid for iid, i in listing.watched.items())
 
 
 def test_name_globs_match_the_name_or_the_id() -> None:
@@ -178,7 +179,7 @@ def test_configured_instances_are_watched_whatever_the_filter() -> None:
         ),
     ]
     listing = select(tagged, s)
-    assert listing.watched["i-3"] == InstanceConfig(
+    assert listing.watched["i-3"] == InstanceRef(
         id="i-3", name="sessions", labels={"team": "web", "az": "az1", "pager": "yes"}
     )
     assert "i-gone" not in listing.listed and "i-gone" not in listing.watched

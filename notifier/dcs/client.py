@@ -136,8 +136,9 @@ class DcsClient:
         self._header_problem = _header_problem(self._base_headers)
         #: The API's clock minus ours, in seconds, from the ``Date`` of its answers (None: not seen yet).
         self.clock_offset: float | None = None
-        #: Instance id → ``endpoint + path + "?"`` of its task list (emptied by forget()).
-        self._task_urls: dict[str, str] = {}
+        #: ``endpoint + /v2/{project_id}/instances/``: a task list's URL is this, the instance id, ``/tasks?``
+        #: (made per poll, not kept per instance: the client holds nothing of an instance between polls).
+        self._instances_url = f"{self._endpoint}/v2/{quote(self._project_id, safe='')}/instances/"
         self._next_date_check = 0.0
 
     @property
@@ -184,7 +185,7 @@ class DcsClient:
         ``unchanged`` is the ``digest`` of the previous answer: when this answer is the same single
         page, byte for byte, it is not parsed at all and ``tasks`` is None ("nothing changed").
         """
-        prefix = self._tasks_url(instance_id)
+        prefix = f"{self._instances_url}{quote(instance_id, safe='')}/tasks?"
         end_time, start_time = format_query_time(end), format_query_time(start)
         seen: dict[str, Task] = {}
         offset = 0
@@ -247,17 +248,6 @@ class DcsClient:
         query = canonical_query(params)
         raw, request_id = await self._get_raw(instance_id, f"{self._endpoint}{path}?{query}")
         return self._decode(instance_id, raw, request_id)
-
-    def forget(self, instance_id: str) -> None:
-        """The instance is no longer watched: drop what the client keeps for it."""
-        self._task_urls.pop(instance_id, None)
-
-    def _tasks_url(self, instance_id: str) -> str:
-        url = self._task_urls.get(instance_id)
-        if url is None:
-            project, instance = quote(self._project_id, safe=""), quote(instance_id, safe="")
-            url = self._task_urls[instance_id] = f"{self._endpoint}/v2/{project}/instances/{instance}/tasks?"
-        return url
 
     async def _get_raw(self, instance_id: str, url: str) -> tuple[bytes, str | None]:
         """The body of a 200 answer (and its request id), retried once after a 401 with fresh credentials.

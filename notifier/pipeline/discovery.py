@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Any
 
-from notifier.config.models import InstanceConfig, InstanceFilter, ProjectSpec
+from notifier.config.models import InstanceFilter, ProjectSpec
 from notifier.errors import DcsApiError, Failure, StoreError
 from notifier.pipeline.events import InstanceRef
 from notifier.pipeline.health import Subject
@@ -30,7 +30,7 @@ class Listing:
     """One listing of a project: every instance id the API returned, and those to watch."""
 
     listed: frozenset[str]
-    watched: dict[str, InstanceConfig] = field(default_factory=dict)
+    watched: dict[str, InstanceRef] = field(default_factory=dict)
 
 
 def tags_of(raw: Mapping[str, Any]) -> dict[str, str]:
@@ -70,7 +70,7 @@ def select(instances: Iterable[Mapping[str, Any]], spec: ProjectSpec) -> Listing
     """
     configured = {i.id: i for i in spec.instances}
     listed: set[str] = set()
-    watched: dict[str, InstanceConfig] = {}
+    watched: dict[str, InstanceRef] = {}
     for raw in instances:
         iid = raw.get("instance_id")
         if not isinstance(iid, str) or not iid:
@@ -80,9 +80,9 @@ def select(instances: Iterable[Mapping[str, Any]], spec: ProjectSpec) -> Listing
         tags = tags_of(raw)
         known = configured.get(iid)
         if known is not None:
-            watched[iid] = known.model_copy(update={"labels": {**spec.labels, **tags, **known.labels}})
+            watched[iid] = InstanceRef.of(iid, known.name, {**spec.labels, **tags, **known.labels})
         elif matches(iid, name, str(raw.get("status") or ""), tags, spec.filter):
-            watched[iid] = InstanceConfig(id=iid, name=name, labels={**spec.labels, **tags})
+            watched[iid] = InstanceRef.of(iid, name, {**spec.labels, **tags})
     return Listing(listed=frozenset(listed), watched=watched)
 
 

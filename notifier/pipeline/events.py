@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 import hashlib
 from datetime import datetime
+from typing import cast
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -37,6 +38,16 @@ class InstanceRef(BaseModel):
     id: str
     name: str
     labels: dict[str, str] = Field(default_factory=dict)
+
+    @classmethod
+    def of(cls, id: str, name: str, labels: dict[str, str]) -> InstanceRef:
+        """One watched instance's record, from values already checked (the config's, or discovery's
+        strings): built without validation and sharing one set of field names, as one is held per
+        watched instance for as long as it is watched (half the memory of a validated one)."""
+        return cls.model_construct(cast("set[str]", _REF_FIELDS), id=id, name=name, labels=labels)
+
+
+_REF_FIELDS = frozenset(InstanceRef.model_fields)  # never added to: the model is frozen
 
 
 class PollProblem(BaseModel):

@@ -20,11 +20,11 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from notifier.config.models import InstanceConfig, ProjectSpec
+from notifier.config.models import ProjectSpec
 from notifier.dcs.client import DcsClient
 from notifier.dcs.models import Outcome, classify_status, is_documented_status
 from notifier.errors import (
@@ -37,7 +37,7 @@ from notifier.errors import (
     StoreError,
 )
 from notifier.pipeline.diff import DiffContext, DiffResult, Snapshot, diff
-from notifier.pipeline.events import Event, EventType, Notification, event_id
+from notifier.pipeline.events import Event, EventType, InstanceRef, Notification, event_id
 from notifier.pipeline.watch import Fleet, Known, Target, Watch
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ class PollOutcome:
         self.error = exc
 
     @property
-    def instance(self) -> InstanceConfig:
+    def instance(self) -> InstanceRef:
         return self.target.instance
 
     @property
@@ -127,7 +127,7 @@ def _episode(previous: Snapshot) -> str:
     return last.astimezone(UTC).isoformat()
 
 
-def _with_uncommitted(uncommitted: list[Event], result: DiffResult) -> DiffResult:
+def _with_uncommitted(uncommitted: Sequence[Event], result: DiffResult) -> DiffResult:
     """``result`` with the events earlier polls found but could not commit, first (each once)."""
     if not uncommitted:
         return result
@@ -219,7 +219,7 @@ class InstancePoller:
             ctx = DiffContext(
                 project_id=spec.project_id,
                 region=spec.region,
-                instance=target.subject.instance,
+                instance=target.instance,
                 now=now,
                 baseline_grace=self._grace,
                 window_start=start,
@@ -242,7 +242,7 @@ class InstancePoller:
             except StoreError:
                 w.uncommitted = result.events[:MAX_UNCOMMITTED]
                 raise
-            w.uncommitted = []
+            w.uncommitted = ()
             w.remembered = None
             w.known = Known(snapshot, answer.digest)
         except Exception as exc:
@@ -375,7 +375,7 @@ class InstancePoller:
                 type=EventType.INSTANCE_REMOVED,
                 project_id=target.project.project_id,
                 region=target.project.region,
-                instance=target.subject.instance,
+                instance=target.instance,
                 detected_at=now,
             )
             try:

@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 
 import redis.exceptions
 
-from notifier.config.models import Config, InstanceConfig, ProjectSpec
+from notifier.config.models import Config, ProjectSpec
 from notifier.dcs.cloud import Cloud
 from notifier.errors import DcsApiError
 from notifier.pipeline.diff import DiffContext, Snapshot, diff
@@ -38,7 +38,7 @@ REDIS_WAIT_SECONDS = 3.0
 @dataclass
 class InstancePreview:
     project: ProjectSpec
-    instance: InstanceConfig
+    instance: InstanceRef
     #: True when no stored state was used: the poll is previewed as a baseline.
     baseline: bool = False
     events: list[Event] = field(default_factory=list)
@@ -72,13 +72,11 @@ async def _reachable(store: Store) -> str | None:
     return None
 
 
-async def _targets(
-    config: Config, cloud: Cloud, preview: Preview
-) -> list[tuple[ProjectSpec, InstanceConfig]]:
+async def _targets(config: Config, cloud: Cloud, preview: Preview) -> list[tuple[ProjectSpec, InstanceRef]]:
     """Every instance a daemon would watch now: the named ones, and what discovery lists."""
-    targets: list[tuple[ProjectSpec, InstanceConfig]] = []
+    targets: list[tuple[ProjectSpec, InstanceRef]] = []
     for spec in config.projects():
-        instances = {i.id: i for i in spec.instances}
+        instances = {i.id: InstanceRef.of(i.id, i.name, i.labels) for i in spec.instances}
         if spec.discover:
             try:
                 listing = select(await cloud.clients[spec.project_id].list_instances(), spec)
@@ -110,7 +108,7 @@ async def preview(config: Config, store: Store | None, *, clock: Callable[[], da
     try:
         targets = await _targets(config, cloud, result)
 
-        async def one(spec: ProjectSpec, inst: InstanceConfig) -> InstancePreview:
+        async def one(spec: ProjectSpec, inst: InstanceRef) -> InstancePreview:
             out = InstancePreview(spec, inst)
             try:
                 previous: Snapshot | None = None
@@ -123,11 +121,10 @@ async def preview(config: Config, store: Store | None, *, clock: Callable[[], da
                     inst.id, start, now + max(skew, MIN_END_MARGIN)
                 )
                 assert answer.tasks is not None  # no previous digest given: always parsed
-                ref = InstanceRef(id=inst.id, name=inst.name, labels=inst.labels)
                 ctx = DiffContext(
                     project_id=spec.project_id,
                     region=spec.region,
-                    instance=ref,
+                    instance=inst,
                     now=now,
                     baseline_grace=grace,
                     window_start=start,
@@ -144,7 +141,7 @@ async def preview(config: Config, store: Store | None, *, clock: Callable[[], da
         # The cloud's gate bounds the calls in flight; this bounds the coroutines waiting for it.
         limit = asyncio.Semaphore(config.api.max_concurrency)
 
-        async def bounded(spec: ProjectSpec, inst: InstanceConfig) -> InstancePreview:
+        async def bounded(spec: ProjectSpec, inst: InstanceRef) -> InstancePreview:
             async with limit:
                 return await one(spec, inst)
 

@@ -1,8 +1,8 @@
 """The watched instances: one record per instance (:class:`Watch`), held by one registry (:class:`Fleet`).
 
 Everything the daemon keeps in memory about one watched instance lives in its :class:`Watch`; what
-other parts keep per instance (the health tracker's streak, the DCS client's cached URL) is dropped by
-:meth:`Fleet.retire` in the same call, so an instance that comes and goes leaves nothing behind.
+other parts keep per instance (the health tracker's streak) is dropped by :meth:`Fleet.retire` in the
+same call, so an instance that comes and goes leaves nothing behind.
 The fleet also announces ``poller.*`` health events (recorded in Redis with their outbox entries).
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -33,7 +33,7 @@ class Target:
     """One watched instance of one project."""
 
     project: ProjectSpec
-    instance: InstanceConfig
+    instance: InstanceRef
     discovered: bool = False
     #: ``{project_id}/{instance_id}``: the instance's name in the fleet, the leases and health (made once:
     #: it is asked for several times per poll).
@@ -44,8 +44,12 @@ class Target:
 
     @property
     def subject(self) -> Subject:
-        ref = InstanceRef(id=self.instance.id, name=self.instance.name, labels=self.instance.labels)
-        return Subject(self.key, self.project.project_id, self.project.region, ref)
+        return Subject(self.key, self.project.project_id, self.project.region, self.instance)
+
+    @classmethod
+    def configured(cls, spec: ProjectSpec, inst: InstanceConfig) -> Target:
+        """An instance named in the config."""
+        return cls(spec, InstanceRef.of(inst.id, inst.name, inst.labels))
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +102,7 @@ class Watch:
     #: Discovery listings in a row that did not list it.
     unlisted: int = 0
     #: Events found but not committed yet (Redis refused the commit), oldest first.
-    uncommitted: list[Event] = field(default_factory=list)
+    uncommitted: Sequence[Event] = ()
 
     def forget_known(self) -> None:
         """Read the instance's state from Redis at its next poll, remembering what this process committed
@@ -117,9 +121,8 @@ class Fleet:
         self.clients = clients
         self.store = store
         self.health = health
-        self._watches: dict[str, Watch] = {
-            t.key: Watch(t) for spec in config.projects() for t in (Target(spec, i) for i in spec.instances)
-        }
+        configured = (Target.configured(spec, i) for spec in config.projects() for i in spec.instances)
+        self._watches: dict[str, Watch] = {t.key: Watch(t) for t in configured}
         self._channels = list(config.channels)
         self._rate_warned: set[str] = set()
         #: With scaling.enabled, replicas share the fleet: an instance is polled while its shard is held.
@@ -153,14 +156,11 @@ class Fleet:
 
     def retire(self, key: str) -> None:
         """Stop watching one instance (its state stays in Redis): everything kept of it goes, here and in
-        the health tracker and the DCS client."""
+        the health tracker."""
         w = self._watches.pop(key, None)
         self.health.forget(key)
         if w is None:
             return
-        client = self.clients.get(w.target.project.project_id)
-        if client is not None:
-            client.forget(w.target.instance.id)
         if w.control is not None:
             w.control.retired = True
             w.control.set()
