@@ -12,7 +12,13 @@ async def test_demo_shows_switchover_start_and_finish(
     assert await run_demo(redis_url=redis_url, duration=5, speed=2) == 0
     out = capsys.readouterr().out
     assert "[slack → #oncall] 🔄 Master/standby switchover started on orders-cache" in out
-    assert "[slack → #oncall] ✅ Master/standby switchover succeeded on orders-cache" in out
+    # One living card per task: the end of the switchover edits its card, and is said in its thread.
+    assert (
+        "✎ card 1 (orders-cache · Master/standby switchover) now: ✅ Master/standby switchover succeeded"
+        in out
+    )
+    assert "↳ thread (card 1):   ✅ Master/standby switchover succeeded on orders-cache" in out
+    assert "[slack → #oncall] ✅" not in out
     assert "[webhook → audit] task.succeeded  Master/standby switchover succeeded on orders-cache" in out
     assert "signature verified ✓" in out
     assert "SIGNATURE INVALID" not in out

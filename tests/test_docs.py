@@ -21,6 +21,7 @@ ENV = {
     "OTHER_SK": "SKOTHER",
     "IAM_PASSWORD": "pw-EXAMPLE",
     "SLACK_WEBHOOK_URL": "https://hooks.slack.com/services/T0/B0/x",
+    "SLACK_BOT_TOKEN": "xoxb-EXAMPLE",
     "AUDIT_WEBHOOK_SECRET": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
 }
 

@@ -220,7 +220,7 @@ async def test_slack_bot_ok_true_with_another_2xx_is_delivered(
     setup: Callable[..., Any], caplog: pytest.LogCaptureFixture
 ) -> None:
     s: Setup = await setup("slack-bot")
-    s.stand_in.enqueue(CannedResponse(201, {"ok": True, "ts": "1.2"}))
+    s.stand_in.enqueue(CannedResponse(201, {"ok": True, "channel": "C0123ABCDEF", "ts": "1.2"}))
     await s.channel.send(notification())
     assert unreadable_warnings(caplog) == []
 

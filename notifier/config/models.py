@@ -301,6 +301,15 @@ class PollConfig(_Model):
     recheck: float = seconds(300.0, le=DAY)
     #: A poll refuses an answer that counts more tasks than this in its window (see README, Politeness).
     max_tasks: int = Field(default=10_000, ge=1, le=1_000_000)
+    #: An instance with a task in progress is polled this often (seconds), while its endpoint's rate limit
+    #: has room; 0 = every ``interval`` like the others. Never more often than ``interval``.
+    active_interval: float = seconds(5.0, ge=0, le=DAY)
+
+    @property
+    def active_every(self) -> float:
+        """Seconds between polls of an instance with a task in progress (the default shortened to
+        ``interval`` when that is shorter)."""
+        return min(self.active_interval or self.interval, self.interval)
 
 
 class RedisConfig(_Model):
@@ -352,6 +361,26 @@ def _known_event(value: Any) -> Any:
 
 EventPattern = Annotated[EventType | Literal["*"], BeforeValidator(_known_event)]
 
+#: Slack's mention syntax: a user (``<@U0123ABCD>``), a user group (``<!subteam^S0123ABCD>``, optionally
+#: with its ``|@handle`` label) or a special mention (``<!here>``, ``<!channel>``, ``<!everyone>``).
+_MENTION = re.compile(
+    r"<(?:@[UW][A-Z0-9]{2,32}|!subteam\^S[A-Z0-9]{2,32}(?:\|@?[\w.-]{1,80})?|!here|!channel|!everyone)>"
+)
+
+
+def _mention(value: Any) -> Any:
+    if isinstance(value, str) and not _MENTION.fullmatch(value):
+        raise ValueError(
+            f"{value!r} is not a Slack mention: write <@U0123ABCD> (a user id), <!subteam^S0123ABCD> "
+            "(a user group id), <!here>, <!channel> or <!everyone>"
+        )
+    return value
+
+
+Mention = Annotated[str, BeforeValidator(_mention)]
+#: Which events of a rule carry its mentions when ``mention_on`` is not given: those that need a human.
+DEFAULT_MENTION_ON: tuple[EventType, ...] = (EventType.FAILED, EventType.POLLER_UNHEALTHY)
+
 
 class RuleConfig(_Model):
     name: str = Field(min_length=1)
@@ -360,6 +389,17 @@ class RuleConfig(_Model):
     instances: list[str] = Field(default_factory=lambda: ["*"], description="instance ids or names")
     labels: dict[str, str] = Field(default_factory=dict, description="all must match")
     channels: list[str] = Field(min_length=1)
+    #: Slack mentions (config only, never from API data) put in the messages of ``mention_on`` events.
+    mention: list[Mention] = Field(default_factory=list, max_length=50)
+    mention_on: list[EventPattern] = Field(
+        default_factory=lambda: list[EventType | Literal["*"]](DEFAULT_MENTION_ON)
+    )
+
+    def mentions_for(self, event_type: EventType) -> list[str]:
+        """The mentions this rule adds to a notification of ``event_type``."""
+        if self.mention and ("*" in self.mention_on or event_type in self.mention_on):
+            return self.mention
+        return []
 
 
 class ScalingConfig(_Model):
@@ -425,6 +465,13 @@ class Config(_Model):
             for ch in rule.channels:
                 if ch not in self.channels:
                     raise AtKey(("rules", i, "channels"), self._unknown_channel(ch))
+        poll = self.poll
+        if "active_interval" in poll.model_fields_set and poll.active_interval > poll.interval:
+            raise AtKey(
+                ("poll", "active_interval"),
+                f"{self.poll.active_interval:g} s is longer than poll.interval ({self.poll.interval:g} s): "
+                "an instance with a task in progress is polled more often, not less (0 turns it off)",
+            )
         if self.scaling.enabled and self.scaling.lease_ttl < self.poll.interval:
             raise AtKey(
                 ("scaling", "lease_ttl"),

@@ -145,6 +145,11 @@ class DcsClient:
     def project_id(self) -> str:
         return self._project_id
 
+    def has_headroom(self) -> bool:
+        """Whether the endpoint's rate limit has room for a request now (extra polls are made only
+        then, so that they never delay the polls every instance is due)."""
+        return self._gate.limiter(self._host).has_headroom()
+
     @property
     def credentials(self) -> CredentialProvider:
         return self._credentials

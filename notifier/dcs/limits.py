@@ -223,6 +223,12 @@ class AimdRateLimiter:
             return None
         return len(self._successes) / max(min(_MEASURE_SECONDS, now - self._started), 0.1)
 
+    def has_headroom(self) -> bool:
+        """Whether the limit has room: nobody is queued for a token and no pause is on. (A token
+        itself may be a fraction of ``1 / rate`` away: with ``burst=1`` there never is one right
+        after a request.)"""
+        return not self._lock.locked() and self._paused_until - self._clock() <= _EPSILON
+
     def pause(self, seconds: float) -> None:
         """Grant no token before ``now + seconds`` (e.g. a ``Retry-After``); a longer pause wins."""
         if seconds > 0:

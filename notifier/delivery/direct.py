@@ -19,6 +19,7 @@ from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 
 from notifier.config.models import Config
+from notifier.delivery.cards import card_key
 from notifier.delivery.channels import Channel, build_channel
 from notifier.delivery.worker import send_with_retries
 from notifier.errors import DeliveryError
@@ -32,7 +33,7 @@ async def send_direct(config: Config, notification: Notification) -> DeliveryErr
     name = notification.channel
     channel = build_channel(name, config.channels[name])
     try:
-        return await send_with_retries(channel, notification, config.delivery, asyncio.Event())
+        return (await send_with_retries(channel, notification, config.delivery, asyncio.Event())).error
     finally:
         await channel.aclose()
 
@@ -60,7 +61,8 @@ class Replayed:
 async def replay(
     config: Config, store: Store, letters: Sequence[DeadLetter]
 ) -> AsyncGenerator[Replayed, None]:
-    """Replay ``letters`` one by one, each at its channel's pace, yielding what became of each.
+    """Replay ``letters`` one by one, each at its channel's pace, yielding what became of each (a
+    notification of a living card updates the card its channel keeps).
 
     A failing notification is tried ``delivery.once_attempts`` times. Use with ``contextlib.aclosing``:
     the channels built for the replay are closed when the iteration ends.
@@ -81,10 +83,15 @@ async def replay(
                 channel = built[letter.channel] = build_channel(
                     letter.channel, config.channels[letter.channel]
                 )
-            error = await send_with_retries(channel, notification, policy, asyncio.Event())
-            if channel.rate:
-                await asyncio.sleep(1.0 / channel.rate)  # the channel's pace between replayed messages
+            key = card_key(notification.event)
+            card = await store.cards.get(letter.channel, key) if channel.living_cards else None
+            sent = await send_with_retries(channel, notification, policy, asyncio.Event(), card)
+            error = sent.error
             if error is None:
+                if sent.card is not None:
+                    # Before the dead letter is resolved: a crash in between leaves the letter, whose
+                    # replay then updates this card instead of posting another.
+                    await store.cards.put(letter.channel, key, sent.card)
                 await store.dead_letters.resolve(letter)
                 yield Replayed(letter, Replay.DELIVERED)
             elif error.retryable:

@@ -6,10 +6,11 @@ first, then entries a dead consumer left pending (XAUTOCLAIM), then new ones —
 
 1. skips the send if the notification log says it was already delivered (another consumer sent it
    while this one had claimed it), else
-2. waits for the channel's pace (``rate`` messages per second) and sends;
-3. on success writes the notification log and acknowledges the entry in one MULTI/EXEC (if Redis is
-   down at that moment, the acknowledgement is kept in memory and written first when Redis returns,
-   so the send is not repeated);
+2. waits for the channel's pace (``rate`` calls per second) and sends — to a channel with living
+   cards, with the card the notification updates (read from Redis);
+3. on success writes the notification log (and the card posted or updated) and acknowledges the
+   entry in one MULTI/EXEC (if Redis is down at that moment, the acknowledgement is kept in memory
+   and written first when Redis returns, so the send is not repeated);
 4. on a permanent failure moves the entry to the dead-letter stream at once;
 5. on a retryable failure counts the attempt in Redis and waits (exponential backoff with full jitter,
    capped, never sooner than ``Retry-After``) before trying the same entry again, until
@@ -30,6 +31,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from notifier.config.models import DeliveryConfig
+from notifier.delivery.cards import Card
 from notifier.delivery.channels.base import Channel
 from notifier.errors import CorruptStateError, DeliveryError, Reason, StoreError
 from notifier.pipeline.events import Notification
@@ -67,29 +69,47 @@ async def pause(seconds: float, stop: asyncio.Event) -> bool:
     return True
 
 
-async def attempt(channel: Channel, notification: Notification) -> DeliveryError | None:
-    """One send; None = accepted. Any failure comes back as a DeliveryError: an exception that is not
-    one (a bug in a formatter or a library) is a permanent INTERNAL error, so it cannot wedge a channel."""
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One send: the error (None = accepted) and, for a channel with living cards, the card it left."""
+
+    error: DeliveryError | None = None
+    card: Card | None = None
+
+
+async def attempt(channel: Channel, notification: Notification, card: Card | None = None) -> Attempt:
+    """One send. Any failure comes back as a DeliveryError: an exception that is not one (a bug in a
+    formatter or a library) is a permanent INTERNAL error, so it cannot wedge a channel."""
     try:
+        if channel.living_cards:
+            return Attempt(card=await channel.send(notification, card))
         await channel.send(notification)
     except DeliveryError as exc:
-        return exc
+        return Attempt(exc)
     except Exception as exc:
         log.exception("channel %s failed unexpectedly on %s", channel.name, notification.event.id)
-        return DeliveryError(channel.name, False, Reason.INTERNAL, f"unexpected {type(exc).__name__}")
-    return None
+        return Attempt(
+            DeliveryError(channel.name, False, Reason.INTERNAL, f"unexpected {type(exc).__name__}")
+        )
+    return Attempt()
 
 
 async def send_with_retries(
-    channel: Channel, notification: Notification, config: DeliveryConfig, stop: asyncio.Event
-) -> DeliveryError | None:
-    """Send outside the outbox (``send-test``) with the same retry policy; None = accepted."""
+    channel: Channel,
+    notification: Notification,
+    config: DeliveryConfig,
+    stop: asyncio.Event,
+    card: Card | None = None,
+) -> Attempt:
+    """Send outside the outbox (``send-test``, the replay) with the same retry policy and pace."""
     for n in range(1, config.max_attempts + 1):
-        error = await attempt(channel, notification)
+        await channel.pace()
+        result = await attempt(channel, notification, card)
+        error = result.error
         if error is None or not error.retryable or n == config.max_attempts:
-            return error
+            return result
         if await pause(retry_delay(n, error, config), stop):
-            return error
+            return result
     raise AssertionError("unreachable")  # pragma: no cover
 
 
@@ -139,8 +159,7 @@ class Deliverer:
         self.channels = dict(channels)
         self.config = config
         self.stop = stop or asyncio.Event()
-        self._next_send = dict.fromkeys(self.channels, 0.0)
-        self._unacked: dict[str, list[OutboxEntry]] = {name: [] for name in self.channels}
+        self._unacked: dict[str, list[tuple[OutboxEntry, Card | None]]] = {name: [] for name in self.channels}
 
     @property
     def unacknowledged(self) -> int:
@@ -151,27 +170,18 @@ class Deliverer:
         """Stop after the sends in flight; backoff waits end at once, blocked reads within a second."""
         self.stop.set()
 
-    async def _pace(self, channel: Channel) -> None:
-        if channel.rate is None:
-            return
-        now = time.monotonic()
-        wait = self._next_send[channel.name] - now
-        if wait > 0:
-            await asyncio.sleep(wait)  # pacing, not synchronisation: at most 1/rate seconds
-        self._next_send[channel.name] = max(now, self._next_send[channel.name]) + 1.0 / channel.rate
-
-    async def _ack(self, entry: OutboxEntry) -> None:
+    async def _ack(self, entry: OutboxEntry, card: Card | None = None) -> None:
         try:
-            await self.outbox.mark_delivered(entry)
+            await self.outbox.mark_delivered(entry, card)
         except StoreError:
             # Sent, but Redis is gone: remember, and acknowledge before anything else when it returns.
-            self._unacked[entry.channel].append(entry)
+            self._unacked[entry.channel].append((entry, card))
             raise
 
     async def _flush_unacked(self, name: str) -> None:
         pending = self._unacked[name]
         while pending:
-            await self.outbox.mark_delivered(pending[0])
+            await self.outbox.mark_delivered(*pending[0])
             pending.pop(0)
 
     async def deliver(
@@ -182,12 +192,14 @@ class Deliverer:
         if await self.outbox.was_delivered(entry):
             await self._ack(entry)
             return Verdict.DUPLICATE, ""
+        card = await self.outbox.card(entry) if channel.living_cards else None
         tries = 0
         while True:
-            await self._pace(channel)
-            error = await attempt(channel, entry.notification)
+            await channel.pace()
+            result = await attempt(channel, entry.notification, card)
+            error = result.error
             if error is None:
-                await self._ack(entry)
+                await self._ack(entry, result.card)
                 return Verdict.DELIVERED, ""
             tries += 1
             if not error.retryable:

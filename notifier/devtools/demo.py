@@ -3,7 +3,8 @@
 Starts the DCS simulator playing the built-in scenario (a switchover, a scale-up, a whitelist change,
 public access on, a failed port change), a local Slack stand-in and a local webhook receiver, and runs
 the real daemon against them with the embedded config below. Each notification is printed as the
-stand-ins receive it: the Slack message as text, the webhook with its signature verified.
+stand-ins receive it: the Slack channel as a person would see it (a new card in full, then its edits and
+thread replies under it), the webhook with its signature verified.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import re
 import secrets
 import signal
 import sys
+from collections import Counter
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -23,7 +25,7 @@ from notifier.app import Daemon
 from notifier.config.load import parse_config
 from notifier.devtools.simulator import Scenario, Simulator, default_demo_scenario, install_instances
 from notifier.devtools.standins import RecordedRequest
-from notifier.devtools.standins.slack import SlackStandIn
+from notifier.devtools.standins.slack import Change, Message, SlackStandIn
 from notifier.devtools.standins.webhook import WebhookReceiver
 from notifier.store.connect import connect_redis
 
@@ -41,14 +43,14 @@ __INSTANCES__
 poll: {interval: 1, baseline_grace: 900}
 redis: {url: "${DEMO_REDIS_URL}", key_prefix: "${DEMO_PREFIX}"}
 channels:
-  oncall: {type: slack, webhook_url: "${SLACK_URL}"}
+  oncall: {type: slack, token: "${SLACK_TOKEN}", channel: "#oncall", base_url: "${SLACK_API}", rate: 10}
   audit: {type: webhook, url: "${WEBHOOK_URL}", secret: "${WEBHOOK_SECRET}", headers: {X-Team: db}}
 rules:
   - {name: switchovers, tasks: [masterStandbySwapJob], events: [task.started, task.succeeded, task.failed],
      channels: [oncall, audit]}
   - {name: prod-changes, labels: {env: prod}, events: [task.started, task.succeeded, task.failed],
      channels: [oncall]}
-  - {name: failures, events: [task.failed], channels: [oncall]}
+  - {name: failures, events: [task.failed], channels: [oncall], mention: ["<!subteam^S0DBAONCALL>"]}
   - {name: everything, tasks: ["*"], channels: [audit]}
 delivery: {max_attempts: 3, backoff_initial: 0.2, backoff_max: 2}
 """
@@ -110,8 +112,72 @@ def _print(text: str) -> None:
     print(text, flush=True)
 
 
-def _on_slack(req: RecordedRequest) -> None:
-    _print("\n[slack → #oncall] " + render_slack(req.json))
+def _fields(blocks: list[Any] | None) -> dict[str, str]:
+    """The fields of a Block Kit message's sections: label → value, as plain one-line text."""
+    fields: dict[str, str] = {}
+    for block in blocks or []:
+        for f in block.get("fields", []) if block.get("type") == "section" else []:
+            label, _, value = _plain(f.get("text", "")).partition("\n")
+            fields[label] = value.replace("\n", " ")
+    return fields
+
+
+class SlackPrinter:
+    """Prints a Slack channel as a person watching it would see it (the stand-in's ``on_change``): a new card
+    once, in full; each ``chat.update`` as an edit of that card (what changed); each thread reply indented
+    under its card. Works alike for incoming-webhook posts (every post a new card) and bot-token calls."""
+
+    def __init__(self) -> None:
+        self.numbers: dict[tuple[str, str], int] = {}
+        self.counts: Counter[str] = Counter()
+
+    def __call__(self, change: Change) -> None:
+        m = change.message
+        self.counts[change.kind] += 1
+        if change.kind == "posted":
+            number = self.numbers[m.channel, m.ts] = len(self.numbers) + 1
+            first, *rest = render_slack(_payload(m.text, m.blocks)).split("\n")
+            _print("\n".join([f"\n[slack → {change.channel_label}] {first}  (card {number})", *rest]))
+            return
+        card = self._card(m)
+        if m.thread_ts is not None:
+            lines = render_slack(_payload(m.text, m.blocks)).split("\n")
+            if change.kind == "replied":
+                also = " (also sent to the channel)" if m.reply_broadcast else ""
+                head = f"    ↳ thread (card {card}): {lines[0]}{also}"
+            elif change.kind == "updated":
+                head = f"    ↳ ✎ thread reply (card {card}) now: {lines[0]}"
+            else:
+                head, lines = f"    ↳ ✗ thread reply (card {card}) deleted", [""]
+            _print("\n".join([head, *("      " + line.strip() for line in lines[1:])]))
+            return
+        now = _fields(m.blocks)
+        label = " · ".join(v.split(" (")[0] for k, v in now.items() if k in ("Instance", "Task") and v)
+        header = render_slack(_payload(m.text, m.blocks)).split("\n")[0]
+        title = f"card {card} ({label or header})"
+        if change.kind == "deleted":
+            _print(f"  ✗ {title} deleted" + (" by a person" if change.by == "person" else ""))
+            return
+        before = _fields(m.edits[-1].blocks) if m.edits else {}
+        changed = [f"{k}: {v}" for k, v in now.items() if before.get(k) != v]
+        _print(f"  ✎ {title} now: {header}" + (" — " + ", ".join(changed) if changed else ""))
+
+    def _card(self, m: Message) -> int:
+        key = (m.channel, m.thread_ts or m.ts)
+        if key not in self.numbers:  # posted before the printer was listening
+            self.numbers[key] = len(self.numbers) + 1
+        return self.numbers[key]
+
+    def summary(self) -> str:
+        c = self.counts
+        return (
+            f"{c['posted']} Slack card(s), {c['updated']} edit(s), {c['replied']} thread repl(ies), "
+            f"{c['deleted']} deletion(s)"
+        )
+
+
+def _payload(text: str, blocks: list[Any] | None) -> dict[str, Any]:
+    return {"text": text, "blocks": blocks or []}
 
 
 def _on_webhook(req: RecordedRequest) -> None:
@@ -141,14 +207,17 @@ async def run_demo(redis_url: str | None = None, duration: float = 30.0, speed: 
     scenario = default_demo_scenario()
     sim = Simulator(project_id="demo-project", credentials={ak: sk})
     install_instances(sim, scenario)
-    slack = SlackStandIn(on_message=_on_slack)
+    printer = SlackPrinter()
+    # The bot token's living cards land in the "#oncall" the config names (incoming-webhook posts would too).
+    slack = SlackStandIn(webhook_channel="oncall", on_change=printer)
     receiver = WebhookReceiver(secret=webhook_secret, on_message=_on_webhook)
     async with sim, slack, receiver:
         env = {
             "SIM_URL": str(sim.base_url),
             "DEMO_AK": ak,
             "DEMO_SK": sk,
-            "SLACK_URL": slack.webhook_url,
+            "SLACK_TOKEN": "xoxb-demo-" + secrets.token_hex(8),
+            "SLACK_API": slack.api_base_url,
             "WEBHOOK_URL": receiver.url,
             "WEBHOOK_SECRET": webhook_secret,
             "DEMO_REDIS_URL": redis_url or "redis://embedded/0",
@@ -180,7 +249,8 @@ async def run_demo(redis_url: str | None = None, duration: float = 30.0, speed: 
             await client.aclose()
     verified = sum(1 for r in receiver.requests if r.verified)
     _print(
-        f"\nDone: {len(slack.requests)} Slack message(s), {len(receiver.requests)} webhook(s) "
+        f"\nDone: {printer.summary()} in {len(slack.requests)} Slack request(s), "
+        f"{len(receiver.requests)} webhook(s) "
         f"({verified} with a verified signature)."
     )
     return 0 if slack.requests and verified == len(receiver.requests) else 1

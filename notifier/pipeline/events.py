@@ -128,6 +128,8 @@ class Notification(BaseModel):
     event: Event
     channel: str
     rule: str | None = None
+    #: Slack mentions from the rules that sent it here (the config's ``mention``, never API data).
+    mentions: tuple[str, ...] = ()
 
     @property
     def key(self) -> str:

@@ -10,6 +10,9 @@ channel. A rule matches when each of its filters matches:
 * ``events``: event types (``task.started``...) or ``*``.
 * ``instances``: instance ids or configured names, or ``*``.
 * ``labels``: every given label must equal the instance's label.
+
+A notification carries the ``mention`` of every matching rule that sends it to its channel, for the
+event types of that rule's ``mention_on`` (each mention once, in file order).
 """
 
 from __future__ import annotations
@@ -53,13 +56,20 @@ def route(
     ``poller.*`` events also go to ``health_channels`` (``health.channels``, the ops channel).
     """
     chosen: dict[str, str | None] = {}
+    mentions: dict[str, dict[str, None]] = {}
     if not rules:
         chosen = dict.fromkeys(channels)
     for rule in rules:
         if rule_matches(rule, event):
+            wanted = rule.mentions_for(event.type)
             for ch in rule.channels:
                 chosen.setdefault(ch, rule.name)
+                if wanted:
+                    mentions.setdefault(ch, {}).update(dict.fromkeys(wanted))
     if event.type.value.startswith("poller."):
         for ch in health_channels:
             chosen.setdefault(ch, "health")
-    return [Notification(event=event, channel=ch, rule=name) for ch, name in chosen.items()]
+    return [
+        Notification(event=event, channel=ch, rule=name, mentions=tuple(mentions.get(ch, ())))
+        for ch, name in chosen.items()
+    ]

@@ -5,6 +5,9 @@ After a poll (each delay jittered by ``poll.jitter``, first polls spread over on
 instances never poll in lock-step):
 
 * success, throttling (the shared rate limiter slows down instead), Redis down → ``poll.interval``;
+* success with a task in progress (as this process last committed it) → ``poll.active_interval``, when
+  the endpoint's rate limit has room for the extra polls now (no request queued or paused), else
+  ``poll.interval``: an instance's extra polls never delay the polls the others are due;
 * 5xx, timeouts, connection errors, bad answers → capped exponential backoff (honouring ``Retry-After``);
 * 401/403 (credentials) and 404 (instance missing) → ``poll.recheck``.
 """
@@ -58,6 +61,8 @@ class Scheduler:
         """How long until the instance of ``outcome`` is polled again."""
         interval = self.config.poll.interval
         exc = outcome.error
+        if exc is None and self._active(outcome.target.key):
+            return self.jittered(self.config.poll.active_every)
         if exc is None or isinstance(exc, StoreError):
             return self.jittered(interval)
         if isinstance(exc, DcsApiError) and exc.reason in (
@@ -75,6 +80,14 @@ class Scheduler:
         if isinstance(exc, DcsApiError) and exc.retry_after is not None:
             delay = max(delay, exc.retry_after)
         return delay
+
+    def _active(self, key: str) -> bool:
+        """Whether the instance has a task in progress and its endpoint room for extra polls."""
+        w = self.fleet.get(key)
+        if w is None or w.known is None or not w.known.active:
+            return False
+        client = self.fleet.clients.get(w.target.project.project_id)
+        return client is not None and client.has_headroom()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Poll every instance until ``stop`` is set, spreading first polls over one interval."""

@@ -17,6 +17,7 @@ from datetime import datetime
 
 from notifier.config.models import Config, InstanceConfig, ProjectSpec
 from notifier.dcs.client import DcsClient
+from notifier.dcs.models import Outcome, classify_status
 from notifier.errors import StoreError
 from notifier.pipeline.diff import Snapshot
 from notifier.pipeline.events import Event, EventType, InstanceRef, Notification
@@ -58,6 +59,14 @@ class Known:
 
     snapshot: Snapshot
     digest: bytes | None
+    #: Whether a task of the snapshot is in progress (the instance is then polled every
+    #: ``poll.active_interval``); worked out once per commit, not per poll.
+    active: bool = False
+
+    @classmethod
+    def of(cls, snapshot: Snapshot, digest: bytes | None) -> Known:
+        active = any(classify_status(t.status) is Outcome.IN_PROGRESS for t in snapshot.tasks.values())
+        return cls(snapshot, digest, active)
 
 
 def release(waiter: asyncio.Future[None]) -> None:

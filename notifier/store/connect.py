@@ -7,6 +7,7 @@ shared by every store, one per stage it serves:
 * ``snapshots`` — per-instance state committed with its outbox entries, the epoch marker (the poller);
 * ``health`` — which instances are announced unhealthy (the poller);
 * ``outbox`` — reading, claiming, acknowledging and burying outbox entries (delivery);
+* ``cards`` — the living card of each task per channel (delivery, the dead-letter replay);
 * ``dead_letters`` — list, replay, resolve, purge (the ``dead-letters`` commands);
 * ``heartbeat`` — the daemon's sign of life (the daemon, ``dcs-notifier health``).
 """
@@ -125,6 +126,7 @@ class Store:
         self.snapshots = Snapshots(self.link)
         self.health = HealthRecords(self.link)
         self.outbox = Outbox(self.link)
+        self.cards = self.outbox.cards
         self.dead_letters = DeadLetters(self.link)
         self.heartbeat = Heartbeat(self.link)
 

@@ -6,7 +6,8 @@ one server or a Sentinel-managed master; a Redis Cluster uses hash-tagged names 
 
 Who writes what (modules of :mod:`notifier.store`): ``snap`` and ``epoch`` — ``snapshots``; ``health`` —
 ``health``; ``outbox``, ``delivered``, ``attempts`` — ``outbox`` (which also buries entries in ``dead``);
-``dead`` — ``dead_letters``; ``heartbeat`` — ``heartbeat``; ``daemon``, ``replicas``, ``lease`` — ``leases``.
+``card`` — ``cards`` (written with an acknowledgement by ``outbox``); ``dead`` — ``dead_letters``;
+``heartbeat`` — ``heartbeat``; ``daemon``, ``replicas``, ``lease`` — ``leases``.
 
 ``{p}:snap:{project_id}:{instance_id}`` — HASH, no TTL.
     What was last seen of each task of one instance: field = task id, value = compact JSON
@@ -40,6 +41,12 @@ Who writes what (modules of :mod:`notifier.store`): ``snap`` and ``epoch`` — `
     Failed send attempts per outbox entry id, so that giving up after ``delivery.max_attempts``
     survives restarts. Removed in the same MULTI/EXEC that acknowledges or dead-letters the entry.
 
+``{p}:card:{channel}:{card_key}`` — STRING, TTL 7 days (DELIVERED_TTL_SECONDS), renewed by every update.
+    A living card (Slack bot channels): ``{"c": channel id, "ts": message ts, "open": bool}`` of the
+    message that shows one task (``card_key`` = ``{project_id}/{instance_id}/task/{task_id}``) or one
+    instance's health (``.../instance``), see :mod:`notifier.delivery.cards`. Written in the same
+    MULTI/EXEC as the XACK of the notification that posted or updated it (by the dead-letter replay,
+    just before the dead letter is resolved).
 ``{p}:dead`` — STREAM, capped at ~10,000 entries (MAXLEN ~).
     Dead letters: notifications a channel refused permanently. Fields: ``n`` (the Notification JSON),
     ``k``, ``channel``, ``error``, ``attempts``, ``failed_at``.
@@ -76,6 +83,7 @@ in its own::
     {p}:outbox:{{channel}}                   e.g. dcsn:outbox:{audit}
     {p}:delivered:{{channel}}:{event_id}     e.g. dcsn:delivered:{audit}:evt_4f78...
     {p}:attempts:{{channel}}                 e.g. dcsn:attempts:{audit}
+    {p}:card:{{channel}}:{card_key}          e.g. dcsn:card:{oncall}:a4d3.../5560.../task/7f1c...
     {p}:dead:{{channel}}                     one dead-letter stream per channel (not one {p}:dead)
     {p}:health, {p}:heartbeat, {p}:epoch    unchanged (single keys)
     {p}:daemon                              unchanged (single key)
@@ -134,6 +142,9 @@ class Keys:
 
     def delivered(self, channel: str, event_id: str) -> str:
         return f"{self.prefix}:delivered:{self._tag(channel)}:{event_id}"
+
+    def card(self, channel: str, card_key: str) -> str:
+        return f"{self.prefix}:card:{self._tag(channel)}:{card_key}"
 
     def attempts(self, channel: str) -> str:
         return f"{self.prefix}:attempts:{self._tag(channel)}"

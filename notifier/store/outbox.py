@@ -18,7 +18,9 @@ from typing import Any
 import redis.exceptions
 from redis.typing import EncodableT, FieldT
 
+from notifier.delivery.cards import Card, card_key
 from notifier.pipeline.events import Notification
+from notifier.store.cards import Cards
 from notifier.store.keys import DEAD_LETTER_MAXLEN, DELIVERED_TTL_SECONDS, Keys
 from notifier.store.link import Link
 
@@ -89,6 +91,7 @@ class Outbox:
 
     def __init__(self, link: Link) -> None:
         self.link = link
+        self.cards = Cards(link)
         self._groups: set[str] = set()
         self._recoveries = link.recoveries
 
@@ -197,14 +200,21 @@ class Outbox:
             value = await self.link.redis.hget(self.link.keys.attempts(entry.channel), entry.entry_id)
         return int(value or 0)
 
-    async def mark_delivered(self, entry: OutboxEntry) -> None:
-        """Record the delivery and drop the entry from the outbox, atomically."""
+    async def card(self, entry: OutboxEntry) -> Card | None:
+        """The living card the entry's notification updates (None: it posts a new one)."""
+        return await self.cards.get(entry.channel, card_key(entry.notification.event))
+
+    async def mark_delivered(self, entry: OutboxEntry, card: Card | None = None) -> None:
+        """Record the delivery (and the card it posted or updated) and drop the entry from the outbox,
+        atomically."""
         keys = self.link.keys
         async with self.link.op("acknowledgement of a delivery"):
             pipe = self.link.redis.pipeline(transaction=True)
             pipe.set(
                 keys.delivered(entry.channel, entry.notification.event.id), "1", ex=DELIVERED_TTL_SECONDS
             )
+            if card is not None:
+                self.cards.queue_put(pipe, entry.channel, card_key(entry.notification.event), card)
             _remove(pipe, keys, entry.channel, entry.entry_id)
             await pipe.execute()
 

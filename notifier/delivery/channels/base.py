@@ -4,13 +4,21 @@ A channel formats a :class:`~notifier.pipeline.events.Notification` with its (pu
 once. It never retries by itself: on failure it raises :class:`~notifier.errors.DeliveryError` saying
 whether the failure is retryable, and the delivery loop (``notifier.delivery.worker``) owns backoff and
 retries.
+
+A channel that keeps living cards (``living_cards``: Slack with a bot token) is given the card the
+notification belongs to, if one was posted, and returns the card it posted or updated; the delivery loop
+keeps it in Redis with the acknowledgement. Every call a send makes to the service waits for the
+channel's pace (:meth:`Channel.pace`): the delivery loop paces the first, the channel any further one.
 """
 
 from __future__ import annotations
 
 import abc
+import asyncio
+import time
 from typing import ClassVar
 
+from notifier.delivery.cards import Card
 from notifier.pipeline.events import Notification
 
 
@@ -20,14 +28,29 @@ class Channel(abc.ABC):
     #: The ``type`` key in the config file that selects this kind.
     kind: ClassVar[str]
 
+    #: Whether :meth:`send` takes and returns living cards.
+    living_cards: bool = False
+
     def __init__(self, name: str, *, rate: float | None = None) -> None:
         self.name = name
-        #: At most this many messages per second (the delivery loop paces sends); None = no limit.
+        #: At most this many calls per second to the service (posts and updates alike); None = no limit.
         self.rate = rate
+        self._next_call = 0.0
+
+    async def pace(self) -> None:
+        """Wait until the next call to the service keeps within ``rate``."""
+        if self.rate is None:
+            return
+        now = time.monotonic()
+        wait = self._next_call - now
+        if wait > 0:
+            await asyncio.sleep(wait)  # pacing, not synchronisation: at most 1/rate seconds
+        self._next_call = max(now, self._next_call) + 1.0 / self.rate
 
     @abc.abstractmethod
-    async def send(self, notification: Notification) -> None:
-        """Deliver one notification, or raise ``DeliveryError``. Must not retry."""
+    async def send(self, notification: Notification, card: Card | None = None) -> Card | None:
+        """Deliver one notification, or raise ``DeliveryError``. Must not retry. A channel with
+        ``living_cards`` updates ``card`` (or posts a new one) and returns it; others return None."""
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook, most channels hold no resources
         """Release connections. Safe to call more than once."""

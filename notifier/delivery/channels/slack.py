@@ -1,4 +1,10 @@
-"""Slack channel: an incoming webhook, or a bot token posting with ``chat.postMessage``.
+"""Slack channel: an incoming webhook, or a bot token keeping one living card per task.
+
+With a bot token (``token`` + ``channel``) a task's first notification posts a card (``chat.postMessage``);
+every later one rewrites it (``chat.update``, on the channel **id** Slack answered the post with) and adds a
+thread reply saying what changed, broadcast to the channel for a failure or an instance that cannot be
+polled. A card a person deleted (or that can no longer be edited) is posted anew. An incoming webhook can
+neither edit nor thread: it posts one message per event.
 
 Exactly one layer retries: slack-sdk's own retry handlers are switched off (``retry_handlers=[]``) and every
 failure becomes a ``DeliveryError`` the delivery loop decides about. A Slack webhook URL is a secret (whoever
@@ -16,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from typing import Any, ClassVar, Final, Literal
 from urllib.parse import urlsplit
 
@@ -25,6 +31,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
+from notifier.delivery.cards import BROADCAST, Card, after, needs_new_card
 from notifier.delivery.channels.base import Channel
 from notifier.delivery.channels.http import (
     AnswerError,
@@ -39,7 +46,7 @@ from notifier.delivery.channels.http import (
     transport_error,
     watch_answers,
 )
-from notifier.delivery.formatters.slack import SlackMessage, format_slack
+from notifier.delivery.formatters.slack import SlackMessage, format_card, format_reply, format_slack
 from notifier.errors import DeliveryError, Reason
 from notifier.net.headers import parse_retry_after
 from notifier.net.session import Http
@@ -73,6 +80,18 @@ AUTH_ERRORS: Final = frozenset(
 #: Slack error codes meaning the destination does not exist (any more).
 NOT_FOUND_ERRORS: Final = frozenset(
     {"channel_not_found", "channel_is_archived", "no_service", "no_team", "no_active_hooks", "user_not_found"}
+)
+#: Answers to ``chat.update`` or a thread reply meaning the card is gone or frozen: post a new card.
+#: (``thread_not_found`` for a reply to a deleted parent is unconfirmed: Slack documents it for
+#: ``conversations.replies``; ``invalid_thread_ts`` is taken the same way.)
+CARD_GONE_ERRORS: Final = frozenset(
+    {
+        "message_not_found",
+        "cant_update_message",
+        "edit_window_closed",
+        "thread_not_found",
+        "invalid_thread_ts",
+    }
 )
 #: Slack error codes Slack itself documents as temporary.
 RATE_LIMIT_ERRORS: Final = frozenset({"ratelimited", "rate_limited"})
@@ -179,6 +198,7 @@ class SlackChannel(Channel):
     def __init__(self, name: str, config: SlackChannelConfig) -> None:
         super().__init__(name, rate=config.rate)
         self._config = config
+        self.living_cards = config.mode == "bot"
         self._secrets: list[str] = []
         if config.webhook_url is not None:
             url = config.webhook_url.get_secret_value()
@@ -255,12 +275,78 @@ class SlackChannel(Channel):
             problem,
         )
 
-    async def send(self, notification: Notification) -> None:
-        message = format_slack(notification)
+    async def send(self, notification: Notification, card: Card | None = None) -> Card | None:
         if self._config.mode == "webhook":
-            await self._send_webhook(message)
-        else:
-            await self._send_bot(message)
+            await self._send_webhook(format_slack(notification))
+            return None
+        event = notification.event
+        if needs_new_card(event, card):
+            return await self._post_card(notification)
+        assert card is not None
+        client = self._web_client()
+        message = format_card(notification)
+        try:
+            await self._call(
+                "chat.update",
+                client.chat_update(
+                    channel=card.channel_id, ts=card.ts, text=message.text, blocks=message.blocks
+                ),
+            )
+            await self.pace()  # the reply is a second call to Slack
+            reply = format_reply(notification)
+            await self._call(
+                "chat.postMessage (thread reply)",
+                client.chat_postMessage(
+                    channel=card.channel_id,
+                    thread_ts=card.ts,
+                    reply_broadcast=event.type in BROADCAST,
+                    text=reply.text,
+                    blocks=reply.blocks,
+                    **self._extras(),
+                ),
+            )
+        except _CardGone as gone:
+            log.info("channel %r: the card of %s is gone (%s); posting a new one", self.name, event.id, gone)
+            await self.pace()
+            return await self._post_card(notification)
+        return after(event, card)
+
+    async def _post_card(self, notification: Notification) -> Card | None:
+        """Post a new card; the card Slack made (None if its answer could not be read: the next event
+        of the task then posts another)."""
+        message = format_slack(notification)
+        assert self._config.channel is not None
+        answer = await self._call(
+            "chat.postMessage",
+            self._web_client().chat_postMessage(
+                channel=self._config.channel, text=message.text, blocks=message.blocks, **self._extras()
+            ),
+        )
+        channel_id, ts = (answer or {}).get("channel"), (answer or {}).get("ts")
+        if not isinstance(channel_id, str) or not isinstance(ts, str) or not channel_id or not ts:
+            if answer is not None:
+                log.warning(
+                    "channel %r: Slack took the card of %s but named no channel id and ts for it; "
+                    "the task's next event posts a new card",
+                    self.name,
+                    notification.event.id,
+                )
+            return None
+        return after(notification.event, Card(channel_id, ts))
+
+    async def _call(self, what: str, call: Awaitable[Any]) -> Mapping[str, Any] | None:
+        """One Web API call: Slack's answer when it took the call (None if that answer is unreadable),
+        else DeliveryError — or _CardGone when the card it names is gone."""
+        with watch_answers() as seen:
+            try:
+                resp = await call
+            except SlackApiError as exc:
+                return self._judge_api_answer(exc.response, what)
+            except Exception as exc:
+                self._judge_failure(what, exc, seen)
+                return None
+        data = getattr(resp, "data", None)
+        return data if isinstance(data, Mapping) else None
 
     def _extras(self) -> dict[str, Any]:
         return {"username": self._config.username, "icon_emoji": self._config.icon_emoji}
@@ -303,23 +389,10 @@ class SlackChannel(Channel):
             resp.status_code, slack_error_code(resp.body), headers.get("Retry-After"), what="webhook"
         )
 
-    async def _send_bot(self, message: SlackMessage) -> None:
-        client = self._web_client()
-        assert self._config.channel is not None
-        with watch_answers() as seen:
-            try:
-                await client.chat_postMessage(
-                    channel=self._config.channel, text=message.text, blocks=message.blocks, **self._extras()
-                )
-            except SlackApiError as exc:
-                self._judge_api_answer(exc.response)
-            except Exception as exc:
-                self._judge_failure("chat.postMessage", exc, seen)
-
-    def _judge_api_answer(self, resp: object) -> None:
+    def _judge_api_answer(self, resp: object, what: str) -> Mapping[str, Any] | None:
         """An answer slack-sdk did not take for a success (``SlackApiError.response``: slack-sdk's response
-        object, or aiohttp's). Returns if Slack did take the message, else raises DeliveryError."""
-        what = "chat.postMessage"
+        object, or aiohttp's). Returns Slack's answer if Slack did take the call (None when it cannot be
+        read), else raises DeliveryError, or _CardGone for an answer that says the card is gone."""
         status = getattr(resp, "status_code", None) or getattr(resp, "status", None)
         if not isinstance(status, int):
             raise DeliveryError(
@@ -331,10 +404,13 @@ class SlackChannel(Channel):
             raise self._error(status, slack_error_code(data), headers.get("Retry-After"), what=what) from None
         if isinstance(data, Mapping) and "ok" in data:
             if data["ok"] is True:
-                return  # a 2xx other than 200 with ok: slack-sdk wants exactly 200
+                return data  # a 2xx other than 200 with ok: slack-sdk wants exactly 200
             error = slack_error_code(data)
+            if error in CARD_GONE_ERRORS and what != "chat.postMessage":
+                raise _CardGone(error)
             raise self._error(status, error, None, what=what, detail="" if error else " ok=false") from None
         self._accepted_unreadable(status, what, _not_an_answer(headers))
+        return None
 
     async def aclose(self) -> None:
         if self._http is not None and not self._http.closed:
@@ -342,6 +418,10 @@ class SlackChannel(Channel):
         self._http = None
         self._webhook = None
         self._web = None
+
+
+class _CardGone(Exception):
+    """Slack says the card to update (or to reply under) is gone: deleted, or no longer editable."""
 
 
 def _not_an_answer(headers: Mapping[str, str]) -> str:

@@ -20,6 +20,7 @@ from typing import Any, ClassVar, Final, Literal
 
 from pydantic import ConfigDict, Field, SecretStr, field_validator
 
+from notifier.delivery.cards import Card
 from notifier.delivery.channels.base import Channel
 from notifier.delivery.channels.http import (
     HttpChannelConfig,
@@ -161,7 +162,7 @@ class WebhookChannel(Channel):
             headers["webhook-signature"] = sign_webhook(self._key, msg_id, timestamp, body)
         return headers
 
-    async def send(self, notification: Notification) -> None:
+    async def send(self, notification: Notification, card: Card | None = None) -> None:
         body = webhook_body(notification)
         headers = self.build_headers(notification, body, int(time.time()))
         session = self._get_http().session

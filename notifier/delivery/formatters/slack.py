@@ -4,6 +4,11 @@ The message answers at a glance: what happened (in words), on which instance, wi
 it, when, how long it took and what changed. Every value that comes from the API is escaped for mrkdwn and
 clipped so that Block Kit limits hold whatever the API sends. No clock is read: the same notification always
 gives the same message.
+
+Three shapes: :func:`format_slack` — the message of one event, which is also a living card's first post;
+:func:`format_card` — the card as ``chat.update`` rewrites it (no mention: an edit pings nobody);
+:func:`format_reply` — the short thread reply saying what changed and when. Mentions come from the config's
+rules only (checked there) and are the only unescaped mrkdwn in a message.
 """
 
 from __future__ import annotations
@@ -242,18 +247,25 @@ def _context(notification: Notification) -> str:
     return clip(" · ".join(parts), CONTEXT_TEXT_MAX)
 
 
-def format_slack(notification: Notification) -> SlackMessage:
-    """Render one notification as a Slack message (pure, deterministic)."""
+def _mentions(notification: Notification) -> str:
+    """The rule's mentions, as written in the config (validated there: Slack's own syntax only)."""
+    return " ".join(notification.mentions)
+
+
+def format_slack(notification: Notification, *, mention: bool = True) -> SlackMessage:
+    """Render one notification as a Slack message (pure, deterministic); with its mentions unless
+    ``mention`` is false."""
     event = notification.event
     emoji = EVENT_EMOJI[event.type]
     headline = f"{emoji} {event.summary}"
+    mentions = _mentions(notification) if mention else ""
 
     task = event.task
     fields = _instance_fields(event) if task is None else _fields(event, task)
-    blocks: list[Block] = [
-        HeaderBlock(text=PlainTextObject(text=clip(headline, HEADER_MAX), emoji=True)),
-        SectionBlock(fields=[MarkdownTextObject(text=f) for f in fields]),
-    ]
+    blocks: list[Block] = [HeaderBlock(text=PlainTextObject(text=clip(headline, HEADER_MAX), emoji=True))]
+    if mentions:
+        blocks.append(SectionBlock(text=MarkdownTextObject(text=mentions)))
+    blocks.append(SectionBlock(fields=[MarkdownTextObject(text=f) for f in fields]))
     if task is not None and task.details is not None:
         lines = detail_lines(task.details)
         if lines:
@@ -265,7 +277,35 @@ def format_slack(notification: Notification) -> SlackMessage:
     blocks.append(DividerBlock())
     blocks.append(ContextBlock(elements=[MarkdownTextObject(text=_context(notification))]))
 
+    text = clip(f"{emoji} {escape(event.summary)}", FALLBACK_TEXT_MAX - len(mentions) - 1)
     return SlackMessage(
-        text=clip(f"{emoji} {escape(event.summary)}", FALLBACK_TEXT_MAX),
+        text=f"{mentions} {text}" if mentions else text,
         blocks=[block.to_dict() for block in blocks],
     )
+
+
+def format_card(notification: Notification) -> SlackMessage:
+    """A living card as ``chat.update`` rewrites it: the latest event's message, without mentions."""
+    return format_slack(notification, mention=False)
+
+
+def _when(event: Event) -> datetime:
+    task = event.task
+    if task is not None and task.outcome is not Outcome.IN_PROGRESS and task.updated_at is not None:
+        return task.updated_at
+    return event.detected_at
+
+
+def format_reply(notification: Notification) -> SlackMessage:
+    """The thread reply under a card: what changed and when, in one line (mentions first)."""
+    event = notification.event
+    parts = [f"{EVENT_EMOJI[event.type]} {value(event.summary, 500)}", slack_date(_when(event))]
+    task = event.task
+    if task is not None and task.outcome is not Outcome.IN_PROGRESS and task.duration_seconds is not None:
+        parts.append(f"took {format_duration(task.duration_seconds)}")
+    if event.problem is not None:
+        parts.append(value(event.problem.message, 500))
+    line = " · ".join(parts)
+    mentions = _mentions(notification)
+    text = clip(f"{mentions} {line}" if mentions else line, SECTION_TEXT_MAX)
+    return SlackMessage(text=text, blocks=[SectionBlock(text=MarkdownTextObject(text=text)).to_dict()])

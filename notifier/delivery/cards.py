@@ -1,0 +1,74 @@
+"""Living cards: one chat message per task (or per instance's health), updated in place as it changes.
+
+Pure: which card an event belongs to, whether it starts a new one, whether it ends it, and whether its
+thread reply is also shown in the channel. Where a card is kept is :mod:`notifier.store.cards`; how it
+is posted and updated, the channel's business (:mod:`notifier.delivery.channels.slack`).
+
+Cards are kept per (channel, card key):
+
+* a task's events share the card ``{project_id}/{instance_id}/task/{task_id}``;
+* an instance's ``poller.unhealthy``, ``poller.recovered`` and ``instance.removed`` share the card
+  ``{project_id}/{instance_id}/instance``: the recovery (or the removal) updates the card of the
+  failure, and the next failure after a recovery starts a new card.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Final
+
+from notifier.pipeline.events import Event, EventType
+
+#: Events whose thread reply is also posted to the channel (``reply_broadcast``): what needs a human.
+BROADCAST: Final = frozenset({EventType.FAILED, EventType.POLLER_UNHEALTHY})
+#: Events after which the card's story is over: a later event of the same key starts a new card when
+#: it is one of REOPENS (a new episode), else updates this one.
+CLOSES: Final = frozenset({EventType.POLLER_RECOVERED, EventType.INSTANCE_REMOVED})
+REOPENS: Final = frozenset({EventType.POLLER_UNHEALTHY})
+
+
+@dataclass(frozen=True, slots=True)
+class Card:
+    """A posted card: the channel **id** the chat service answered with, the message's ``ts``, and
+    whether its story is still going on."""
+
+    channel_id: str
+    ts: str
+    open: bool = True
+
+    def to_json(self) -> str:
+        return json.dumps({"c": self.channel_id, "ts": self.ts, "open": self.open}, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> Card | None:
+        """The card a stored value describes; None when it is not one (it is then posted anew)."""
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            return None
+        if not isinstance(data, dict):
+            return None
+        channel_id, ts, is_open = data.get("c"), data.get("ts"), data.get("open", True)
+        if not isinstance(channel_id, str) or not isinstance(ts, str) or not channel_id or not ts:
+            return None
+        return cls(channel_id, ts, is_open is not False)
+
+
+def card_key(event: Event) -> str:
+    """The card an event belongs to (per channel)."""
+    where = f"{event.project_id}/{event.instance.id}"
+    if event.task is not None:
+        return f"{where}/task/{event.task.id}"
+    return f"{where}/instance"
+
+
+def needs_new_card(event: Event, card: Card | None) -> bool:
+    """Whether ``event`` is posted as a new card rather than an update of ``card``."""
+    return card is None or (not card.open and event.type in REOPENS)
+
+
+def after(event: Event, card: Card) -> Card:
+    """``card`` once ``event`` has been shown on it."""
+    is_open = event.type not in CLOSES
+    return card if card.open == is_open else Card(card.channel_id, card.ts, is_open)

@@ -1,0 +1,185 @@
+"""Living cards and mentions, unit by unit: which card an event belongs to, what a card, an update and a
+thread reply show, who is mentioned where, and the config that asks for it. (The daemon end to end, against
+the Slack stand-in, is in tests/test_slack_cards.py.)"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from slack_sdk.models.blocks import Block
+
+from notifier.config.load import parse_config
+from notifier.dcs.limits import AimdRateLimiter
+from notifier.dcs.models import Outcome, classify_status
+from notifier.delivery.cards import Card, after, card_key, needs_new_card
+from notifier.delivery.formatters.slack import format_card, format_reply, format_slack
+from notifier.errors import ConfigError
+from notifier.pipeline.events import EventType, Notification
+from notifier.pipeline.rules import route
+from tests.factories import T0, event, poller_event, removed_event, task
+
+GROUP, USER = "<!subteam^S0123ABC>", "<@U0456DEF>"
+
+
+def note(type_: EventType, status: str, mentions: tuple[str, ...] = (), **kw: Any) -> Notification:
+    t = task(status=status, updated=T0 + timedelta(minutes=3, seconds=12), **kw)
+    return Notification(event=event(type_, t), channel="oncall", rule="switchovers", mentions=mentions)
+
+
+def all_text(blocks: list[dict[str, Any]]) -> str:
+    return repr(blocks)
+
+
+def test_a_tasks_events_share_one_card_per_task_and_health_events_one_per_instance() -> None:
+    started, done = event(EventType.STARTED, task(id="t1")), event(EventType.SUCCEEDED, task(id="t1"))
+    other = event(EventType.STARTED, task(id="t2"))
+    assert card_key(started) == card_key(done) != card_key(other)
+    assert card_key(started).endswith("/task/t1")
+    sick, well = poller_event(EventType.POLLER_UNHEALTHY), poller_event(EventType.POLLER_RECOVERED)
+    assert card_key(sick) == card_key(well) == card_key(removed_event()) != card_key(started)
+
+
+def test_a_recovery_closes_the_health_card_and_the_next_failure_starts_a_new_one() -> None:
+    sick, well = poller_event(EventType.POLLER_UNHEALTHY), poller_event(EventType.POLLER_RECOVERED)
+    assert needs_new_card(sick, None)
+    card = after(sick, Card("C1", "1.1"))
+    assert card.open and not needs_new_card(well, card)
+    closed = after(well, card)
+    assert not closed.open and (closed.channel_id, closed.ts) == ("C1", "1.1")
+    assert needs_new_card(sick, closed)  # a new episode: a new card
+    assert not needs_new_card(removed_event(), closed)  # a removal after recovery updates it
+
+
+def test_a_card_survives_its_round_trip_through_redis_and_garbage_is_no_card() -> None:
+    card = Card("C0123ABCDEF", "1700000001.000001", open=False)
+    assert Card.from_json(card.to_json()) == card
+    for junk in (b"", b"[]", b'{"c": 1, "ts": "1"}', b'{"c": "C1"}', b"\xff"):
+        assert Card.from_json(junk) is None
+
+
+@pytest.mark.parametrize(
+    ("type_", "status"),
+    [
+        (EventType.STARTED, "RUNNING"),
+        (EventType.STARTED, "CREATED"),
+        (EventType.SUCCEEDED, "SUCCESS"),
+        (EventType.FAILED, "FAILED"),
+        (EventType.UPDATED, "EXECUTING"),
+        (EventType.UPDATED, "SOMETHING_NEW"),
+    ],
+)
+def test_every_status_gives_a_card_and_reply_within_block_kits_limits(type_: EventType, status: str) -> None:
+    n = note(type_, status, (GROUP,), user_name="<!channel> & " + "x" * 5000)
+    for message in (format_slack(n), format_card(n), format_reply(n)):
+        assert message.text and len(message.text) <= 3000
+        for raw in message.blocks:
+            block = Block.parse(raw)
+            assert block is not None
+            block.validate_json()  # slack-sdk's own checks of Block Kit's limits
+        assert "<!channel>" not in all_text(message.blocks) + message.text  # API data stays escaped
+
+
+def test_the_mention_pings_once_in_the_post_or_the_reply_never_in_an_edit() -> None:
+    failed = note(EventType.FAILED, "FAILED", (GROUP, USER))
+    post, edit, reply = format_slack(failed), format_card(failed), format_reply(failed)
+    assert post.text.startswith(f"{GROUP} {USER} ") and GROUP in all_text(post.blocks)
+    assert reply.text.startswith(f"{GROUP} {USER} ") and USER in all_text(reply.blocks)
+    assert GROUP not in edit.text and GROUP not in all_text(edit.blocks)
+    quiet = note(EventType.SUCCEEDED, "SUCCESS")
+    assert "<@" not in format_slack(quiet).text + format_reply(quiet).text
+
+
+def test_the_reply_says_what_changed_and_when() -> None:
+    reply = format_reply(note(EventType.SUCCEEDED, "SUCCESS")).text
+    assert "succeeded on orders-cache" in reply and "<!date^" in reply and "took " in reply
+    sick = format_reply(Notification(event=poller_event(), channel="oncall")).text
+    assert "Cannot poll orders-cache" in sick and "DCS.5000" in sick
+
+
+RULES = """
+cloud: {{endpoint: "http://127.0.0.1:1", project_id: p1, ak: a, sk: b}}
+instances: [{{id: i-1}}]
+channels:
+  oncall: {{type: webhook, url: "http://127.0.0.1:9/"}}
+  audit: {{type: webhook, url: "http://127.0.0.1:9/a"}}
+rules:
+  - name: switchovers
+    tasks: [masterStandbySwapJob]
+    channels: [oncall, audit]
+    mention: {mention}
+{extra}
+  - name: everything
+    channels: [oncall]
+    mention: ["<!here>"]
+    mention_on: ["*"]
+"""
+
+
+def config(mention: str = f'["{GROUP}", "{USER}"]', extra: str = "") -> Any:
+    return parse_config(RULES.format(mention=mention, extra=extra), "rules.yaml", {})
+
+
+def test_mentions_come_from_the_matching_rules_for_their_events_only() -> None:
+    cfg = config()
+    failed = event(EventType.FAILED, task(status="FAILED"))
+    by_channel = {n.channel: n.mentions for n in route(failed, cfg.rules, list(cfg.channels))}
+    assert by_channel == {"oncall": (GROUP, USER, "<!here>"), "audit": (GROUP, USER)}
+    started = event(EventType.STARTED, task())
+    by_channel = {n.channel: n.mentions for n in route(started, cfg.rules, list(cfg.channels))}
+    assert by_channel == {
+        "oncall": ("<!here>",),
+        "audit": (),
+    }  # task.started is not in the default mention_on
+    cfg = config(extra="    mention_on: [task.succeeded]")
+    done = event(EventType.SUCCEEDED, task(status="SUCCESS"))
+    assert {n.channel: n.mentions for n in route(done, cfg.rules, list(cfg.channels))}["audit"] == (
+        GROUP,
+        USER,
+    )
+
+
+@pytest.mark.parametrize(
+    "bad", ["@oncall", "<@oncall>", "<!subteam^>", "here", "<!here> <!channel>", "<#C123>"]
+)
+def test_check_config_refuses_a_malformed_mention_naming_it(bad: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        config(mention=f'["{bad}"]')
+    assert "is not a Slack mention" in str(err.value) and "rules" in str(err.value)
+
+
+def test_active_interval_defaults_to_5_s_never_beyond_interval_and_an_explicit_one_beyond_it_is_an_error() -> (
+    None
+):
+    base = RULES.format(mention="[]", extra="")
+    assert parse_config(base, "x.yaml", {}).poll.active_every == 5.0
+    assert parse_config(base + "poll: {interval: 3}\n", "x.yaml", {}).poll.active_every == 3.0
+    assert parse_config(base + "poll: {active_interval: 0}\n", "x.yaml", {}).poll.active_every == 30.0
+    with pytest.raises(ConfigError, match="active_interval"):
+        parse_config(base + "poll: {interval: 3, active_interval: 10}\n", "x.yaml", {})
+
+
+async def test_a_limiter_has_headroom_until_requests_queue_or_it_pauses() -> None:
+    now = [0.0]
+
+    async def sleep(seconds: float) -> None:
+        await asyncio.sleep(0)
+        now[0] += seconds
+
+    limiter = AimdRateLimiter(rate=1.0, clock=lambda: now[0], sleep=sleep)
+    await limiter.acquire()
+    assert limiter.has_headroom()  # spent its token, but nobody waits for the next
+    queued = [asyncio.create_task(limiter.acquire()) for _ in range(3)]
+    await asyncio.sleep(0)
+    assert not limiter.has_headroom()  # saturated: extra polls would delay those due
+    await asyncio.gather(*queued)
+    assert limiter.has_headroom()
+    limiter.pause(5)
+    assert not limiter.has_headroom()
+
+
+def test_statuses_in_progress_are_what_keeps_an_instance_on_the_fast_cadence() -> None:
+    assert classify_status("RUNNING") is Outcome.IN_PROGRESS
+    assert classify_status("SUCCESS") is not Outcome.IN_PROGRESS
