@@ -53,9 +53,18 @@ def test_a_recovery_closes_the_health_card_and_the_next_failure_starts_a_new_one
     assert not needs_new_card(removed_event(), closed)  # a removal after recovery updates it
 
 
+def test_an_older_event_replayed_later_does_not_rewind_the_card() -> None:
+    started = event(EventType.STARTED, task(status="RUNNING"))
+    done = event(EventType.SUCCEEDED, task(status="SUCCESS", updated=T0 + timedelta(minutes=3)))
+    card = after(done, after(started, Card("C1", "1.1")))
+    assert card.shows_later_than(started) and not card.shows_later_than(done)
+    assert after(started, card) == card  # the replayed start leaves the card as the success left it
+
+
 def test_a_card_survives_its_round_trip_through_redis_and_garbage_is_no_card() -> None:
-    card = Card("C0123ABCDEF", "1700000001.000001", open=False)
+    card = Card("C0123ABCDEF", "1700000001.000001", open=False, shown=1764633600.25)
     assert Card.from_json(card.to_json()) == card
+    assert Card.from_json(b'{"c": "C1", "ts": "1.1"}') == Card("C1", "1.1")  # written before "at" was kept
     for junk in (b"", b"[]", b'{"c": 1, "ts": "1"}', b'{"c": "C1"}', b"\xff"):
         assert Card.from_json(junk) is None
 

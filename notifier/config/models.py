@@ -378,6 +378,8 @@ def _mention(value: Any) -> Any:
 
 
 Mention = Annotated[str, BeforeValidator(_mention)]
+#: A rule's mentions together (Slack shows them in a section block of their own, at most 3,000 characters).
+MENTIONS_MAX = 1000
 #: Which events of a rule carry its mentions when ``mention_on`` is not given: those that need a human.
 DEFAULT_MENTION_ON: tuple[EventType, ...] = (EventType.FAILED, EventType.POLLER_UNHEALTHY)
 
@@ -394,6 +396,17 @@ class RuleConfig(_Model):
     mention_on: list[EventPattern] = Field(
         default_factory=lambda: list[EventType | Literal["*"]](DEFAULT_MENTION_ON)
     )
+
+    @field_validator("mention")
+    @classmethod
+    def _mentions_fit(cls, v: list[str]) -> list[str]:
+        size = len(" ".join(v))
+        if size > MENTIONS_MAX:
+            raise ValueError(
+                f"the mentions take {size} characters, more than {MENTIONS_MAX}: mention a user group "
+                "(<!subteam^S…>) instead of its members"
+            )
+        return v
 
     def mentions_for(self, event_type: EventType) -> list[str]:
         """The mentions this rule adds to a notification of ``event_type``."""

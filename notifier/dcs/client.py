@@ -148,7 +148,7 @@ class DcsClient:
     def has_headroom(self) -> bool:
         """Whether the endpoint's rate limit has room for a request now (extra polls are made only
         then, so that they never delay the polls every instance is due)."""
-        return self._gate.limiter(self._host).has_headroom()
+        return self._gate.has_headroom(self._region, self._host)
 
     @property
     def credentials(self) -> CredentialProvider:

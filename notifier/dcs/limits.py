@@ -295,6 +295,15 @@ class ApiGate:
             sem = self._regions[region] = asyncio.Semaphore(self._region_concurrency)
         return sem
 
+    def has_headroom(self, region: str, endpoint_host: str) -> bool:
+        """Whether a call to ``endpoint_host`` would go now: a free slot (global and in its region) and
+        room in the endpoint's rate limit (see :meth:`AimdRateLimiter.has_headroom`)."""
+        return (
+            not self._global.locked()
+            and not self._region(region).locked()
+            and self.limiter(endpoint_host).has_headroom()
+        )
+
     def slot(self, region: str, endpoint_host: str) -> _Slot:
         """Hold a region slot, a global slot and one token of the endpoint for the length of one call.
 

@@ -30,15 +30,22 @@ REOPENS: Final = frozenset({EventType.POLLER_UNHEALTHY})
 
 @dataclass(frozen=True, slots=True)
 class Card:
-    """A posted card: the channel **id** the chat service answered with, the message's ``ts``, and
-    whether its story is still going on."""
+    """A posted card: the channel **id** the chat service answered with, the message's ``ts``, whether
+    its story is still going on, and the :func:`stamp` of the event it shows."""
 
     channel_id: str
     ts: str
     open: bool = True
+    shown: float = 0.0
 
     def to_json(self) -> str:
-        return json.dumps({"c": self.channel_id, "ts": self.ts, "open": self.open}, separators=(",", ":"))
+        data = {"c": self.channel_id, "ts": self.ts, "open": self.open, "at": self.shown}
+        return json.dumps(data, separators=(",", ":"))
+
+    def shows_later_than(self, event: Event) -> bool:
+        """Whether the card shows a later event than ``event`` (a replayed dead letter): the card is then
+        not rewritten back to an older state; only its thread says what happened."""
+        return self.shown > stamp(event)
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> Card | None:
@@ -49,10 +56,22 @@ class Card:
             return None
         if not isinstance(data, dict):
             return None
-        channel_id, ts, is_open = data.get("c"), data.get("ts"), data.get("open", True)
+        channel_id, ts, is_open, shown = data.get("c"), data.get("ts"), data.get("open", True), data.get("at")
         if not isinstance(channel_id, str) or not isinstance(ts, str) or not channel_id or not ts:
             return None
-        return cls(channel_id, ts, is_open is not False)
+        shown = float(shown) if isinstance(shown, int | float) and not isinstance(shown, bool) else 0.0
+        return cls(channel_id, ts, is_open is not False, shown)
+
+
+def stamp(event: Event) -> float:
+    """When what ``event`` shows happened (epoch seconds), on a clock every replica shares where there is
+    one: the API's for a task (its ``updated_at``, else ``created_at``), else when it was detected."""
+    task = event.task
+    if task is not None:
+        when = task.updated_at or task.created_at
+        if when is not None:
+            return when.timestamp()
+    return event.detected_at.timestamp()
 
 
 def card_key(event: Event) -> str:
@@ -69,6 +88,7 @@ def needs_new_card(event: Event, card: Card | None) -> bool:
 
 
 def after(event: Event, card: Card) -> Card:
-    """``card`` once ``event`` has been shown on it."""
-    is_open = event.type not in CLOSES
-    return card if card.open == is_open else Card(card.channel_id, card.ts, is_open)
+    """``card`` once ``event`` has been shown on it (unchanged if it already showed a later one)."""
+    if card.shows_later_than(event):
+        return card
+    return Card(card.channel_id, card.ts, event.type not in CLOSES, stamp(event))

@@ -128,7 +128,7 @@ class PassResult:
     skipped_duplicates: int = 0
     dead_lettered: int = 0
     failed: list[str] = field(default_factory=list)  # why entries were left pending
-    waiting: bool = False  # new entries not read: another consumer still holds older ones
+    waiting: bool = False  # another consumer still holds older entries: this pass delivered no further
 
     @property
     def ok(self) -> bool:
@@ -282,10 +282,11 @@ class Deliverer:
 
         1. ``claim``: take over entries a dead consumer left idle longer than ``claim_idle`` (they join
            this consumer's pending list, in stream order);
-        2. if another consumer still holds entries, stop: they are older than anything new, and a task's
-           "finished" must not overtake its "started";
+        2. if another consumer still holds entries older than this one's oldest (any, if it holds none),
+           stop: a task's "finished" must not overtake its "started" (nor its card's post);
         3. ``recover`` (or something was claimed): this consumer's pending entries, oldest first;
-        4. new entries; the first read may block up to ``block_ms``.
+        4. new entries; the first read may block up to ``block_ms``. Entries read while another consumer
+           still holds older ones stay this consumer's, for a later pass (``waiting``).
         """
         cfg = self.config
         outbox = self.outbox
@@ -299,7 +300,9 @@ class Deliverer:
                 recover = True
                 if len(claimed) < cfg.batch:
                     break
-        if await outbox.held_elsewhere(name, cfg.consumer):
+        if await outbox.held_elsewhere(
+            name, cfg.consumer, before=await outbox.oldest_held(name, cfg.consumer)
+        ):
             result.waiting = True
             return result
         if recover:
@@ -312,6 +315,10 @@ class Deliverer:
         while not self.stop.is_set():
             entries = await outbox.read(name, cfg.consumer, count=cfg.batch, block_ms=block)
             block = None
+            if entries and await outbox.held_elsewhere(name, cfg.consumer, before=entries[0].entry_id):
+                # Another consumer read older ones just before: they go first (next pass, recovered).
+                result.waiting = True
+                break
             if not entries or not await self._process(name, entries, budget, result):
                 break
         return result
@@ -362,7 +369,7 @@ class Deliverer:
                 await pause(retry_interval, self.stop)
                 continue
             reported = ""
-            recover = not result.ok
+            recover = not result.ok or result.waiting
             if not result.ok:
                 await pause(retry_interval, self.stop)
             elif result.waiting:

@@ -244,7 +244,7 @@ class InstancePoller:
                 raise
             w.uncommitted = ()
             w.remembered = None
-            w.known = Known.of(snapshot, answer.digest)
+            w.known = Known.of(snapshot, answer.digest, answer.tasks)
         except Exception as exc:
             await self._poll_failed(w, previous, exc)
             outcome.failed(exc)  # only now: the report above had the whole traceback

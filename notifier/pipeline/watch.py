@@ -11,13 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from notifier.config.models import Config, InstanceConfig, ProjectSpec
 from notifier.dcs.client import DcsClient
-from notifier.dcs.models import Outcome, classify_status
+from notifier.dcs.models import Outcome, Task
 from notifier.errors import StoreError
 from notifier.pipeline.diff import Snapshot
 from notifier.pipeline.events import Event, EventType, InstanceRef, Notification
@@ -59,14 +59,14 @@ class Known:
 
     snapshot: Snapshot
     digest: bytes | None
-    #: Whether a task of the snapshot is in progress (the instance is then polled every
-    #: ``poll.active_interval``); worked out once per commit, not per poll.
+    #: Whether the answer listed a task in progress (the instance is then polled every
+    #: ``poll.active_interval``); worked out once per answer that changed, not per poll. The answer, not
+    #: the snapshot: a task the API stops listing stays in the snapshot, in progress, for days.
     active: bool = False
 
     @classmethod
-    def of(cls, snapshot: Snapshot, digest: bytes | None) -> Known:
-        active = any(classify_status(t.status) is Outcome.IN_PROGRESS for t in snapshot.tasks.values())
-        return cls(snapshot, digest, active)
+    def of(cls, snapshot: Snapshot, digest: bytes | None, listed: Iterable[Task]) -> Known:
+        return cls(snapshot, digest, any(t.outcome is Outcome.IN_PROGRESS for t in listed))
 
 
 def release(waiter: asyncio.Future[None]) -> None:

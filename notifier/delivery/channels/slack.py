@@ -284,15 +284,16 @@ class SlackChannel(Channel):
             return await self._post_card(notification)
         assert card is not None
         client = self._web_client()
-        message = format_card(notification)
         try:
-            await self._call(
-                "chat.update",
-                client.chat_update(
-                    channel=card.channel_id, ts=card.ts, text=message.text, blocks=message.blocks
-                ),
-            )
-            await self.pace()  # the reply is a second call to Slack
+            if not card.shows_later_than(event):  # a replayed older event never rewinds the card
+                message = format_card(notification)
+                await self._call(
+                    "chat.update",
+                    client.chat_update(
+                        channel=card.channel_id, ts=card.ts, text=message.text, blocks=message.blocks
+                    ),
+                )
+                await self.pace()  # the reply is a second call to Slack
             reply = format_reply(notification)
             await self._call(
                 "chat.postMessage (thread reply)",
@@ -306,6 +307,11 @@ class SlackChannel(Channel):
                 ),
             )
         except _CardGone as gone:
+            if card.shows_later_than(event):  # a new card would show a state the task has left
+                log.info(
+                    "channel %r: the card of %s is gone (%s); not posted again", self.name, event.id, gone
+                )
+                return card
             log.info("channel %r: the card of %s is gone (%s); posting a new one", self.name, event.id, gone)
             await self.pace()
             return await self._post_card(notification)

@@ -36,7 +36,7 @@ SECTION_TEXT_MAX: Final = 3000
 FIELD_TEXT_MAX: Final = 2000
 FIELDS_MAX: Final = 10
 CONTEXT_TEXT_MAX: Final = 2000
-#: Slack truncates notification text long before this; keep the fallback short.
+#: Slack truncates notification text long before this; keep the fallback short (mentions come before it).
 FALLBACK_TEXT_MAX: Final = 1000
 #: One API value never takes more than this in a message.
 VALUE_MAX: Final = 300
@@ -248,8 +248,17 @@ def _context(notification: Notification) -> str:
 
 
 def _mentions(notification: Notification) -> str:
-    """The rule's mentions, as written in the config (validated there: Slack's own syntax only)."""
-    return " ".join(notification.mentions)
+    """The rules' mentions, as written in the config (validated there: Slack's own syntax only, at most
+    MENTIONS_MAX characters per rule); several rules' together are cut between two mentions, never inside
+    one, to fit their own section block."""
+    out: list[str] = []
+    size = 0
+    for m in notification.mentions:
+        size += len(m) + (1 if out else 0)
+        if size > SECTION_TEXT_MAX:
+            break
+        out.append(m)
+    return " ".join(out)
 
 
 def format_slack(notification: Notification, *, mention: bool = True) -> SlackMessage:
@@ -277,7 +286,7 @@ def format_slack(notification: Notification, *, mention: bool = True) -> SlackMe
     blocks.append(DividerBlock())
     blocks.append(ContextBlock(elements=[MarkdownTextObject(text=_context(notification))]))
 
-    text = clip(f"{emoji} {escape(event.summary)}", FALLBACK_TEXT_MAX - len(mentions) - 1)
+    text = clip(f"{emoji} {escape(event.summary)}", FALLBACK_TEXT_MAX)
     return SlackMessage(
         text=f"{mentions} {text}" if mentions else text,
         blocks=[block.to_dict() for block in blocks],
@@ -305,7 +314,7 @@ def format_reply(notification: Notification) -> SlackMessage:
         parts.append(f"took {format_duration(task.duration_seconds)}")
     if event.problem is not None:
         parts.append(value(event.problem.message, 500))
-    line = " · ".join(parts)
+    line = clip(" · ".join(parts), SECTION_TEXT_MAX)
     mentions = _mentions(notification)
-    text = clip(f"{mentions} {line}" if mentions else line, SECTION_TEXT_MAX)
-    return SlackMessage(text=text, blocks=[SectionBlock(text=MarkdownTextObject(text=text)).to_dict()])
+    blocks = [SectionBlock(text=MarkdownTextObject(text=t)).to_dict() for t in (mentions, line) if t]
+    return SlackMessage(text=f"{mentions} {line}" if mentions else line, blocks=blocks)

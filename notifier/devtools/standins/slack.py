@@ -42,6 +42,8 @@ from typing import Any, Final, Literal, TypeVar
 from urllib.parse import parse_qs
 
 from aiohttp import web
+from slack_sdk.errors import SlackObjectFormationError
+from slack_sdk.models.blocks import Block
 
 from notifier.devtools.standins import CannedResponse, OnMessage, Policy, StandInServer
 
@@ -606,6 +608,16 @@ class SlackStandIn(StandInServer):
             or not all(isinstance(b, dict) and isinstance(b.get("type"), str) for b in blocks)
         ):
             raise _Refusal("invalid_blocks")
+        for raw in blocks or []:
+            # Each block's own limits (a section's 3,000 characters, a header's 150...), as slack-sdk's
+            # models know them: Slack refuses a message that breaks one.
+            try:
+                block = Block.parse(raw)
+                if block is None:
+                    raise SlackObjectFormationError(f"unknown block type {raw.get('type')!r}")
+                block.validate_json()
+            except (SlackObjectFormationError, KeyError, TypeError, ValueError):
+                raise _Refusal("invalid_blocks") from None
         if text is not None and len(text) > MAX_TEXT:
             raise _Refusal("msg_too_long")
         if text is None and not blocks:
