@@ -63,6 +63,7 @@ bench: $(VENV)/.dev-deps redis-server
 	$(BIN)/python -m bench.hostile_api
 	$(BIN)/python -m bench.hostile_receivers
 	$(BIN)/python -m bench.churn
+	$(BIN)/python -m bench.active_latency --quick
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

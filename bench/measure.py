@@ -14,7 +14,7 @@ import json
 import os
 import resource
 import sys
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -122,12 +122,19 @@ class SimProcess:
 
 
 @contextlib.asynccontextmanager
-async def simulator(instances: int, history: int, start_timeout: float = 300.0) -> AsyncIterator[SimProcess]:
-    """``bench.sim_server`` in a process of its own, stopped (stdin closed) on exit."""
+async def simulator(
+    instances: int,
+    history: int,
+    start_timeout: float = 300.0,
+    *,
+    module: Sequence[str] = ("bench.sim_server",),
+) -> AsyncIterator[SimProcess]:
+    """``bench.sim_server`` (or ``module``: a module and its options, serving the same way) in a process of
+    its own, stopped (stdin closed) on exit."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "bench.sim_server",
+        *module,
         "--instances",
         str(instances),
         "--history",

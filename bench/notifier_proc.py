@@ -74,12 +74,7 @@ def config(
     sim_url: str, redis_url: str, receiver_url: str, instances: int, *, channel: str, interval: float = 30.0
 ) -> Config:
     data = {
-        "cloud": {
-            "endpoint": sim_url,
-            "project_id": sim_server.PROJECT_ID,
-            "ak": sim_server.AK,
-            "sk": sim_server.SK,
-        },
+        "cloud": sim_server.cloud_config(sim_url),
         "instances": [{"id": i} for i in sim_server.instance_ids(instances)],
         "api": {"rate_limit": 1_000_000, "max_concurrency": 64, "region_concurrency": 64},
         "poll": {"interval": interval},

@@ -82,6 +82,11 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _QUERY_TIME = "%Y%m%d%H%M%S"
 
 
+def cloud_config(base_url: str) -> dict[str, str]:
+    """The ``cloud`` section of a config that polls this simulator at ``base_url``."""
+    return {"endpoint": base_url, "project_id": PROJECT_ID, "ak": AK, "sk": SK}
+
+
 def instance_ids(count: int) -> list[str]:
     return [f"bench-{i:04d}" for i in range(count)]
 

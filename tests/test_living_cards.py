@@ -12,7 +12,7 @@ import pytest
 from slack_sdk.models.blocks import Block
 
 from notifier.config.load import parse_config
-from notifier.dcs.limits import AimdRateLimiter
+from notifier.dcs.limits import HEADROOM_WAIT, ApiGate
 from notifier.dcs.models import Outcome, classify_status
 from notifier.delivery.cards import Card, after, card_key, needs_new_card
 from notifier.delivery.formatters.slack import format_card, format_reply, format_slack
@@ -20,6 +20,8 @@ from notifier.errors import ConfigError
 from notifier.pipeline.events import EventType, Notification
 from notifier.pipeline.rules import route
 from tests.factories import T0, event, poller_event, removed_event, task
+from tests.support.clock import TestClock
+from tests.support.wait import until
 
 GROUP, USER = "<!subteam^S0123ABC>", "<@U0456DEF>"
 
@@ -170,23 +172,27 @@ def test_active_interval_defaults_to_5_s_never_beyond_interval_and_an_explicit_o
         parse_config(base + "poll: {interval: 3, active_interval: 10}\n", "x.yaml", {})
 
 
-async def test_a_limiter_has_headroom_until_requests_queue_or_it_pauses() -> None:
-    now = [0.0]
+async def test_an_endpoint_has_headroom_unless_its_queue_has_not_emptied_for_a_second_or_it_pauses() -> None:
+    clock = TestClock()  # the limiter's waits move it
+    gate = ApiGate(
+        max_concurrency=1, region_concurrency=1, rate=1000, min_rate=1, clock=clock, sleep=clock.sleep
+    )
+    release = asyncio.Event()
 
-    async def sleep(seconds: float) -> None:
-        await asyncio.sleep(0)
-        now[0] += seconds
+    async def call() -> None:
+        async with gate.slot("r1", "dcs"):
+            await release.wait()
 
-    limiter = AimdRateLimiter(rate=1.0, clock=lambda: now[0], sleep=sleep)
-    await limiter.acquire()
-    assert limiter.has_headroom()  # spent its token, but nobody waits for the next
-    queued = [asyncio.create_task(limiter.acquire()) for _ in range(3)]
-    await asyncio.sleep(0)
-    assert not limiter.has_headroom()  # saturated: extra polls would delay those due
-    await asyncio.gather(*queued)
-    assert limiter.has_headroom()
-    limiter.pause(5)
-    assert not limiter.has_headroom()
+    calls = [asyncio.create_task(call()) for _ in range(3)]  # one in flight, two queued for its slot
+    await until(lambda: gate.in_flight("r1") == 1, 2, "one call in flight")
+    assert gate.has_headroom("r1", "dcs")  # a queue of the moment (polls due in one tick) is no saturation
+    clock.advance(HEADROOM_WAIT)
+    assert not gate.has_headroom("r1", "dcs")  # a queue that has not emptied for a second is
+    release.set()
+    await asyncio.gather(*calls)
+    assert gate.has_headroom("r1", "dcs")
+    gate.limiter("dcs").pause(5)  # a Retry-After
+    assert not gate.has_headroom("r1", "dcs")
 
 
 def test_statuses_in_progress_are_what_keeps_an_instance_on_the_fast_cadence() -> None:

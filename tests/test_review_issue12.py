@@ -40,6 +40,7 @@ from notifier.store.connect import Store, connect_redis
 from notifier.store.keys import Keys
 from tests.conftest import AK, ORDERS, PROJECT_ID, SESSIONS, SK
 from tests.factories import T0, event, poller_event, problem, removed_event, task
+from tests.support.clock import TestClock
 from tests.support.redis_server import RedisServer
 from tests.support.wait import until, until_async
 
@@ -643,7 +644,10 @@ async def test_an_endpoint_whose_calls_queue_for_a_concurrency_slot_has_no_headr
     """Polls waiting for one of the API's concurrency slots (api.max_concurrency / region_concurrency) are
     queued: the scheduler must not add extra active_interval polls on top of them (they would delay the polls
     every other instance is due), yet has_headroom() says there is room."""
-    gate = ApiGate(max_concurrency=1, region_concurrency=1, rate=1000, min_rate=1)
+    clock = TestClock()  # the limiter's waits move it
+    gate = ApiGate(
+        max_concurrency=1, region_concurrency=1, rate=1000, min_rate=1, clock=clock, sleep=clock.sleep
+    )
     client = DcsClient(endpoint="http://127.0.0.1:9", project_id="p1", ak="a", sk="b", region="r1", gate=gate)
     holding, release = asyncio.Event(), asyncio.Event()
 
@@ -662,6 +666,7 @@ async def test_an_endpoint_whose_calls_queue_for_a_concurrency_slot_has_no_headr
 
     queued = [asyncio.create_task(queued_call()) for _ in range(3)]
     await until(lambda: len(waiting) == 3 and gate.in_flight("r1") == 1, 1, "three polls queued")
+    clock.advance(2.0)  # ...and they have been for two seconds: the API's latency paces this endpoint
     try:
         assert not client.has_headroom(), "3 polls queue for the endpoint, yet extra polls are allowed"
     finally:

@@ -307,3 +307,19 @@ async def test_a_dead_lettered_edit_replayed_later_edits_the_same_card(rig: Rig)
     assert again.ts == card.ts and final(again, "succeeded on orders-cache")
     [reply] = rig.replies(again)
     assert "succeeded on orders-cache" in reply.text
+
+
+async def test_once_edits_the_card_a_running_daemon_posted(rig: Rig) -> None:
+    async with running(rig.config()):
+        await rig.polled()
+        tid = rig.sim.start_task(SESSIONS, "EXTEND")
+        [card] = await rig.slack.wait_until(lambda: rig.cards() or None, timeout=15)
+    rig.sim.finish_task(SESSIONS, tid)
+    daemon = Daemon(rig.config())
+    try:
+        result = await daemon.once()
+    finally:
+        await daemon.aclose()
+    assert not result.problems
+    [again] = rig.cards()
+    assert again.ts == card.ts and final(again, "succeeded on sessions-cache")

@@ -223,16 +223,19 @@ class AimdRateLimiter:
             return None
         return len(self._successes) / max(min(_MEASURE_SECONDS, now - self._started), 0.1)
 
-    def has_headroom(self) -> bool:
-        """Whether the limit has room: nobody is queued for a token and no pause is on. (A token
-        itself may be a fraction of ``1 / rate`` away: with ``burst=1`` there never is one right
-        after a request.)"""
-        return not self._lock.locked() and self._paused_until - self._clock() <= _EPSILON
+    @property
+    def paused(self) -> bool:
+        """Whether a pause (a ``Retry-After``) is on."""
+        return self._paused_until - self._clock() > _EPSILON
 
     def pause(self, seconds: float) -> None:
         """Grant no token before ``now + seconds`` (e.g. a ``Retry-After``); a longer pause wins."""
         if seconds > 0:
             self._paused_until = max(self._paused_until, self._clock() + seconds)
+
+
+#: A region whose calls have queued this long without the queue emptying has no room for extra polls.
+HEADROOM_WAIT = 1.0
 
 
 class ApiGate:
@@ -276,7 +279,12 @@ class ApiGate:
             sleep=sleep,
         )
         self._new_limiter()  # check the limiter parameters now rather than at the first call
+        self._clock = clock
         self._in_flight: dict[str, int] = {}
+        #: Calls of a region waiting for a slot or a token, and since when some have been waiting
+        #: without the queue emptying (see has_headroom).
+        self._queued: dict[str, int] = {}
+        self._queued_since: dict[str, float] = {}
         #: Highest number of calls seen in flight at once, overall and per region (for tests/metrics).
         self.max_in_flight = 0
         self.max_in_flight_by_region: dict[str, int] = {}
@@ -296,13 +304,24 @@ class ApiGate:
         return sem
 
     def has_headroom(self, region: str, endpoint_host: str) -> bool:
-        """Whether a call to ``endpoint_host`` would go now: a free slot (global and in its region) and
-        room in the endpoint's rate limit (see :meth:`AimdRateLimiter.has_headroom`)."""
-        return (
-            not self._global.locked()
-            and not self._region(region).locked()
-            and self.limiter(endpoint_host).has_headroom()
-        )
+        """Whether calls to ``endpoint_host`` keep up: no pause is on, and its region's queue (calls
+        waiting for a slot or a token) has emptied within the last HEADROOM_WAIT seconds. Polls due in the
+        same tick queue for a few hundredths of a second; a queue that never empties means the rate limit
+        or the API's latency is what paces the fleet, and extra polls would delay those due."""
+        since = self._queued_since.get(region)
+        if since is not None and self._clock() - since >= HEADROOM_WAIT:
+            return False
+        return not self.limiter(endpoint_host).paused
+
+    def _queue(self, region: str) -> None:
+        n = self._queued[region] = self._queued.get(region, 0) + 1
+        if n == 1:
+            self._queued_since[region] = self._clock()
+
+    def _dequeue(self, region: str) -> None:
+        n = self._queued[region] = self._queued[region] - 1
+        if n == 0:
+            del self._queued_since[region]
 
     def slot(self, region: str, endpoint_host: str) -> _Slot:
         """Hold a region slot, a global slot and one token of the endpoint for the length of one call.
@@ -351,18 +370,23 @@ class _Slot:
         self._limiter = limiter
 
     async def __aenter__(self) -> AimdRateLimiter:
-        await self._region_sem.acquire()
+        gate = self._gate
+        gate._queue(self._region)
         try:
-            await self._gate._global.acquire()
+            await self._region_sem.acquire()
             try:
-                await self._limiter.acquire()
+                await gate._global.acquire()
+                try:
+                    await self._limiter.acquire()
+                except BaseException:
+                    gate._global.release()
+                    raise
             except BaseException:
-                self._gate._global.release()
+                self._region_sem.release()
                 raise
-        except BaseException:
-            self._region_sem.release()
-            raise
-        self._gate._entered(self._region)
+        finally:
+            gate._dequeue(self._region)
+        gate._entered(self._region)
         return self._limiter
 
     async def __aexit__(self, *exc: object) -> None:
