@@ -50,8 +50,9 @@ lint: $(VENV)/.dev-deps
 typecheck: $(VENV)/.dev-deps
 	$(BIN)/mypy --strict notifier
 
+# Two workers (pytest-xdist): each has its own redis-server and fixtures; the tests wait on real servers.
 unit: $(VENV)/.dev-deps redis-server
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2
 
 test: lint typecheck unit
 
