@@ -20,7 +20,7 @@ import pytest
 import trustme
 import uvloop
 
-from notifier.dcs import client as client_module
+from notifier.dcs import endpoint as endpoint_module
 from notifier.dcs.client import DcsClient
 from notifier.errors import DcsApiError, Reason
 from notifier.net.session import Http, make_http
@@ -138,7 +138,7 @@ async def test_chunked_and_compressed_answers(serve: StartServer, http: Http) ->
 async def test_oversized_answers_fail_even_when_compressed(
     serve: StartServer, http: Http, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(client_module, "MAX_ANSWER_BYTES", 1000)
+    monkeypatch.setattr(endpoint_module, "MAX_ANSWER_BYTES", 1000)
     big = b'{"task_count": 0, "tasks": [], "pad": "' + b"x" * 5000 + b'"}'
     answers = [
         answer(big),

@@ -1,0 +1,1 @@
+"""Cloud Eye (CES) as a source of DCS events beside the background tasks (issue 13; being built)."""
