@@ -54,6 +54,7 @@ class DcsApiError(NotifierError):
         error_code: str | None = None,
         request_id: str | None = None,
         retry_after: float | None = None,
+        service: str = "DCS",
     ) -> None:
         self.instance_id = instance_id
         self.reason = reason
@@ -64,7 +65,9 @@ class DcsApiError(NotifierError):
         self.message = message
         #: The headers a rejected (401) request carried; the client clears it at once (never logged).
         self.sent_headers: Mapping[str, str] | None = None
-        parts = [f"DCS API error for instance {instance_id}"]
+        # A DCS error is about an instance; another API's (Cloud Eye) names its own subject.
+        about = f"instance {instance_id}" if service == "DCS" else instance_id
+        parts = [f"{service} API error for {about}"]
         if http_status is not None:
             parts.append(f"HTTP {http_status}")
         if error_code:

@@ -82,6 +82,8 @@ class ApiEndpoint:
         gate: ApiGate,
         service: str = "DCS",
     ) -> None:
+        #: The API's name in errors (``DCS API error for instance …``, ``Cloud Eye API error for …``).
+        self.service = service
         self.base_url = endpoint.rstrip("/")
         split = urlsplit(self.base_url)
         if split.scheme not in ("http", "https") or not split.hostname:
@@ -110,6 +112,10 @@ class ApiEndpoint:
         #: The API's clock minus ours, in seconds, from the ``Date`` of its answers (None: not seen yet).
         self.clock_offset: float | None = None
         self._next_date_check = 0.0
+
+    def error(self, subject: str, reason: Reason, message: str, **details: Any) -> DcsApiError:
+        """An error of this endpoint's API about ``subject``."""
+        return DcsApiError(subject, reason, message, service=self.service, **details)
 
     def has_headroom(self) -> bool:
         """Whether calls to this endpoint keep up (see :meth:`ApiGate.has_headroom`)."""
@@ -150,13 +156,12 @@ class ApiEndpoint:
             raw, request_id = await self._send(subject, url)
         return raw, request_id
 
-    @staticmethod
-    def decode(subject: str, raw: bytes, request_id: str | None) -> dict[str, Any]:
+    def decode(self, subject: str, raw: bytes, request_id: str | None) -> dict[str, Any]:
         try:
             body = json_loads(raw)
         except (ValueError, RecursionError):
             snippet = raw[:80].decode("utf-8", "replace")
-            raise DcsApiError(
+            raise self.error(
                 subject,
                 Reason.INVALID_RESPONSE,
                 f"HTTP 200 with a body that is not JSON: {snippet!r}",
@@ -164,7 +169,7 @@ class ApiEndpoint:
                 request_id=request_id,
             ) from None
         if not isinstance(body, dict):
-            raise DcsApiError(
+            raise self.error(
                 subject,
                 Reason.INVALID_RESPONSE,
                 f"expected a JSON object, got {type(body).__name__}",
@@ -178,7 +183,7 @@ class ApiEndpoint:
         http, ssl_arg = self._get_http()
         if self._header_problem is not None:  # asking again will not help
             problem = f"cannot send the request: {self._header_problem}"
-            raise DcsApiError(subject, Reason.CLIENT_ERROR, problem)
+            raise self.error(subject, Reason.CLIENT_ERROR, problem)
         limiter = self._gate.limiter(self._host)
         try:
             async with self._gate.slot(self._region, self._host):
@@ -197,16 +202,16 @@ class ApiEndpoint:
                     answer_headers = resp.headers
                     raw = await _read_capped(resp, self._name)
         except CredentialsError as exc:
-            raise DcsApiError(subject, exc.reason, str(exc)) from None
+            raise self.error(subject, exc.reason, str(exc)) from None
         except TimeoutError:  # aiohttp's own timeouts are TimeoutErrors too
-            raise DcsApiError(subject, Reason.TIMEOUT, f"no answer within {self._timeout:g} s") from None
+            raise self.error(subject, Reason.TIMEOUT, f"no answer within {self._timeout:g} s") from None
         except _TooLarge as exc:
-            raise DcsApiError(subject, Reason.CONNECTION, str(exc)) from None
+            raise self.error(subject, Reason.CONNECTION, str(exc)) from None
         except aiohttp.ClientError as exc:  # described by the endpoint's host, never the URL
             message = describe_client_error(exc, self._name, http.tls.hint)
-            raise DcsApiError(subject, Reason.CONNECTION, message) from None
+            raise self.error(subject, Reason.CONNECTION, message) from None
         except ValueError as exc:  # a request that cannot be sent as it is: asking again will not help
-            raise DcsApiError(subject, Reason.CLIENT_ERROR, f"cannot send the request: {exc}") from None
+            raise self.error(subject, Reason.CLIENT_ERROR, f"cannot send the request: {exc}") from None
         request_id = answer_headers.get("X-Request-Id")
         if status == 200:
             limiter.on_success()
@@ -248,7 +253,7 @@ class ApiEndpoint:
         if not msg:
             text = raw[:MAX_ERROR_TEXT].decode("utf-8", "replace").strip()
             msg = text or "(empty body)"
-        return DcsApiError(
+        return self.error(
             subject,
             _reason_for_status(status, code),
             msg,

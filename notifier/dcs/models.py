@@ -317,10 +317,25 @@ class TaskList(BaseModel):
 
 
 class ApiErrorBody(BaseModel):
-    """The Huawei-style error body of 4xx/5xx answers."""
+    """The Huawei-style error body of 4xx/5xx answers: ``{error_code, error_msg}`` (DCS, the API gateway),
+    or Cloud Eye v1's ``{http_code, message: {code, details}}`` read into the same two fields."""
 
     model_config = ConfigDict(extra="allow")
 
     error_code: str | None = None
     error_msg: str | None = None
     error_ext_msg: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _cloud_eye_shape(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "error_code" not in data and isinstance(data.get("message"), dict):
+            inner = data["message"]
+            code, details = inner.get("code"), inner.get("details")
+            return {
+                **data,
+                "message": None,
+                "error_code": code if isinstance(code, str) else None,
+                "error_msg": details if isinstance(details, str) else None,
+            }
+        return data

@@ -1,5 +1,8 @@
 """A local, faithful stand-in for the Huawei Cloud DCS API (List Background Tasks, List Instances).
 
+Also serves Cloud Eye's (CES v1) event APIs, ListEvents and ListEventDetail, with events injected by
+``Simulator.add_cloud_eye_event`` (see :mod:`notifier.devtools.simulator.cloud_eye`).
+
 Used by the tests and by ``dcs-notifier demo``; runs standalone with ``python -m
 notifier.devtools.simulator``. Also covers several projects, temporary AK/SK with a security token, IAM
 password-method tokens (``POST /v3/auth/tokens``), API gateway throttling (429 ``APIG.0308``) and a skewed
@@ -7,10 +10,17 @@ service clock.
 """
 
 from notifier.devtools.simulator.app import Simulator
+from notifier.devtools.simulator.cloud_eye import (
+    CES_EVENT_DETAIL_PATH,
+    CES_EVENTS_PATH,
+    CloudEyeEvent,
+    ces_error_body,
+)
 from notifier.devtools.simulator.scenario import (
     CATALOG_CACHE,
     ORDERS_CACHE,
     SESSIONS_CACHE,
+    EmitCloudEyeEvent,
     FinishTask,
     InstanceSpec,
     Scenario,
@@ -36,9 +46,13 @@ from notifier.devtools.simulator.state import (
 
 __all__ = [
     "CATALOG_CACHE",
+    "CES_EVENTS_PATH",
+    "CES_EVENT_DETAIL_PATH",
     "IAM_TOKENS_PATH",
     "ORDERS_CACHE",
     "SESSIONS_CACHE",
+    "CloudEyeEvent",
+    "EmitCloudEyeEvent",
     "Fault",
     "FinishTask",
     "IamToken",
@@ -54,6 +68,7 @@ __all__ = [
     "StartTask",
     "Step",
     "TemporaryCredentials",
+    "ces_error_body",
     "default_demo_scenario",
     "error_body",
     "install_instances",

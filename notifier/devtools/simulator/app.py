@@ -1,4 +1,5 @@
-"""The DCS simulator's HTTP side: an aiohttp app serving the List Background Tasks and List Instances APIs."""
+"""The DCS simulator's HTTP side: an aiohttp app serving the List Background Tasks and List Instances APIs,
+IAM's token API and Cloud Eye's two event APIs (ListEvents, ListEventDetail)."""
 
 from __future__ import annotations
 
@@ -12,11 +13,23 @@ from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 from aiohttp import web
 
 from notifier.dcs.signer import SignatureError, SignatureProblem, verify
+from notifier.devtools.simulator.cloud_eye import (
+    AUTH_FAILED,
+    CES_EVENT_DETAIL_PATH,
+    CES_EVENT_DETAIL_ROUTE,
+    CES_EVENTS_PATH,
+    CES_EVENTS_ROUTE,
+    CES_ROUTES,
+    CesError,
+    GatewayError,
+    event_detail_answer,
+    list_events_answer,
+)
 from notifier.devtools.simulator.scenario import Scenario, Sleep, run_scenario
 from notifier.devtools.simulator.state import (
     IAM_TOKENS_PATH,
@@ -24,6 +37,7 @@ from notifier.devtools.simulator.state import (
     ManualClock,
     RecordedRequest,
     SimulatorState,
+    TokenBucket,
     error_body,
     wall_clock,
 )
@@ -130,6 +144,14 @@ class Simulator(SimulatorState):
     Rate limit: ``rate_limit`` requests per second over all DCS API requests (token bucket of
     ``rate_burst`` tokens, default ``max(1, rate_limit)``, on ``time.monotonic()``); over it, 429
     ``APIG.0308`` with ``Retry-After: rate_limit_retry_after`` when that is set. All three are settable.
+
+    Cloud Eye (CES v1): ``GET /V1.0/{project_id}/events`` and ``GET /V1.0/{project_id}/event/{event_name}``
+    on the same port (point ``ces_endpoint`` at ``base_url``), authenticated like the DCS routes, faulted
+    with ``inject(..., api="ces")``, with a rate limit of their own (``ces_rate_limit``, ``ces_rate_burst``,
+    ``ces_rate_limit_retry_after``; the same gateway answer). Events come from :meth:`add_cloud_eye_event`;
+    see :mod:`notifier.devtools.simulator.cloud_eye` for what is unconfirmed. Authentication failures are
+    401 ``ces.0015`` in Cloud Eye's error shape, or, with ``ces_auth_errors = "apig"``, the API gateway's
+    ``APIG.0301``.
     """
 
     def __init__(
@@ -147,6 +169,10 @@ class Simulator(SimulatorState):
         rate_limit: float | None = None,
         rate_burst: float | None = None,
         rate_limit_retry_after: int | None = None,
+        ces_rate_limit: float | None = None,
+        ces_rate_burst: float | None = None,
+        ces_rate_limit_retry_after: int | None = None,
+        ces_auth_errors: Literal["ces", "apig"] = "ces",
     ) -> None:
         super().__init__(
             project_id=project_id,
@@ -162,9 +188,13 @@ class Simulator(SimulatorState):
         self.rate_limit = rate_limit
         self.rate_burst = rate_burst
         self.rate_limit_retry_after = rate_limit_retry_after
-        self._bucket_tokens = 0.0
-        self._bucket_at = 0.0
-        self._bucket_config: tuple[float, float] | None = None
+        self.ces_rate_limit = ces_rate_limit
+        self.ces_rate_burst = ces_rate_burst
+        self.ces_rate_limit_retry_after = ces_rate_limit_retry_after
+        #: How Cloud Eye routes answer an authentication failure: "ces" (ces.0015) or "apig" (APIG.0301).
+        self.ces_auth_errors: Literal["ces", "apig"] = ces_auth_errors
+        self._bucket = TokenBucket()
+        self._ces_bucket = TokenBucket()
         self.base_url: str | None = None
         self._runner: web.AppRunner | None = None
         self._closing = asyncio.Event()
@@ -177,6 +207,8 @@ class Simulator(SimulatorState):
         app.router.add_get(TASKS_PATH, self._list_tasks, name="tasks")
         app.router.add_get(INSTANCES_PATH, self._list_instances, name="instances")
         app.router.add_post(IAM_TOKENS_PATH, self._issue_token, name="iam_tokens")
+        app.router.add_get(CES_EVENTS_PATH, self._ces_list_events, name=CES_EVENTS_ROUTE)
+        app.router.add_get(CES_EVENT_DETAIL_PATH, self._ces_event_detail, name=CES_EVENT_DETAIL_ROUTE)
         return app
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
@@ -247,31 +279,18 @@ class Simulator(SimulatorState):
             return None
         return self.rate_burst if self.rate_burst is not None else max(1.0, self.rate_limit)
 
+    @property
+    def effective_ces_rate_burst(self) -> float | None:
+        if self.ces_rate_limit is None:
+            return None
+        return self.ces_rate_burst if self.ces_rate_burst is not None else max(1.0, self.ces_rate_limit)
+
     def _take_rate_token(self, now: float) -> bool:
         """Token bucket: True when the request may pass. A changed configuration refills the bucket."""
-        burst = self.effective_rate_burst
-        if self.rate_limit is None or burst is None:
-            return True
-        config = (self.rate_limit, burst)
-        if config != self._bucket_config:
-            self._bucket_config, self._bucket_tokens, self._bucket_at = config, burst, now
-        elapsed = max(0.0, now - self._bucket_at)
-        self._bucket_tokens = min(burst, self._bucket_tokens + elapsed * self.rate_limit)
-        self._bucket_at = now
-        if self._bucket_tokens >= 1.0:
-            self._bucket_tokens -= 1.0
-            return True
-        return False
+        return self._bucket.take(now, self.rate_limit, self.effective_rate_burst)
 
     def _throttled(self) -> web.Response:
-        limit = self.rate_limit or 0.0
-        shown = str(int(limit)) if limit == int(limit) else format(limit, "g")
-        message = "The throttling threshold has been reached: policy user over ratelimit"
-        body = {"error_code": "APIG.0308", "error_msg": f"{message},limit:{shown},time:1 second"}
-        headers = {}
-        if self.rate_limit_retry_after is not None:
-            headers["Retry-After"] = str(self.rate_limit_retry_after)
-        return web.json_response(body, status=429, headers=headers)
+        return _throttled_response(self.rate_limit, self.rate_limit_retry_after)
 
     # --- HTTP ---------------------------------------------------------------------------------------
 
@@ -285,6 +304,7 @@ class Simulator(SimulatorState):
             instance_id=request.match_info.get("instance_id"),
             at=time.monotonic(),
             project_id=request.match_info.get("project_id"),
+            route=None if request.match_info.http_exception is not None else request.match_info.route.name,
         )
         self.requests.append(record)
         try:
@@ -292,6 +312,8 @@ class Simulator(SimulatorState):
         except ApiError as exc:
             response = exc.response()
         except IamError as exc:
+            response = exc.response()
+        except (CesError, GatewayError) as exc:
             response = exc.response()
         except web.HTTPException as exc:  # unknown route or method
             response = web.json_response(
@@ -308,18 +330,36 @@ class Simulator(SimulatorState):
     ) -> web.StreamResponse:
         if request.match_info.http_exception is not None:  # no such route: 404/405, no fault, no auth
             return await handler(request)
-        if request.match_info.route.name not in DCS_ROUTES:  # IAM: no rate limit, no faults
+        route = request.match_info.route.name
+        if route in CES_ROUTES:
+            if not self._ces_bucket.take(record.at, self.ces_rate_limit, self.effective_ces_rate_burst):
+                return _throttled_response(self.ces_rate_limit, self.ces_rate_limit_retry_after)
+        elif route in DCS_ROUTES:
+            if not self._take_rate_token(record.at):
+                return self._throttled()
+        else:  # IAM: no rate limit, no faults
             return await handler(request)
-        if not self._take_rate_token(record.at):
-            return self._throttled()
-        fault = self.take_fault(record.instance_id)
+        fault = self.take_fault(record.instance_id, route)
         if fault is not None and fault.delay > 0:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._closing.wait(), fault.delay)
         if fault is not None and fault.body is not None:
             return web.Response(status=fault.status, body=fault.body, headers=dict(fault.headers))
-        await self._authenticate(request)
+        if route in CES_ROUTES:
+            await self._authenticate_ces(request)
+        else:
+            await self._authenticate(request)
         return await handler(request)
+
+    async def _authenticate_ces(self, request: web.Request) -> None:
+        """The DCS routes' authentication, its 401s in Cloud Eye's shape (or the API gateway's)."""
+        try:
+            await self._authenticate(request)
+        except ApiError as exc:
+            if self.ces_auth_errors == "apig":
+                message = f"Incorrect IAM authentication information: {exc.message}"
+                raise GatewayError(exc.status, "APIG.0301", message) from None
+            raise CesError(exc.status, AUTH_FAILED, exc.message) from None
 
     async def _authenticate(self, request: web.Request) -> None:
         if not self.verify_signatures:
@@ -398,6 +438,15 @@ class Simulator(SimulatorState):
         page = [instance.to_api() for instance in picked[offset : offset + limit]]  # this page's only
         return _json({"instance_num": len(picked), "instances": page})
 
+    async def _ces_list_events(self, request: web.Request) -> web.Response:
+        events = self.cloud_eye.of_project(request.match_info["project_id"])
+        return _json(list_events_answer(events, request.query, self.clock().astimezone(UTC)))
+
+    async def _ces_event_detail(self, request: web.Request) -> web.Response:
+        events = self.cloud_eye.of_project(request.match_info["project_id"])
+        name = request.match_info["event_name"]
+        return _json(event_detail_answer(events, name, request.query, self.clock().astimezone(UTC)))
+
     async def _issue_token(self, request: web.Request) -> web.Response:
         """IAM ``POST /v3/auth/tokens``, password method, project scope; the body is recorded nowhere."""
         domain, name, password, project_id = _parse_password_auth(await request.read())
@@ -440,6 +489,18 @@ def _parse_password_auth(raw: bytes) -> tuple[str, str, str, str]:
     if not all(isinstance(value, str) and value for value in strings):
         raise malformed
     return domain, name, password, project_id
+
+
+def _throttled_response(rate_limit: float | None, retry_after: int | None) -> web.Response:
+    """The API gateway's 429 ``APIG.0308`` (shared by the DCS and the Cloud Eye routes)."""
+    limit = rate_limit or 0.0
+    shown = str(int(limit)) if limit == int(limit) else format(limit, "g")
+    message = "The throttling threshold has been reached: policy user over ratelimit"
+    body = {"error_code": "APIG.0308", "error_msg": f"{message},limit:{shown},time:1 second"}
+    headers = {}
+    if retry_after is not None:
+        headers["Retry-After"] = str(retry_after)
+    return web.json_response(body, status=429, headers=headers)
 
 
 def _json(data: Any) -> web.Response:

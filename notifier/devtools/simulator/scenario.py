@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 from notifier.devtools.simulator.state import SimulatorState
@@ -43,7 +44,24 @@ class FinishTask:
     status: str = "SUCCESS"
 
 
-Action = StartTask | SetStatus | FinishTask
+@dataclass(frozen=True)
+class EmitCloudEyeEvent:
+    """Record a Cloud Eye ``SYS.DCS`` event on an instance (default: an automatic failover).
+
+    ``late_by`` seconds (of the simulator's clock, not scaled by the scenario's speed): the event happened
+    that long before it is recorded, i.e. a late event. ``content``: ``detail.content`` (a mapping is served
+    as JSON; what DCS really puts there is unconfirmed).
+    """
+
+    instance_id: str
+    event_name: str = "masterStandbyFailover"
+    level: str = "Major"
+    state: str = "incident"
+    content: Mapping[str, Any] | str | None = None
+    late_by: float = 0.0
+
+
+Action = StartTask | SetStatus | FinishTask | EmitCloudEyeEvent
 
 
 @dataclass(frozen=True)
@@ -83,6 +101,17 @@ def apply_step(sim: SimulatorState, step: Step, task_ids: dict[str, tuple[str, s
         task_ids[action.key] = (action.instance_id, task_id)
     elif isinstance(action, SetStatus):
         sim.set_status(*task_ids[action.key], action.status)
+    elif isinstance(action, EmitCloudEyeEvent):
+        now = sim.clock()
+        sim.add_cloud_eye_event(
+            action.event_name,
+            resource_id=action.instance_id,
+            time=now - timedelta(seconds=action.late_by),
+            visible_at=now,
+            level=action.level,
+            state=action.state,
+            content=action.content,
+        )
     else:
         sim.finish_task(*task_ids[action.key], action.status)
 

@@ -15,11 +15,29 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from notifier.dcs.models import Outcome, TaskDetails, classify_status, format_api_time, parse_api_time
+from notifier.devtools.simulator.cloud_eye import (
+    CES_EVENT_DETAIL_ROUTE,
+    CES_EVENTS_ROUTE,
+    DCS_DIMENSION,
+    DCS_EVENT_SOURCE,
+    CloudEyeEvent,
+    CloudEyeStore,
+    ces_error_body,
+    content_text,
+)
 
 Clock = Callable[[], datetime]
 DEFAULT_USER_ID = "d53977d1adfb49c5b025ba7d33a13fd7"
 DEFAULT_USER_NAME = "dcs_ops"
 IAM_TOKENS_PATH = "/v3/auth/tokens"
+#: Route names of the APIs subject to faults, authentication and rate limits, and the API each belongs to.
+ROUTE_APIS: dict[str, str] = {
+    "tasks": "dcs",
+    "instances": "dcs",
+    CES_EVENTS_ROUTE: "ces",
+    CES_EVENT_DETAIL_ROUTE: "ces",
+}
+FAULT_APIS = ("dcs", "ces", "any")
 
 
 def wall_clock() -> datetime:
@@ -100,12 +118,52 @@ class Fault:
         """Answer normally, but only after ``seconds`` (to trigger client timeouts)."""
         return cls(delay=seconds)
 
+    @classmethod
+    def ces_error(
+        cls, status: int, code: str, details: str, headers: Mapping[str, str] | None = None
+    ) -> Fault:
+        """A Cloud Eye v1 error: ``{"http_code": "<status>", "message": {"details": ..., "code": ...}}``."""
+        body = json.dumps(ces_error_body(status, code, details)).encode()
+        return cls(status, body, {"Content-Type": "application/json", **(headers or {})})
+
 
 @dataclass
 class PendingFault:
     fault: Fault
     remaining: int
-    instance_id: str | None  # None: every API request
+    instance_id: str | None  # None: every API request (of ``api``)
+    api: str = "dcs"  # "dcs", "ces" or "any"
+    route: str | None = None  # one route only ("tasks", "instances", "ces_events", "ces_event_detail")
+
+    def applies_to(self, instance_id: str | None, route: str | None) -> bool:
+        api = ROUTE_APIS.get(route or "tasks", "dcs")
+        return (
+            self.api in ("any", api)
+            and (self.route is None or self.route == (route or "tasks"))
+            and (self.instance_id is None or self.instance_id == instance_id)
+        )
+
+
+class TokenBucket:
+    """A token bucket on a caller-given monotonic time; a changed (rate, burst) refills it."""
+
+    def __init__(self) -> None:
+        self.tokens = 0.0
+        self.at = 0.0
+        self.config: tuple[float, float] | None = None
+
+    def take(self, now: float, rate: float | None, burst: float | None) -> bool:
+        """True when a request may pass (always, with no rate)."""
+        if rate is None or burst is None:
+            return True
+        if (rate, burst) != self.config:
+            self.config, self.tokens, self.at = (rate, burst), burst, now
+        self.tokens = min(burst, self.tokens + max(0.0, now - self.at) * rate)
+        self.at = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
 
 
 SECRET_HEADERS = frozenset({"x-auth-token", "x-security-token", "x-subject-token"})
@@ -126,6 +184,7 @@ class RecordedRequest:
     status: int | None = None
     at: float = field(default_factory=time.monotonic)
     project_id: str | None = None
+    route: str | None = None  # the matched route's name (None: no route matched)
 
     @property
     def query(self) -> dict[str, str]:
@@ -257,6 +316,8 @@ class SimulatorState:
         self.faults: list[PendingFault] = []
         self._seq = 0
         self._changed = asyncio.Event()
+        #: Cloud Eye's events (see :meth:`add_cloud_eye_event`); ``cloud_eye.seed`` makes the event ids.
+        self.cloud_eye = CloudEyeStore()
         self.set_credentials(credentials)
 
     def __repr__(self) -> str:  # never show the secret keys
@@ -572,18 +633,42 @@ class SimulatorState:
 
     # --- faults -------------------------------------------------------------------------------------
 
-    def inject(self, fault: Fault, *, times: int = 1, instance_id: str | None = None) -> None:
-        """The next ``times`` API requests (for ``instance_id``'s tasks, or any) get ``fault``; FIFO."""
+    def inject(
+        self,
+        fault: Fault,
+        *,
+        times: int = 1,
+        instance_id: str | None = None,
+        api: str | None = None,
+        route: str | None = None,
+    ) -> None:
+        """The next ``times`` API requests (for ``instance_id``'s tasks, or any) get ``fault``; FIFO.
+
+        ``api`` picks the requests: ``"dcs"`` (the default: List Background Tasks and List Instances),
+        ``"ces"`` (Cloud Eye's ListEvents and ListEventDetail) or ``"any"``; ``route`` narrows it to one
+        route (``"tasks"``, ``"instances"``, ``"ces_events"``, ``"ces_event_detail"``) and, without
+        ``api``, implies its API. IAM's token route is never faulted.
+        """
         if times < 1:
             raise ValueError("times must be >= 1")
-        self.faults.append(PendingFault(fault, times, instance_id))
+        if route is not None and route not in ROUTE_APIS:
+            raise ValueError(f"unknown route {route!r}: one of {', '.join(ROUTE_APIS)}")
+        chosen = api or (ROUTE_APIS[route] if route is not None else "dcs")
+        if chosen not in FAULT_APIS:
+            raise ValueError(f"unknown api {chosen!r}: one of {', '.join(FAULT_APIS)}")
+        if route is not None and chosen not in ("any", ROUTE_APIS[route]):
+            raise ValueError(f"route {route!r} is not part of api {chosen!r}")
+        if instance_id is not None and chosen == "ces":
+            raise ValueError("Cloud Eye requests name no instance: instance_id cannot select them")
+        self.faults.append(PendingFault(fault, times, instance_id, chosen, route))
 
     def clear_faults(self) -> None:
         self.faults.clear()
 
-    def take_fault(self, instance_id: str | None) -> Fault | None:
+    def take_fault(self, instance_id: str | None, route: str | None = None) -> Fault | None:
+        """The first pending fault for a request to ``route`` (None: tasks) about ``instance_id``."""
         for pending in self.faults:
-            if pending.instance_id is None or pending.instance_id == instance_id:
+            if pending.applies_to(instance_id, route):
                 pending.remaining -= 1
                 if pending.remaining == 0:
                     self.faults.remove(pending)
@@ -597,5 +682,115 @@ class SimulatorState:
         return [
             r
             for r in self.requests
-            if r.path.endswith("/tasks") and (instance_id is None or r.instance_id == instance_id)
+            if r.path.endswith("/tasks")
+            and r.route not in (CES_EVENTS_ROUTE, CES_EVENT_DETAIL_ROUTE)
+            and (instance_id is None or r.instance_id == instance_id)
         ]
+
+    def ces_requests(
+        self, route: str | None = None, *, event_name: str | None = None
+    ) -> list[RecordedRequest]:
+        """Recorded Cloud Eye requests, whatever their outcome.
+
+        ``route``: ``"ces_events"`` (ListEvents) or ``"ces_event_detail"`` (ListEventDetail); ``event_name``:
+        only ListEventDetail requests for that name.
+        """
+        routes = (CES_EVENTS_ROUTE, CES_EVENT_DETAIL_ROUTE) if route is None else (route,)
+        picked = [r for r in self.requests if r.route in routes]
+        if event_name is not None:
+            suffix = "/event/" + event_name
+            picked = [r for r in picked if r.route == CES_EVENT_DETAIL_ROUTE and r.path.endswith(suffix)]
+        return picked
+
+    # --- Cloud Eye events ---------------------------------------------------------------------------
+
+    def add_cloud_eye_event(
+        self,
+        event_name: str = "masterStandbyFailover",
+        *,
+        project_id: str | None = None,
+        resource_id: str = "",
+        resource_name: str | None = None,
+        time: datetime | None = None,
+        level: str = "Major",
+        state: str = "incident",
+        content: Mapping[str, Any] | str | None = None,
+        event_id: str | None = None,
+        visible_at: datetime | None = None,
+        event_source: str = DCS_EVENT_SOURCE,
+        event_type: str = "EVENT.SYS",
+        sub_event_type: str | None = None,
+        user: str = "",
+        group_id: str = "",
+        dimensions: Mapping[str, str] | Sequence[tuple[str, str]] | None = None,
+    ) -> str:
+        """Record a Cloud Eye event occurrence; returns its ``event_id``.
+
+        ``time`` (default: now, by the simulator's ``clock``) is when it happened; ``visible_at`` (default:
+        now) when Cloud Eye has recorded it: before that the event APIs do not list it, so an old ``time``
+        with a later ``visible_at`` is a *late* event. ``project_id`` defaults to the project of the
+        instance ``resource_id`` (else the primary project), ``resource_name`` to that instance's name.
+        ``content`` is served as ``detail.content``: a mapping as compact JSON, a string as it is.
+        ``sub_event_type`` defaults to ``SUB_EVENT.OPS`` (``SUB_EVENT.CUSTOM`` for ``EVENT.CUSTOM``);
+        ``dimensions`` to ``dcs_instance_id`` = ``resource_id`` for a ``SYS.DCS`` event with a resource.
+        ``event_id`` (default: ``ev`` + ``visible_at`` in ms + 10 letters/digits, deterministic from
+        ``cloud_eye.seed`` and a counter) is not checked for uniqueness: a test may serve one twice.
+        """
+        now = self.clock().astimezone(UTC)
+        happened = (time or now).astimezone(UTC)
+        recorded = (visible_at or now).astimezone(UTC)
+        instance = self.instances.get(resource_id) if resource_id else None
+        pid = project_id or (instance.project_id if instance is not None else self.project_id)
+        if dimensions is None:
+            pairs: tuple[tuple[str, str], ...] = ()
+            if resource_id and event_source == DCS_EVENT_SOURCE:
+                pairs = ((DCS_DIMENSION, resource_id),)
+        elif isinstance(dimensions, Mapping):
+            pairs = tuple((str(k), str(v)) for k, v in dimensions.items())
+        else:
+            pairs = tuple((str(k), str(v)) for k, v in dimensions)
+        if sub_event_type is None:
+            sub_event_type = "SUB_EVENT.CUSTOM" if event_type == "EVENT.CUSTOM" else "SUB_EVENT.OPS"
+        event = CloudEyeEvent(
+            event_id=event_id or self.cloud_eye.next_event_id(recorded),
+            project_id=pid,
+            event_name=event_name,
+            time=happened,
+            visible_at=recorded,
+            event_source=event_source,
+            event_type=event_type,
+            sub_event_type=sub_event_type,
+            resource_id=resource_id,
+            resource_name=resource_name if resource_name is not None else (instance.name if instance else ""),
+            level=level,
+            state=state,
+            user=user,
+            content=content_text(content),
+            group_id=group_id,
+            dimensions=pairs,
+            seq=self._next_seq(),
+        )
+        self.cloud_eye.events.append(event)
+        self.notify()
+        return event.event_id
+
+    def cloud_eye_events(self, project_id: str | None = None) -> list[CloudEyeEvent]:
+        """Every recorded event (of one project, or all), visible yet or not, in the order added."""
+        events = self.cloud_eye.events
+        return list(events) if project_id is None else [e for e in events if e.project_id == project_id]
+
+    def remove_cloud_eye_event(self, event_id: str) -> None:
+        """Forget every occurrence with ``event_id``; KeyError when there is none."""
+        kept = [e for e in self.cloud_eye.events if e.event_id != event_id]
+        if len(kept) == len(self.cloud_eye.events):
+            raise KeyError(f"unknown Cloud Eye event {event_id!r}")
+        self.cloud_eye.events = kept
+        self.notify()
+
+    def clear_cloud_eye_events(self, project_id: str | None = None) -> None:
+        """Forget the events (of one project, or all)."""
+        if project_id is None:
+            self.cloud_eye.events = []
+        else:
+            self.cloud_eye.events = [e for e in self.cloud_eye.events if e.project_id != project_id]
+        self.notify()

@@ -1,0 +1,125 @@
+"""Async client of Cloud Eye's event APIs (CES v1) for one project: which DCS events fired, and each one.
+
+Requests go through the project's :class:`~notifier.dcs.endpoint.ApiEndpoint` of Cloud Eye — the same
+credentials, politeness gate (its own rate limit: another host), session, TLS and proxy as the DCS API —
+so every failure is a :class:`~notifier.errors.DcsApiError` (``Cloud Eye API error for …``) the poller
+turns into health events as it does for tasks. The client does not retry. Pages are read to the end
+(``start`` += what came, until ``meta_data.total``), bounded by MAX_PAGES.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from urllib.parse import quote
+
+from pydantic import ValidationError
+
+from notifier.cloudeye.models import DCS_SOURCE, EventAggregate, EventsPage, Occurrence, parse_detail_page
+from notifier.dcs.endpoint import ApiEndpoint
+from notifier.errors import Reason
+
+#: ``limit`` of a page: the most Cloud Eye gives.
+PAGE_SIZE = 100
+#: A listing that has not ended after this many pages is refused (an API repeating itself).
+MAX_PAGES = 100
+#: The event type of system events (as opposed to custom ones).
+SYSTEM_EVENTS = "EVENT.SYS"
+
+
+def epoch_ms(when: datetime) -> str:
+    return str(int(when.timestamp() * 1000))
+
+
+class CloudEyeClient:
+    """One project's Cloud Eye endpoint. ``subject`` names it in errors (``cloud-eye:{project_id}``)."""
+
+    def __init__(self, api: ApiEndpoint, *, page_size: int = PAGE_SIZE) -> None:
+        self._api = api
+        self._page_size = page_size
+        project = quote(api.project_id, safe="")
+        self._events_path = f"/V1.0/{project}/events"
+        self._detail_path = f"/V1.0/{project}/event/"
+        self.subject = f"cloud-eye:{api.project_id}"
+
+    @property
+    def project_id(self) -> str:
+        return self._api.project_id
+
+    def has_headroom(self) -> bool:
+        return self._api.has_headroom()
+
+    async def aclose(self) -> None:
+        await self._api.aclose()
+
+    async def fired(self, start: datetime, end: datetime) -> list[EventAggregate]:
+        """The system event names that fired in [start, end] (``ListEvents``: one aggregate per name)."""
+        out: list[EventAggregate] = []
+        offset = 0
+        for _ in range(MAX_PAGES):
+            body = await self._api.get_json(
+                self.subject,
+                self._events_path,
+                [
+                    ("event_type", SYSTEM_EVENTS),
+                    ("from", epoch_ms(start)),
+                    ("limit", str(self._page_size)),
+                    ("start", str(offset)),
+                    ("to", epoch_ms(end)),
+                ],
+            )
+            try:
+                page = EventsPage.model_validate(body)
+            except ValidationError as exc:
+                raise self._invalid("ListEvents", exc) from None
+            out.extend(page.events)
+            offset += len(page.events)
+            if not page.events or offset >= page.meta_data.total:
+                return out
+        raise self._api.error(self.subject, Reason.INVALID_RESPONSE, "ListEvents never ends", http_status=200)
+
+    async def occurrences(
+        self, event_name: str, start: datetime, end: datetime
+    ) -> tuple[list[Occurrence], list[str]]:
+        """Every ``SYS.DCS`` occurrence of ``event_name`` in [start, end] (``ListEventDetail``, all pages),
+        and why any occurrence could not be read."""
+        out: list[Occurrence] = []
+        unreadable: list[str] = []
+        offset = 0
+        for _ in range(MAX_PAGES):
+            body = await self._api.get_json(
+                self.subject,
+                self._detail_path + quote(event_name, safe=""),
+                [
+                    ("event_source", DCS_SOURCE),
+                    ("event_type", SYSTEM_EVENTS),
+                    ("from", epoch_ms(start)),
+                    ("limit", str(self._page_size)),
+                    ("start", str(offset)),
+                    ("to", epoch_ms(end)),
+                ],
+            )
+            try:
+                page = parse_detail_page(body)
+            except ValueError as exc:
+                raise self._api.error(
+                    self.subject, Reason.INVALID_RESPONSE, f"ListEventDetail: {exc}", http_status=200
+                ) from None
+            out.extend(page.occurrences)
+            unreadable.extend(page.unreadable)
+            came = len(page.occurrences) + len(page.unreadable)
+            offset += came
+            if not came or offset >= page.total:
+                return out, unreadable
+        raise self._api.error(
+            self.subject, Reason.INVALID_RESPONSE, "ListEventDetail never ends", http_status=200
+        )
+
+    def _invalid(self, call: str, exc: ValidationError) -> Exception:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        return self._api.error(
+            self.subject,
+            Reason.INVALID_RESPONSE,
+            f"malformed {call} answer at {where}: {first['msg']}",
+            http_status=200,
+        )
