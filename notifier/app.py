@@ -104,7 +104,9 @@ class Daemon:
             self.replica = config.scaling.replica or default_replica_id()
             delivery = delivery.model_copy(update={"consumer": f"{delivery.consumer}-{self.replica}"})
         self.deliverer = Deliverer(self.store.outbox, self.channels, delivery, stop=self.stop)
-        self.poller = Poller(config, self.cloud.clients, self.store, clock=clock)
+        self.poller = Poller(
+            config, self.cloud.clients, self.store, clock=clock, cloud_eye_clients=self.cloud.cloud_eye
+        )
         #: Set when another daemon of this config turned out to run (see DaemonLock).
         self.conflict: DaemonConflict | None = None
         #: The token of {p}:epoch this daemon saw (None: not yet): from then on, another means loss.

@@ -64,7 +64,7 @@ async def test_the_names_that_fired_and_every_occurrence_of_one_paged_to_the_end
     }
     found, unreadable = await ces.occurrences("masterStandbyFailover", T0 - timedelta(hours=1), T0)
     assert unreadable == [] and len({o.event_id for o in found}) == 20  # three pages of 7
-    assert {o.payload()["content"]["n"] for o in found} == set(range(20))
+    assert {o.info().content["n"] for o in found} == set(range(20))
     assert all(o.instance_id == ORDERS and o.type == "instance.failover" for o in found)
     assert len([r for r in sim.ces_requests("ces_event_detail")]) == 3
 

@@ -65,13 +65,13 @@ def test_an_occurrence_is_read_whole_and_its_payload_parses_the_content() -> Non
     [o] = page.occurrences
     assert o.type == "instance.failover" and o.instance_id == "5560df16-cebf-4473-95c4-d1b573c16e79"
     assert o.time == datetime(2020, 11, 25, 11, 6, 42, 256000, tzinfo=UTC)
-    assert o.payload() == {
+    assert o.info().model_dump() == {
         "event_id": "ev1606302402256R6doP5YeZ",
         "event_name": "masterStandbyFailover",
         "event_source": "SYS.DCS",
         "level": "Major",
         "state": "incident",
-        "time": "2020-11-25T11:06:42.256000Z",
+        "time": datetime(2020, 11, 25, 11, 6, 42, 256000, tzinfo=UTC),
         "resource_id": "5560df16-cebf-4473-95c4-d1b573c16e79",
         "resource_name": "orders-cache",
         "user": "SYSTEM",
@@ -105,7 +105,7 @@ def test_a_resource_without_an_id_is_found_by_its_dimension_or_is_none() -> None
     [o] = parse_detail_page({"event_info": [{**DETAIL["event_info"][0], "detail": detail}]}).occurrences
     assert o.instance_id == "5560df16-cebf-4473-95c4-d1b573c16e79"
     [o] = parse_detail_page({"event_info": [{**DETAIL["event_info"][0], "detail": {}}]}).occurrences
-    assert o.instance_id is None and o.payload()["content"] is None
+    assert o.instance_id is None and o.info().content is None
 
 
 def test_list_events_aggregates_and_their_times() -> None:

@@ -433,7 +433,7 @@ def test_single_project_form_becomes_one_account() -> None:
         ),
         (
             ("sk: SK1", "sk: SK1, colour: blue"),
-            "unknown key `colour` in cloud (known: ak, credentials, discover, endpoint, filter, "
+            "unknown key `colour` in cloud (known: ak, ces_endpoint, credentials, discover, endpoint, filter, "
             "max_concurrency, name, page_size, project_id, region, security_token, sk, timeout)",
         ),
         (
@@ -462,8 +462,8 @@ def test_single_project_form_api_section_errors_keep_api_key() -> None:
 def test_an_unknown_top_level_key_lists_the_known_ones() -> None:
     message = config_error(FLEET + "single_project_form: true\n")
     assert message == one_problem(
-        "unknown key `single_project_form` at the top level (known: api, channels, cloud, delivery, "
-        "discovery, health, instances, poll, redis, rules, scaling)"
+        "unknown key `single_project_form` at the top level (known: api, channels, cloud, cloud_eye, "
+        "delivery, discovery, health, instances, poll, redis, rules, scaling)"
     )
 
 

@@ -225,7 +225,8 @@ def test_every_section_suggests_its_keys(section: str) -> None:
             ("instances:", "rules: [{name: r, events: [task.faild], channels: [audit]}]\ninstances:"),
             "rules.0.events.0: unknown event 'task.faild'; did you mean 'task.failed'? (events: task.started, "
             "task.succeeded, task.failed, task.updated, instance.removed, poller.unhealthy, poller.recovered, "
-            "or * for all)",
+            "instance.failover, instance.switchover, node.abnormal, node.recovered, node.restarted, backup.failed, "
+            "migration.failed, migration.resync, cloudeye.event, or * for all)",
         ),
         (
             ("instances:", "rules: [{name: r, channels: [oncal]}]\ninstances:"),

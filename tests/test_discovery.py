@@ -25,6 +25,7 @@ def spec(
         region="cn-north-4",
         project_id="p1",
         endpoint="https://dcs.cn-north-4.myhuaweicloud.com",
+        ces_endpoint="https://ces.cn-north-4.myhuaweicloud.com",
         credentials=AkSkCredentialsConfig(),
         discover=True,
         filter=InstanceFilter(

@@ -21,27 +21,29 @@ from typing import Any, Final
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from notifier.pipeline.events import CloudEyeInfo, EventType
+
 #: The event source of DCS events.
 DCS_SOURCE: Final = "SYS.DCS"
 #: ``SYS.DCS`` event names → the notifier's event types; any other name is ``cloudeye.event``.
-EVENT_TYPES: Final[dict[str, str]] = {
-    "masterStandbyFailover": "instance.failover",
-    "memcachedMasterStandbyFailover": "instance.failover",
-    "masterStandbySwitchover": "instance.switchover",
-    "redisNodeStatusAbnormal": "node.abnormal",
-    "memcachedInstanceStatusAbnormal": "node.abnormal",
-    "redisNodeStatusNormal": "node.recovered",
-    "memcachedInstanceStatusNormal": "node.recovered",
-    "instanceNodeAbnormalRestart": "node.restarted",
-    "nodeRestarted": "node.restarted",
-    "instanceBackupFailure": "backup.failed",
-    "migrateSyncDataFail": "migration.failed",
-    "migrationFullResync": "migration.resync",
+EVENT_TYPES: Final[dict[str, EventType]] = {
+    "masterStandbyFailover": EventType.INSTANCE_FAILOVER,
+    "memcachedMasterStandbyFailover": EventType.INSTANCE_FAILOVER,
+    "masterStandbySwitchover": EventType.INSTANCE_SWITCHOVER,
+    "redisNodeStatusAbnormal": EventType.NODE_ABNORMAL,
+    "memcachedInstanceStatusAbnormal": EventType.NODE_ABNORMAL,
+    "redisNodeStatusNormal": EventType.NODE_RECOVERED,
+    "memcachedInstanceStatusNormal": EventType.NODE_RECOVERED,
+    "instanceNodeAbnormalRestart": EventType.NODE_RESTARTED,
+    "nodeRestarted": EventType.NODE_RESTARTED,
+    "instanceBackupFailure": EventType.BACKUP_FAILED,
+    "migrateSyncDataFail": EventType.MIGRATION_FAILED,
+    "migrationFullResync": EventType.MIGRATION_RESYNC,
 }
-OTHER_EVENT: Final = "cloudeye.event"
+OTHER_EVENT: Final = EventType.CLOUDEYE_EVENT
 
 
-def event_type_of(event_name: str) -> str:
+def event_type_of(event_name: str) -> EventType:
     """The notifier's event type of a ``SYS.DCS`` event name."""
     return EVENT_TYPES.get(event_name, OTHER_EVENT)
 
@@ -142,7 +144,7 @@ class Occurrence(_Model):
         return when
 
     @property
-    def type(self) -> str:
+    def type(self) -> EventType:
         return event_type_of(self.event_name)
 
     @property
@@ -155,21 +157,21 @@ class Occurrence(_Model):
                 return d.value
         return None
 
-    def payload(self) -> dict[str, Any]:
-        """``data.cloud_eye`` of the webhook payload: what Cloud Eye said, ``content`` parsed."""
+    def info(self) -> CloudEyeInfo:
+        """What Cloud Eye said, as the event carries it (``content`` parsed)."""
         d = self.detail
-        return {
-            "event_id": self.event_id,
-            "event_name": self.event_name,
-            "event_source": self.event_source,
-            "level": d.event_level,
-            "state": d.event_state,
-            "time": self.time.isoformat().replace("+00:00", "Z"),
-            "resource_id": d.resource_id,
-            "resource_name": d.resource_name,
-            "user": d.event_user,
-            "content": parse_content(d.content),
-        }
+        return CloudEyeInfo(
+            event_id=self.event_id,
+            event_name=self.event_name,
+            event_source=self.event_source,
+            level=d.event_level,
+            state=d.event_state,
+            time=self.time,
+            resource_id=d.resource_id,
+            resource_name=d.resource_name,
+            user=d.event_user,
+            content=parse_content(d.content),
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -166,6 +166,8 @@ class ProjectConfig(_Model):
     region: str | None = Field(default=None, min_length=1)
     #: Default: ``https://dcs.{region}.myhuaweicloud.com``.
     endpoint: str | None = None
+    #: Cloud Eye's. Default: ``https://ces.{region}.myhuaweicloud.com``.
+    ces_endpoint: str | None = None
     #: Default: the account's credentials.
     credentials: CredentialsConfig | None = None
     #: List the project's instances (``GET /v2/{project_id}/instances``) instead of naming them.
@@ -186,6 +188,11 @@ class ProjectConfig(_Model):
     @classmethod
     def _endpoint_is_url(cls, v: str | None) -> str | None:
         return _url_or_none(v, "https://dcs.cn-north-4.myhuaweicloud.com")
+
+    @field_validator("ces_endpoint")
+    @classmethod
+    def _ces_endpoint_is_url(cls, v: str | None) -> str | None:
+        return _url_or_none(v, "https://ces.cn-north-4.myhuaweicloud.com")
 
 
 class AccountConfig(_Model):
@@ -219,6 +226,7 @@ class ProjectSpec:
     region: str
     project_id: str
     endpoint: str
+    ces_endpoint: str
     credentials: AkSkCredentialsConfig | FileCredentialsConfig | IamCredentialsConfig
     discover: bool
     filter: InstanceFilter
@@ -278,6 +286,22 @@ class DiscoveryConfig(_Model):
     interval: float = seconds(300.0, le=DAY)
     #: A deleted instance's state is kept this long (seconds) after ``instance.removed``, then dropped.
     removed_ttl: float = seconds(7 * DAY, ge=1, le=365 * DAY)
+
+
+class CloudEyeConfig(_Model):
+    """Cloud Eye events (``SYS.DCS``: automatic failovers, abnormal nodes...) beside the background tasks."""
+
+    enabled: bool = False
+    #: Seconds between two polls of one project's events.
+    interval: float = seconds(30.0, le=DAY)
+    #: Each window reaches back this long before the end of the last successful one (Cloud Eye may record
+    #: an event late); seen event ids are remembered at least this long.
+    overlap: float = seconds(600.0, ge=0, le=DAY)
+    #: ``SYS.DCS`` event names to watch; ``*``: all.
+    events: list[str] = Field(default_factory=lambda: ["*"], min_length=1)
+
+    def watches(self, event_name: str) -> bool:
+        return "*" in self.events or event_name in self.events
 
 
 class HealthConfig(_Model):
@@ -434,6 +458,7 @@ class Config(_Model):
     api: ApiConfig = Field(default_factory=ApiConfig)
     poll: PollConfig = Field(default_factory=PollConfig)
     discovery: DiscoveryConfig = Field(default_factory=DiscoveryConfig)
+    cloud_eye: CloudEyeConfig = Field(default_factory=CloudEyeConfig)
     health: HealthConfig = Field(default_factory=HealthConfig)
     redis: RedisConfig = Field(default_factory=RedisConfig)
     channels: dict[str, ChannelConfig] = Field(min_length=1)
@@ -515,6 +540,7 @@ class Config(_Model):
                         region=region,
                         project_id=project.project_id,
                         endpoint=project.endpoint or f"https://dcs.{region}.myhuaweicloud.com",
+                        ces_endpoint=project.ces_endpoint or f"https://ces.{region}.myhuaweicloud.com",
                         credentials=project.credentials or account.credentials,
                         discover=account.discover if project.discover is None else project.discover,
                         filter=project.filter or account.filter,

@@ -2,7 +2,8 @@
 
 - The one-project short form, the common case::
 
-      cloud: {region, endpoint, project_id, ak, sk, security_token, timeout, page_size, max_concurrency}
+      cloud: {region, endpoint, ces_endpoint, project_id, ak, sk, security_token, timeout, page_size,
+              max_concurrency}
       instances: [...]
 
   becomes one account (``region``) with AK/SK credentials and one project (``project_id``, ``endpoint``,
@@ -23,7 +24,7 @@ from typing import Any
 from notifier.config.models import AccountConfig
 from notifier.config.source import Loc, Problem, SourceMap, unknown_key
 
-_PROJECT_KEYS = ("project_id", "endpoint")
+_PROJECT_KEYS = ("project_id", "endpoint", "ces_endpoint")
 _CREDENTIAL_KEYS = ("ak", "sk", "security_token")
 _API_KEYS = ("timeout", "page_size", "max_concurrency")
 _ACCOUNT_KEYS = tuple(k for k in AccountConfig.model_fields if k != "projects")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from notifier.cloudeye.client import CloudEyeClient
 from notifier.config.env import require_credentials
 from notifier.config.models import (
     AkSkCredentialsConfig,
@@ -20,6 +21,7 @@ from notifier.config.models import (
 from notifier.dcs import credentials as providers
 from notifier.dcs.client import DcsClient
 from notifier.dcs.credentials import CredentialProvider
+from notifier.dcs.endpoint import ApiEndpoint
 from notifier.dcs.limits import ApiGate
 from notifier.net.session import make_http
 
@@ -65,6 +67,8 @@ class Cloud:
         )
         shared: dict[tuple[int, str], CredentialProvider] = {}
         self.clients: dict[str, DcsClient] = {}
+        #: Each project's Cloud Eye client (``cloud_eye.enabled``).
+        self.cloud_eye: dict[str, CloudEyeClient] = {}
         for spec in config.projects():
             # One provider per credentials entry (and per region, for the IAM endpoint).
             cache_key = (
@@ -85,6 +89,20 @@ class Cloud:
                 http=self.http,
                 gate=self.gate,
             )
+            if config.cloud_eye.enabled:
+                # Cloud Eye with the same credentials, session and gate (its own rate limit: another host).
+                self.cloud_eye[spec.project_id] = CloudEyeClient(
+                    ApiEndpoint(
+                        endpoint=spec.ces_endpoint,
+                        project_id=spec.project_id,
+                        credentials=provider,
+                        region=spec.region,
+                        timeout=api.timeout,
+                        http=self.http,
+                        gate=self.gate,
+                        service="Cloud Eye",
+                    )
+                )
 
     async def aclose(self) -> None:
         await self.http.aclose()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 import hashlib
 from datetime import datetime
-from typing import cast
+from typing import Any, cast
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -28,6 +28,16 @@ class EventType(enum.StrEnum):
     POLLER_UNHEALTHY = "poller.unhealthy"
     #: Polling works again after ``poller.unhealthy``.
     POLLER_RECOVERED = "poller.recovered"
+    # What happened to an instance, as Cloud Eye reports it (``SYS.DCS`` events; notifier.cloudeye).
+    INSTANCE_FAILOVER = "instance.failover"
+    INSTANCE_SWITCHOVER = "instance.switchover"
+    NODE_ABNORMAL = "node.abnormal"
+    NODE_RECOVERED = "node.recovered"
+    NODE_RESTARTED = "node.restarted"
+    BACKUP_FAILED = "backup.failed"
+    MIGRATION_FAILED = "migration.failed"
+    MIGRATION_RESYNC = "migration.resync"
+    CLOUDEYE_EVENT = "cloudeye.event"
 
 
 class InstanceRef(BaseModel):
@@ -50,6 +60,24 @@ class InstanceRef(BaseModel):
 _REF_FIELDS = frozenset(InstanceRef.model_fields)  # never added to: the model is frozen
 
 
+class CloudEyeInfo(BaseModel):
+    """What Cloud Eye said of an event (``cloud_eye`` events): the webhook's ``data.cloud_eye``."""
+
+    model_config = ConfigDict(frozen=True)
+
+    event_id: str
+    event_name: str
+    event_source: str | None = None
+    level: str | None = None
+    state: str | None = None
+    time: datetime
+    resource_id: str | None = None
+    resource_name: str | None = None
+    user: str | None = None
+    #: ``detail.content``: its JSON where it is JSON, else the string.
+    content: Any = None
+
+
 class PollProblem(BaseModel):
     """Why polling an instance fails (``poller.*`` events): what the API or the network said."""
 
@@ -61,6 +89,19 @@ class PollProblem(BaseModel):
     error_code: str | None = None
     #: When the failures began (this episode).
     since: datetime
+
+
+#: A Cloud Eye event in words, as the summary starts.
+CLOUD_EYE_WORDS: dict[EventType, str] = {
+    EventType.INSTANCE_FAILOVER: "Automatic master/standby failover",
+    EventType.INSTANCE_SWITCHOVER: "Master/standby switchover (Cloud Eye)",
+    EventType.NODE_ABNORMAL: "A node is abnormal",
+    EventType.NODE_RECOVERED: "A node recovered",
+    EventType.NODE_RESTARTED: "A node restarted",
+    EventType.BACKUP_FAILED: "Backup failed",
+    EventType.MIGRATION_FAILED: "Data migration failed",
+    EventType.MIGRATION_RESYNC: "Full resync during data migration",
+}
 
 
 def event_id(instance_id: str, task_id: str, type_: EventType, status: str) -> str:
@@ -85,6 +126,8 @@ class Event(BaseModel):
     detected_at: datetime
     #: What failed, for ``poller.*`` events.
     problem: PollProblem | None = None
+    #: What Cloud Eye said, for the events it reports (``instance.failover``, ``node.*``...).
+    cloud_eye: CloudEyeInfo | None = None
 
     @property
     def summary(self) -> str:
@@ -116,6 +159,9 @@ class Event(BaseModel):
                 return f"Cannot poll {where}: {problem.reason}{code}"
             case EventType.POLLER_RECOVERED:
                 return f"Polling {where} works again"
+            case _ if self.cloud_eye is not None:
+                what = CLOUD_EYE_WORDS.get(self.type) or f"Cloud Eye event {self.cloud_eye.event_name}"
+                return f"{what} on {where}"
             case _:
                 return f"{self.type.value} on {where}"
 

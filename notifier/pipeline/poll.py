@@ -8,6 +8,7 @@ plus, for projects with ``discover: true``, those the instance list returns (re-
   announcements;
 * :mod:`~notifier.pipeline.instance` — polling one instance once;
 * :mod:`~notifier.pipeline.discovery` — applying an instance listing to the fleet;
+* :mod:`~notifier.pipeline.cloud_eye` — each project's Cloud Eye events (``cloud_eye.enabled``);
 * :mod:`~notifier.pipeline.scheduler` — when each instance is polled, and the loops of a running daemon.
 
 If Redis loses its data while the daemon runs (:meth:`Poller.restore`), every instance is polled at once
@@ -21,8 +22,10 @@ import time
 from collections.abc import Callable, Mapping
 from datetime import datetime
 
+from notifier.cloudeye.client import CloudEyeClient
 from notifier.config.models import Config, ProjectSpec
 from notifier.dcs.client import DcsClient
+from notifier.pipeline.cloud_eye import CloudEyePoller
 from notifier.pipeline.discovery import Discovery
 from notifier.pipeline.health import HealthTracker
 from notifier.pipeline.instance import InstancePoller, PollOutcome, utcnow
@@ -43,6 +46,7 @@ class Poller:
         *,
         clock: Callable[[], datetime] = utcnow,
         monotonic: Callable[[], float] = time.monotonic,
+        cloud_eye_clients: Mapping[str, CloudEyeClient] | None = None,
     ) -> None:
         self.config = config
         self.projects = config.projects()
@@ -50,7 +54,18 @@ class Poller:
         self.fleet = Fleet(config, clients, store, self.health)
         self.instances = InstancePoller(self.fleet, clock=clock, monotonic=monotonic)
         self.discovery = Discovery(self.fleet, self.instances)
-        self.scheduler = Scheduler(self.fleet, self.instances, self.discovery)
+        self.cloud_eye = (
+            CloudEyePoller(
+                self.fleet,
+                cloud_eye_clients,
+                config.cloud_eye,
+                baseline_grace=config.poll.baseline_grace,
+                clock=clock,
+            )
+            if cloud_eye_clients
+            else None
+        )
+        self.scheduler = Scheduler(self.fleet, self.instances, self.discovery, self.cloud_eye)
 
     @property
     def targets(self) -> dict[str, Target]:
@@ -88,6 +103,9 @@ class Poller:
     async def poll_all(self) -> list[PollOutcome]:
         """Discover, then poll every watched instance once (``dcs-notifier once``)."""
         await asyncio.gather(*(self.discovery.discover(spec) for spec in self.projects if spec.discover))
+        if self.cloud_eye is not None:
+            cloud_eye = self.cloud_eye
+            await asyncio.gather(*(cloud_eye.poll(spec) for spec in self.projects if cloud_eye.owns(spec)))
         targets = [w.target for w in self.fleet]
         outcomes: list[PollOutcome] = []
         queue = iter(targets)

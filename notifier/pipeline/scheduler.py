@@ -25,6 +25,7 @@ import redis.exceptions
 
 from notifier.config.models import ProjectSpec
 from notifier.errors import DcsApiError, Reason, StoreError
+from notifier.pipeline.cloud_eye import CloudEyePoller
 from notifier.pipeline.discovery import Discovery
 from notifier.pipeline.instance import InstancePoller, PollOutcome
 from notifier.pipeline.watch import Control, Fleet, Watch, release
@@ -47,10 +48,17 @@ class Scheduler:
     """Runs one polling loop per watched instance, one discovery loop per discovering project, and the
     lease loop of a replica (scaling.enabled)."""
 
-    def __init__(self, fleet: Fleet, instances: InstancePoller, discovery: Discovery) -> None:
+    def __init__(
+        self,
+        fleet: Fleet,
+        instances: InstancePoller,
+        discovery: Discovery,
+        cloud_eye: CloudEyePoller | None = None,
+    ) -> None:
         self.fleet = fleet
         self.instances = instances
         self.discovery = discovery
+        self.cloud_eye = cloud_eye
         self.config = fleet.config
 
     def jittered(self, seconds: float) -> float:
@@ -108,6 +116,9 @@ class Scheduler:
                 for spec in fleet.config.projects():
                     if spec.discover:
                         tg.create_task(self._discovery_loop(spec, stop), name=f"discover:{spec.project_id}")
+                    if self.cloud_eye is not None:
+                        loop = self._cloud_eye_loop(self.cloud_eye, spec, stop)
+                        tg.create_task(loop, name=f"cloud-eye:{spec.project_id}")
                 tg.create_task(self._cancel_all_on(stop), name="poller-stop")
                 if leases is not None:
                     tg.create_task(self._lease_loop(leases, stop), name="leases")
@@ -152,6 +163,20 @@ class Scheduler:
                 await self.discovery.discover(spec)
             except Exception:
                 log.exception("discovery of project %s failed unexpectedly", spec.project_id)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=self.jittered(interval))
+
+    async def _cloud_eye_loop(
+        self, cloud_eye: CloudEyePoller, spec: ProjectSpec, stop: asyncio.Event
+    ) -> None:
+        """Poll one project's Cloud Eye events every ``cloud_eye.interval`` (while this replica owns it)."""
+        interval = self.config.cloud_eye.interval
+        while not stop.is_set():
+            if cloud_eye.owns(spec):
+                try:
+                    await cloud_eye.poll(spec)
+                except Exception:
+                    log.exception("Cloud Eye events of project %s failed unexpectedly", spec.project_id)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=self.jittered(interval))
 

@@ -8,6 +8,7 @@ shared by every store, one per stage it serves:
 * ``health`` — which instances are announced unhealthy (the poller);
 * ``outbox`` — reading, claiming, acknowledging and burying outbox entries (delivery);
 * ``cards`` — the living card of each task per channel (delivery, the dead-letter replay);
+* ``cloud_eye`` — each project's Cloud Eye window and the event ids it handled (the poller);
 * ``dead_letters`` — list, replay, resolve, purge (the ``dead-letters`` commands);
 * ``heartbeat`` — the daemon's sign of life (the daemon, ``dcs-notifier health``).
 """
@@ -25,6 +26,7 @@ from redis.backoff import ExponentialBackoff
 
 from notifier.config.models import Config
 from notifier.config.redis_url import parse_redis_url
+from notifier.store.cloud_eye import CloudEyeState
 from notifier.store.dead_letters import DeadLetters
 from notifier.store.health import HealthRecords
 from notifier.store.heartbeat import Heartbeat
@@ -127,6 +129,7 @@ class Store:
         self.health = HealthRecords(self.link)
         self.outbox = Outbox(self.link)
         self.cards = self.outbox.cards
+        self.cloud_eye = CloudEyeState(self.link)
         self.dead_letters = DeadLetters(self.link)
         self.heartbeat = Heartbeat(self.link)
 

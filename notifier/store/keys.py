@@ -6,7 +6,8 @@ one server or a Sentinel-managed master; a Redis Cluster uses hash-tagged names 
 
 Who writes what (modules of :mod:`notifier.store`): ``snap`` and ``epoch`` — ``snapshots``; ``health`` —
 ``health``; ``outbox``, ``delivered``, ``attempts`` — ``outbox`` (which also buries entries in ``dead``);
-``card`` — ``cards`` (written with an acknowledgement by ``outbox``); ``dead`` — ``dead_letters``;
+``card`` — ``cards`` (written with an acknowledgement by ``outbox``); ``ces`` — ``cloud_eye``;
+``dead`` — ``dead_letters``;
 ``heartbeat`` — ``heartbeat``; ``daemon``, ``replicas``, ``lease`` — ``leases``.
 
 ``{p}:snap:{project_id}:{instance_id}`` — HASH, no TTL.
@@ -47,6 +48,13 @@ Who writes what (modules of :mod:`notifier.store`): ``snap`` and ``epoch`` — `
     instance's health (``.../instance``), see :mod:`notifier.delivery.cards`. Written in the same
     MULTI/EXEC as the XACK of the notification that posted or updated it (by the dead-letter replay,
     just before the dead letter is resolved).
+``{p}:ces:{project_id}:until`` — STRING (ISO 8601), no TTL.
+    The end of the last Cloud Eye window of the project read whole (``cloud_eye.enabled``): the next window
+    starts ``cloud_eye.overlap`` before it; none means the next poll is a baseline.
+``{p}:ces:{project_id}:seen`` — ZSET, no TTL (trimmed by every commit).
+    Cloud Eye event ids already handled (announced or ignored), score = the event's time (epoch ms);
+    those older than the window a commit read are removed by it. Written in the same MULTI/EXEC as the
+    ``until`` and the outbox entries the new events cause (see ``cloud_eye``).
 ``{p}:dead`` — STREAM, capped at ~10,000 entries (MAXLEN ~).
     Dead letters: notifications a channel refused permanently. Fields: ``n`` (the Notification JSON),
     ``k``, ``channel``, ``error``, ``attempts``, ``failed_at``.
@@ -84,6 +92,7 @@ in its own::
     {p}:delivered:{{channel}}:{event_id}     e.g. dcsn:delivered:{audit}:evt_4f78...
     {p}:attempts:{{channel}}                 e.g. dcsn:attempts:{audit}
     {p}:card:{{channel}}:{card_key}          e.g. dcsn:card:{oncall}:a4d3.../5560.../task/7f1c...
+    {p}:ces:{{project_id}}:until, …:seen    one slot per project: its Cloud Eye state
     {p}:dead:{{channel}}                     one dead-letter stream per channel (not one {p}:dead)
     {p}:health, {p}:heartbeat, {p}:epoch    unchanged (single keys)
     {p}:daemon                              unchanged (single key)
@@ -145,6 +154,12 @@ class Keys:
 
     def card(self, channel: str, card_key: str) -> str:
         return f"{self.prefix}:card:{self._tag(channel)}:{card_key}"
+
+    def ces_until(self, project_id: str) -> str:
+        return f"{self.prefix}:ces:{self._tag(project_id)}:until"
+
+    def ces_seen(self, project_id: str) -> str:
+        return f"{self.prefix}:ces:{self._tag(project_id)}:seen"
 
     def attempts(self, channel: str) -> str:
         return f"{self.prefix}:attempts:{self._tag(channel)}"

@@ -51,6 +51,15 @@ EVENT_EMOJI: Final[dict[EventType, str]] = {
     EventType.INSTANCE_REMOVED: ":wastebasket:",
     EventType.POLLER_UNHEALTHY: ":rotating_light:",
     EventType.POLLER_RECOVERED: ":large_green_circle:",
+    EventType.INSTANCE_FAILOVER: ":rotating_light:",
+    EventType.INSTANCE_SWITCHOVER: ":twisted_rightwards_arrows:",
+    EventType.NODE_ABNORMAL: ":warning:",
+    EventType.NODE_RECOVERED: ":large_green_circle:",
+    EventType.NODE_RESTARTED: ":arrows_counterclockwise:",
+    EventType.BACKUP_FAILED: ":x:",
+    EventType.MIGRATION_FAILED: ":x:",
+    EventType.MIGRATION_RESYNC: ":repeat:",
+    EventType.CLOUDEYE_EVENT: ":eye:",
 }
 
 OUTCOME_EMOJI: Final[dict[Outcome, str]] = {
@@ -209,8 +218,22 @@ def _instance_fields(event: Event) -> list[str]:
             what += f" {code(problem.error_code, 100)}"
         fields.append(f"*Problem*\n{what}")
         fields.append(f"*Failing since*\n{slack_date(problem.since)}")
+    ce = event.cloud_eye
+    if ce is not None:  # what Cloud Eye said: automatic, which node, when
+        fields.append(
+            f"*Cloud Eye event*\n{code(ce.event_name, 100)}"
+            + (f" ({value(ce.level, 30)})" if ce.level else "")
+        )
+        fields.append(f"*When*\n{slack_date(ce.time)}")
+        if ce.user:
+            fields.append(f"*By*\n{value(ce.user, 100)}")
+        if isinstance(ce.content, dict):
+            facts = ", ".join(f"{value(k, 40)}: {value(v, 100)}" for k, v in list(ce.content.items())[:6])
+            fields.append(f"*Details*\n{facts}")
+        elif ce.content:
+            fields.append(f"*Details*\n{value(ce.content, 500)}")
     fields.append(f"*Region*\n{value(event.region, 100)}")
-    return [clip(f, FIELD_TEXT_MAX) for f in fields]
+    return [clip(f, FIELD_TEXT_MAX) for f in fields[:FIELDS_MAX]]
 
 
 def _fields(event: Event, task: Task) -> list[str]:

@@ -40,6 +40,10 @@ def format_webhook(notification: Notification) -> dict[str, Any]:
         "rule": notification.rule,
         "summary": event.summary,
     }
+    if event.cloud_eye is not None:  # what Cloud Eye said (instance.failover, node.*...)
+        cloud_eye = event.cloud_eye.model_dump(mode="json")
+        cloud_eye["time"] = format_api_time(event.cloud_eye.time)
+        data["cloud_eye"] = cloud_eye
     if event.problem is not None:  # poller.* events: what fails, since when
         problem = event.problem.model_dump(mode="json")
         problem["since"] = format_api_time(event.problem.since)

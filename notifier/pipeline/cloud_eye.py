@@ -1,0 +1,125 @@
+"""Cloud Eye as a second source: what happened to an instance (an automatic failover, a node gone
+abnormal, a failed backup) beside what people did to it (its background tasks).
+
+Per project, every ``cloud_eye.interval``: ``ListEvents`` says which ``SYS.DCS`` names fired in the window
+(one call when nothing happens), ``ListEventDetail`` lists each one's occurrences (all pages). A window
+starts ``cloud_eye.overlap`` before the end of the last one read whole — Cloud Eye may record an event
+late (how late is unconfirmed) — and the event ids already handled are kept in Redis, so an event seen in
+two windows, by a restarted daemon or by another replica, is announced once. Occurrences of instances
+not watched (not named, or filtered out by discovery) are recorded as handled and not announced. The
+first poll of a project is a baseline: only events within ``poll.baseline_grace`` are read (announced),
+older ones never asked for. A failing Cloud Eye is the health subject ``cloud-eye:{project_id}``
+(``poller.unhealthy`` after ``health.after``), and task polling goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta
+
+from notifier.cloudeye.client import CloudEyeClient
+from notifier.cloudeye.models import Occurrence
+from notifier.config.models import CloudEyeConfig, ProjectSpec
+from notifier.errors import DcsApiError, Failure, StoreError
+from notifier.pipeline.events import Event, InstanceRef, Notification, event_id
+from notifier.pipeline.health import Subject
+from notifier.pipeline.watch import Fleet
+
+log = logging.getLogger(__name__)
+
+
+def subject_of(spec: ProjectSpec) -> Subject:
+    """The health subject of a project's Cloud Eye events (``poller.*`` events name it as the instance)."""
+    ref = InstanceRef(
+        id=f"cloud-eye:{spec.project_id}", name=f"Cloud Eye events of project {spec.project_id}"
+    )
+    return Subject(f"{spec.project_id}/~cloud-eye", spec.project_id, spec.region, ref)
+
+
+def to_event(o: Occurrence, spec: ProjectSpec, instance: InstanceRef, now: datetime) -> Event:
+    """The event of one occurrence; its id is made of Cloud Eye's ``event_id`` (the same every time)."""
+    return Event(
+        id=event_id(instance.id, o.event_id, o.type, "cloud-eye"),
+        type=o.type,
+        project_id=spec.project_id,
+        region=spec.region,
+        instance=instance,
+        detected_at=now,
+        cloud_eye=o.info(),
+    )
+
+
+class CloudEyePoller:
+    """Polls Cloud Eye for every project the config watches (``cloud_eye.enabled``)."""
+
+    def __init__(
+        self,
+        fleet: Fleet,
+        clients: Mapping[str, CloudEyeClient],
+        config: CloudEyeConfig,
+        *,
+        baseline_grace: float,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self.fleet = fleet
+        self.clients = clients
+        self.config = config
+        self._grace = timedelta(seconds=baseline_grace)
+        self._overlap = timedelta(seconds=config.overlap)
+        self._clock = clock
+        self._reported: dict[str, tuple[object, ...]] = {}  # project id → the failure last logged
+
+    def owns(self, spec: ProjectSpec) -> bool:
+        """Whether this replica polls the project's Cloud Eye (always, without scaling)."""
+        return self.fleet.owns(subject_of(spec).key)
+
+    async def poll(self, spec: ProjectSpec) -> list[Event]:
+        """Read one window of the project's events and announce what is new; the events announced."""
+        client = self.clients[spec.project_id]
+        subject = subject_of(spec)
+        store = self.fleet.store.cloud_eye
+        now = self._clock()
+        try:
+            until = await store.until(spec.project_id)
+            start = now - self._grace if until is None else min(until, now) - self._overlap
+            found: list[Occurrence] = []
+            for fired in await client.fired(start, now):
+                if self.config.watches(fired.event_name):
+                    occurrences, unreadable = await client.occurrences(fired.event_name, start, now)
+                    found.extend(occurrences)
+                    for why in unreadable:  # the rest of the page is read; what could not be is said
+                        log.warning(
+                            "Cloud Eye of project %s: an unreadable occurrence: %s", spec.project_id, why
+                        )
+            fresh = {o.event_id: o for o in found}
+            for eid in await store.seen(spec.project_id, list(fresh)):
+                del fresh[eid]
+            events: list[Event] = []
+            for o in fresh.values():
+                w = self.fleet.get(f"{spec.project_id}/{o.instance_id}") if o.instance_id else None
+                if w is not None:  # an instance not watched: handled, not announced
+                    events.append(to_event(o, spec, w.target.instance, now))
+            notifications: list[Notification] = [n for ev in events for n in self.fleet.route(ev)]
+            await store.commit(
+                spec.project_id,
+                {eid: o.time for eid, o in fresh.items()},
+                notifications,
+                until=now,
+                forget_before=start,
+            )
+        except DcsApiError as exc:
+            fingerprint = Failure.of(exc).fingerprint
+            if self._reported.get(spec.project_id) != fingerprint:
+                self._reported[spec.project_id] = fingerprint
+                log.error("Cloud Eye events of project %s (%s): %s", spec.project_id, spec.account, exc)
+            await self.fleet.announce(subject.key, self.fleet.health.failed(subject, exc))
+            return []
+        except StoreError:
+            return []  # Redis's problems are logged once per episode by the store; the window is read again
+        if self._reported.pop(spec.project_id, None) is not None:
+            log.info("Cloud Eye events of project %s: polling works again", spec.project_id)
+        await self.fleet.announce(subject.key, self.fleet.health.succeeded(subject))
+        for ev in events:
+            log.info("Cloud Eye: %s (%s)", ev.summary, ev.id)
+        return events

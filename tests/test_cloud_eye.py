@@ -1,0 +1,147 @@
+"""Issue 13 through the daemon: Cloud Eye events (an automatic failover...) beside the background tasks.
+
+The simulator serves both APIs on one port; the daemon runs in this process (``Daemon.run()``) with a
+short ``cloud_eye.interval``. What is asserted is what the receivers got.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from notifier.app import Daemon
+from notifier.config.load import parse_config
+from notifier.config.models import Config
+from notifier.devtools.simulator import Fault, Simulator
+from notifier.devtools.standins.webhook import WebhookReceiver
+from tests.conftest import AK, ORDERS, PROJECT_ID, SESSIONS, SK
+
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+UNWATCHED = "0f0f0f0f-0000-4000-8000-000000000000"
+
+CONFIG = f"""
+cloud: {{endpoint: "${{SIM_URL}}", ces_endpoint: "${{SIM_URL}}", project_id: "{PROJECT_ID}", ak: {AK}, sk: {SK}}}
+instances:
+  - {{id: "{ORDERS}", name: orders-cache}}
+  - {{id: "{SESSIONS}", name: sessions-cache}}
+poll: {{interval: 0.3, baseline_grace: 900}}
+cloud_eye: {{enabled: true, interval: 0.2, overlap: 600}}
+health: {{after: 0.3}}
+redis: {{url: "${{REDIS_URL}}", key_prefix: ce}}
+channels:
+  audit: {{type: webhook, url: "${{AUDIT_URL}}", secret: "{SECRET}"}}
+delivery: {{backoff_initial: 0.05, backoff_max: 0.2}}
+"""
+
+
+def config(sim: Simulator, redis_url: str, audit: WebhookReceiver) -> Config:
+    env = {"SIM_URL": str(sim.base_url), "REDIS_URL": redis_url, "AUDIT_URL": audit.url}
+    return parse_config(CONFIG, "cloud-eye.yaml", env)
+
+
+@contextlib.asynccontextmanager
+async def running(cfg: Config) -> AsyncIterator[Daemon]:
+    daemon = Daemon(cfg)
+    task = asyncio.create_task(daemon.run())
+    try:
+        yield daemon
+    finally:
+        daemon.request_stop()
+        try:
+            await asyncio.wait_for(task, 15)
+        finally:
+            await daemon.aclose()
+
+
+def payloads(audit: WebhookReceiver, type_: str | None = None) -> list[dict[str, Any]]:
+    out = [json.loads(r.body) for r in audit.requests if 200 <= r.status < 300]
+    return [p for p in out if type_ is None or p["type"] == type_]
+
+
+async def cloud_eye_polled(sim: Simulator, n: int = 2) -> None:
+    await sim.wait_for(lambda: len(sim.ces_requests("ces_events")) >= n, within=10)
+
+
+@pytest.fixture
+async def audit() -> AsyncIterator[WebhookReceiver]:
+    async with WebhookReceiver(secret=SECRET) as receiver:
+        yield receiver
+
+
+async def test_a_failover_is_delivered_once_with_what_cloud_eye_said_even_across_a_restart(
+    sim: Simulator, redis_url: str, audit: WebhookReceiver
+) -> None:
+    cfg = config(sim, redis_url, audit)
+    async with running(cfg):
+        await cloud_eye_polled(sim)
+        eid = sim.add_cloud_eye_event(
+            "masterStandbyFailover",
+            resource_id=ORDERS,
+            content={"old_master": "10.0.0.3", "new_master": "10.0.0.4"},
+        )
+        await audit.wait_for(1, timeout=10)
+        polled = len(sim.ces_requests("ces_events"))
+        await cloud_eye_polled(sim, polled + 3)  # the same event in three more overlapping windows
+    async with running(cfg):  # and a restart reads it again
+        await cloud_eye_polled(sim, polled + 6)
+    [failover] = payloads(audit)
+    assert failover["type"] == "instance.failover"
+    data = failover["data"]
+    assert data["instance"]["name"] == "orders-cache" and data["task"] is None
+    assert data["summary"] == "Automatic master/standby failover on orders-cache"
+    ce = data["cloud_eye"]
+    assert (ce["event_id"], ce["event_name"], ce["event_source"]) == (eid, "masterStandbyFailover", "SYS.DCS")
+    assert ce["content"] == {"old_master": "10.0.0.3", "new_master": "10.0.0.4"}  # parsed, not a string
+    assert audit.requests[0].header("webhook-id") == data["event_id"]
+
+
+async def test_a_late_event_inside_the_overlap_is_delivered_and_an_unwatched_instance_is_ignored(
+    sim: Simulator, redis_url: str, audit: WebhookReceiver
+) -> None:
+    async with running(config(sim, redis_url, audit)):
+        await cloud_eye_polled(sim)
+        now = datetime.now(UTC)
+        sim.add_cloud_eye_event("redisNodeStatusAbnormal", resource_id=UNWATCHED)
+        sim.add_cloud_eye_event(
+            "instanceBackupFailure", resource_id=SESSIONS, time=now - timedelta(minutes=5)
+        )
+        await audit.wait_for(1, timeout=10)
+        polled = len(sim.ces_requests("ces_events"))
+        await cloud_eye_polled(sim, polled + 2)
+    [late] = payloads(audit)
+    assert late["type"] == "backup.failed" and late["data"]["instance"]["name"] == "sessions-cache"
+
+
+async def test_the_first_poll_is_a_baseline_announcing_only_recent_events(
+    sim: Simulator, redis_url: str, audit: WebhookReceiver
+) -> None:
+    now = datetime.now(UTC)
+    sim.add_cloud_eye_event("masterStandbyFailover", resource_id=ORDERS, time=now - timedelta(hours=2))
+    sim.add_cloud_eye_event("nodeRestarted", resource_id=ORDERS, time=now - timedelta(minutes=2))
+    async with running(config(sim, redis_url, audit)):
+        await audit.wait_for(1, timeout=10)
+        await cloud_eye_polled(sim, len(sim.ces_requests("ces_events")) + 2)
+    assert [p["type"] for p in payloads(audit)] == ["node.restarted"]
+
+
+async def test_a_rejected_cloud_eye_is_one_unhealthy_naming_it_and_tasks_are_still_polled(
+    sim: Simulator, redis_url: str, audit: WebhookReceiver
+) -> None:
+    sim.inject(Fault.ces_error(401, "ces.0015", "signature mismatch"), times=10_000, api="ces")
+    async with running(config(sim, redis_url, audit)):
+        await audit.wait_for(1, timeout=10)
+        tid = sim.start_task(ORDERS, "masterStandbySwapJob")
+        await audit.wait_for(2, timeout=10)
+        await cloud_eye_polled(sim, len(sim.ces_requests("ces_events")) + 3)
+    unhealthy = payloads(audit, "poller.unhealthy")
+    assert len(unhealthy) == 1
+    assert unhealthy[0]["data"]["instance"]["id"] == f"cloud-eye:{PROJECT_ID}"
+    assert "Cloud Eye API error" in unhealthy[0]["data"]["problem"]["message"]
+    [started] = payloads(audit, "task.started")
+    assert started["data"]["task"]["id"] == tid
