@@ -19,8 +19,11 @@ from notifier.app import Daemon
 from notifier.config.load import parse_config
 from notifier.config.models import Config
 from notifier.devtools.simulator import Fault, Simulator
+from notifier.devtools.standins.slack import SlackStandIn
 from notifier.devtools.standins.webhook import WebhookReceiver
+from notifier.pipeline.cloud_eye import switching_task
 from tests.conftest import AK, ORDERS, PROJECT_ID, SESSIONS, SK
+from tests.factories import T0, task
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 UNWATCHED = "0f0f0f0f-0000-4000-8000-000000000000"
@@ -145,3 +148,59 @@ async def test_a_rejected_cloud_eye_is_one_unhealthy_naming_it_and_tasks_are_sti
     assert "Cloud Eye API error" in unhealthy[0]["data"]["problem"]["message"]
     [started] = payloads(audit, "task.started")
     assert started["data"]["task"]["id"] == tid
+
+
+async def test_a_switchover_during_a_swap_is_told_in_the_tasks_thread_and_a_lone_one_is_its_own_card(
+    sim: Simulator, redis_url: str, audit: WebhookReceiver
+) -> None:
+    async with SlackStandIn(token="xoxb-ce") as slack:
+        text = CONFIG.replace(
+            '  audit: {type: webhook, url: "${AUDIT_URL}", secret: "' + SECRET + '"}',
+            '  audit: {type: webhook, url: "${AUDIT_URL}", secret: "'
+            + SECRET
+            + '"}\n  oncall: {type: slack, token: xoxb-ce, channel: "#oncall", base_url: "${SLACK_API}", rate: 50}',
+        )
+        env = {
+            "SIM_URL": str(sim.base_url),
+            "REDIS_URL": redis_url,
+            "AUDIT_URL": audit.url,
+            "SLACK_API": slack.api_base_url,
+        }
+        async with running(parse_config(text, "cloud-eye.yaml", env)):
+            await cloud_eye_polled(sim)
+            tid = sim.start_task(ORDERS, "masterStandbySwapJob")
+            [card] = await slack.wait_until(lambda: slack.cards("#oncall") or None, timeout=10)
+            sim.add_cloud_eye_event("masterStandbySwitchover", resource_id=ORDERS)
+            await slack.wait_until(lambda: slack.replies(card.channel, card.ts) or None, timeout=10)
+            sim.add_cloud_eye_event("masterStandbySwitchover", resource_id=SESSIONS)
+            await slack.wait_until(lambda: len(slack.cards("#oncall")) == 2, timeout=10)
+            await audit.wait_for(3, timeout=10)
+        [task_card, lone] = slack.cards("#oncall")
+        assert task_card.ts == card.ts and task_card.edits == []  # the task's card is not rewritten
+        [reply] = slack.replies(card.channel, card.ts)
+        assert (
+            "Master/standby switchover (Cloud Eye) on orders-cache, during Master/standby switchover"
+            in reply.text
+        )
+        assert "Master/standby switchover (Cloud Eye) on sessions-cache" in lone.text
+    part, alone = payloads(audit, "instance.switchover")
+    assert part["data"]["task"]["id"] == tid and alone["data"]["task"] is None
+
+
+def test_the_task_a_switchover_belongs_to_switches_over_and_runs_then_or_ends_within_the_window() -> None:
+    window, now = timedelta(minutes=5), T0 + timedelta(hours=1)
+    swap = task(id="swap", name="masterStandbySwapJob", status="SUCCESS", updated=T0 + timedelta(minutes=2))
+    spec = task(id="spec", name="EXTEND", status="RUNNING", created=T0 + timedelta(minutes=30))
+    port = task(id="port", name="UpdatePort", status="RUNNING", created=T0)
+    assert (
+        switching_task([swap, spec, port], T0 + timedelta(minutes=6), now, window) == swap
+    )  # ended 4 min before
+    assert (
+        switching_task([swap, spec, port], T0 + timedelta(minutes=8), now, window) is None
+    )  # ended 6 min before
+    assert (
+        switching_task([swap, spec, port], T0 + timedelta(minutes=50), now, window) == spec
+    )  # still running
+    assert (
+        switching_task([port], T0 + timedelta(minutes=1), now, window) is None
+    )  # a port change does not switch

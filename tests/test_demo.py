@@ -19,6 +19,9 @@ async def test_demo_shows_switchover_start_and_finish(
     )
     assert "↳ thread (card 1):   ✅ Master/standby switchover succeeded on orders-cache" in out
     assert "[slack → #oncall] ✅" not in out
+    # An automatic failover, from Cloud Eye: a card of its own, pinging the on-call group.
+    assert "[slack → #oncall] 🚨 Automatic master/standby failover on sessions-cache" in out
+    assert "[webhook → audit] instance.failover  Automatic master/standby failover on sessions-cache" in out
     assert "[webhook → audit] task.succeeded  Master/standby switchover succeeded on orders-cache" in out
     assert "signature verified ✓" in out
     assert "SIGNATURE INVALID" not in out

@@ -17,7 +17,7 @@ from notifier.dcs.models import Outcome, classify_status
 from notifier.delivery.cards import Card, after, card_key, needs_new_card
 from notifier.delivery.formatters.slack import format_card, format_reply, format_slack
 from notifier.errors import ConfigError
-from notifier.pipeline.events import EventType, Notification
+from notifier.pipeline.events import CloudEyeInfo, Event, EventType, Notification
 from notifier.pipeline.rules import route
 from tests.factories import T0, event, poller_event, removed_event, task
 from tests.support.clock import TestClock
@@ -198,3 +198,54 @@ async def test_an_endpoint_has_headroom_unless_its_queue_has_not_emptied_for_a_s
 def test_statuses_in_progress_are_what_keeps_an_instance_on_the_fast_cadence() -> None:
     assert classify_status("RUNNING") is Outcome.IN_PROGRESS
     assert classify_status("SUCCESS") is not Outcome.IN_PROGRESS
+
+
+def cloud_eye_event(type_: EventType, name: str, event_id: str = "ev1606302402256R6doP5YeZ") -> Event:
+    info = CloudEyeInfo(
+        event_id=event_id,
+        event_name=name,
+        event_source="SYS.DCS",
+        level="Major",
+        state="incident",
+        time=T0,
+        resource_id="i-1",
+        content={"old_master": "10.0.0.3:6379", "new_master": "10.0.0.4:6379", "note": "<!channel>"},
+    )
+    base = event(EventType.STARTED)
+    return Event(
+        id=f"evt_{event_id}",
+        type=type_,
+        project_id=base.project_id,
+        region=base.region,
+        instance=base.instance,
+        detected_at=T0,
+        cloud_eye=info,
+    )
+
+
+def test_a_failover_card_says_it_was_automatic_which_node_when_and_links_to_the_console() -> None:
+    failover = cloud_eye_event(EventType.INSTANCE_FAILOVER, "masterStandbyFailover")
+    message = format_slack(Notification(event=failover, channel="oncall", mentions=(GROUP,)))
+    shown = all_text(message.blocks)
+    assert message.text.startswith(
+        f"{GROUP} :rotating_light: Automatic master/standby failover on orders-cache"
+    )
+    assert "10.0.0.3:6379" in shown and "10.0.0.4:6379" in shown and "<!date^" in shown
+    assert "https://console.huaweicloud.com/dcs/?region=cn-north-4" in shown
+    assert "<!channel>" not in shown  # what Cloud Eye says stays escaped
+    for raw in message.blocks:
+        block = Block.parse(raw)
+        assert block is not None
+        block.validate_json()
+
+
+def test_a_node_gone_abnormal_and_its_recovery_share_one_card_other_cloud_eye_events_one_each() -> None:
+    sick = cloud_eye_event(EventType.NODE_ABNORMAL, "redisNodeStatusAbnormal", "ev1")
+    well = cloud_eye_event(EventType.NODE_RECOVERED, "redisNodeStatusNormal", "ev2")
+    assert card_key(sick) == card_key(well) != card_key(poller_event())
+    card = after(sick, Card("C1", "1.1"))
+    assert not needs_new_card(well, card) and not after(well, card).open
+    assert needs_new_card(sick, after(well, card))  # the node's next failure: a new card
+    one = cloud_eye_event(EventType.INSTANCE_FAILOVER, "masterStandbyFailover", "ev3")
+    two = cloud_eye_event(EventType.INSTANCE_FAILOVER, "masterStandbyFailover", "ev4")
+    assert card_key(one) != card_key(two)

@@ -299,6 +299,9 @@ class CloudEyeConfig(_Model):
     overlap: float = seconds(600.0, ge=0, le=DAY)
     #: ``SYS.DCS`` event names to watch; ``*``: all.
     events: list[str] = Field(default_factory=lambda: ["*"], min_length=1)
+    #: A ``masterStandbySwitchover`` this close (seconds) to a task of the instance that switches over
+    #: (running then, or started or ended this close to it) is part of that task, not an alert of its own.
+    correlation_window: float = seconds(300.0, ge=0, le=HOUR)
 
     def watches(self, event_name: str) -> bool:
         return "*" in self.events or event_name in self.events

@@ -9,7 +9,9 @@ Cards are kept per (channel, card key):
 * a task's events share the card ``{project_id}/{instance_id}/task/{task_id}``;
 * an instance's ``poller.unhealthy``, ``poller.recovered`` and ``instance.removed`` share the card
   ``{project_id}/{instance_id}/instance``: the recovery (or the removal) updates the card of the
-  failure, and the next failure after a recovery starts a new card.
+  failure, and the next failure after a recovery starts a new card;
+* Cloud Eye's ``node.abnormal`` and ``node.recovered`` share ``.../node`` the same way; every other
+  Cloud Eye event (a failover...) is a card of its own, ``.../cloud-eye/{event_id}``.
 """
 
 from __future__ import annotations
@@ -21,11 +23,13 @@ from typing import Final
 from notifier.pipeline.events import Event, EventType
 
 #: Events whose thread reply is also posted to the channel (``reply_broadcast``): what needs a human.
-BROADCAST: Final = frozenset({EventType.FAILED, EventType.POLLER_UNHEALTHY})
+BROADCAST: Final = frozenset({EventType.FAILED, EventType.POLLER_UNHEALTHY, EventType.NODE_ABNORMAL})
 #: Events after which the card's story is over: a later event of the same key starts a new card when
 #: it is one of REOPENS (a new episode), else updates this one.
-CLOSES: Final = frozenset({EventType.POLLER_RECOVERED, EventType.INSTANCE_REMOVED})
-REOPENS: Final = frozenset({EventType.POLLER_UNHEALTHY})
+CLOSES: Final = frozenset({EventType.POLLER_RECOVERED, EventType.INSTANCE_REMOVED, EventType.NODE_RECOVERED})
+REOPENS: Final = frozenset({EventType.POLLER_UNHEALTHY, EventType.NODE_ABNORMAL})
+#: Cloud Eye's events that share one card per instance (the others are one card each).
+NODE_EVENTS: Final = frozenset({EventType.NODE_ABNORMAL, EventType.NODE_RECOVERED})
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +83,17 @@ def card_key(event: Event) -> str:
     where = f"{event.project_id}/{event.instance.id}"
     if event.task is not None:
         return f"{where}/task/{event.task.id}"
+    if event.type in NODE_EVENTS:
+        return f"{where}/node"
+    if event.cloud_eye is not None:
+        return f"{where}/cloud-eye/{event.cloud_eye.event_id}"
     return f"{where}/instance"
+
+
+def edits_card(event: Event) -> bool:
+    """Whether ``event`` rewrites its card: a Cloud Eye event that is part of a task (a switchover
+    during the task) is only told in the task's thread."""
+    return event.cloud_eye is None or event.task is None
 
 
 def needs_new_card(event: Event, card: Card | None) -> bool:

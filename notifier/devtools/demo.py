@@ -35,12 +35,14 @@ DEMO_CONFIG = """
 cloud:
   region: cn-north-4
   endpoint: "${SIM_URL}"
+  ces_endpoint: "${SIM_URL}"
   project_id: demo-project
   ak: "${DEMO_AK}"
   sk: "${DEMO_SK}"
 instances:
 __INSTANCES__
 poll: {interval: 1, baseline_grace: 900}
+cloud_eye: {enabled: true, interval: 1}
 redis: {url: "${DEMO_REDIS_URL}", key_prefix: "${DEMO_PREFIX}"}
 channels:
   oncall: {type: slack, token: "${SLACK_TOKEN}", channel: "#oncall", base_url: "${SLACK_API}", rate: 10}
@@ -51,6 +53,8 @@ rules:
   - {name: prod-changes, labels: {env: prod}, events: [task.started, task.succeeded, task.failed],
      channels: [oncall]}
   - {name: failures, events: [task.failed], channels: [oncall], mention: ["<!subteam^S0DBAONCALL>"]}
+  - {name: failovers, events: [instance.failover, node.abnormal, node.recovered], channels: [oncall],
+     mention: ["<!subteam^S0DBAONCALL>"], mention_on: [instance.failover, node.abnormal]}
   - {name: everything, tasks: ["*"], channels: [audit]}
 delivery: {max_attempts: 3, backoff_initial: 0.2, backoff_max: 2}
 """
@@ -73,6 +77,13 @@ _EMOJI = {
     ":white_check_mark:": "✅",
     ":x:": "❌",
     ":information_source:": "ℹ️",
+    ":rotating_light:": "🚨",
+    ":large_green_circle:": "🟢",
+    ":warning:": "⚠️",
+    ":twisted_rightwards_arrows:": "🔀",
+    ":repeat:": "🔁",
+    ":eye:": "👁",
+    ":wastebasket:": "🗑",
 }
 
 

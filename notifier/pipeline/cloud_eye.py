@@ -10,6 +10,12 @@ not watched (not named, or filtered out by discovery) are recorded as handled an
 first poll of a project is a baseline: only events within ``poll.baseline_grace`` are read (announced),
 older ones never asked for. A failing Cloud Eye is the health subject ``cloud-eye:{project_id}``
 (``poller.unhealthy`` after ``health.after``), and task polling goes on.
+
+A ``masterStandbySwitchover`` within ``cloud_eye.correlation_window`` of a task of the instance that
+switches over (a master/standby swap, a spec change) is part of that task: the event carries the task
+(its card's thread tells it; it is no alert of its own). The instance's tasks are asked for then (one DCS
+call per such switchover); when that call fails, the switchover is an alert of its own rather than lost.
+(Which restart task names switch over is unconfirmed: restarts are not tied yet.)
 """
 
 from __future__ import annotations
@@ -21,12 +27,16 @@ from datetime import datetime, timedelta
 from notifier.cloudeye.client import CloudEyeClient
 from notifier.cloudeye.models import Occurrence
 from notifier.config.models import CloudEyeConfig, ProjectSpec
+from notifier.dcs.models import Outcome, Task
 from notifier.errors import DcsApiError, Failure, StoreError
-from notifier.pipeline.events import Event, InstanceRef, Notification, event_id
+from notifier.pipeline.events import Event, EventType, InstanceRef, Notification, event_id
 from notifier.pipeline.health import Subject
 from notifier.pipeline.watch import Fleet
 
 log = logging.getLogger(__name__)
+
+#: How far before a switchover a task it is part of may have started (a spec change takes a while).
+TASKS_LOOK_BACK = timedelta(hours=6)
 
 
 def subject_of(spec: ProjectSpec) -> Subject:
@@ -37,7 +47,13 @@ def subject_of(spec: ProjectSpec) -> Subject:
     return Subject(f"{spec.project_id}/~cloud-eye", spec.project_id, spec.region, ref)
 
 
-def to_event(o: Occurrence, spec: ProjectSpec, instance: InstanceRef, now: datetime) -> Event:
+#: Background tasks that switch an instance's master over (Cloud Eye then reports a switchover).
+SWITCHING_TASKS = frozenset({"masterStandbySwapJob", "EXTEND", "ChangeInstanceSpec"})
+
+
+def to_event(
+    o: Occurrence, spec: ProjectSpec, instance: InstanceRef, now: datetime, task: Task | None = None
+) -> Event:
     """The event of one occurrence; its id is made of Cloud Eye's ``event_id`` (the same every time)."""
     return Event(
         id=event_id(instance.id, o.event_id, o.type, "cloud-eye"),
@@ -45,9 +61,23 @@ def to_event(o: Occurrence, spec: ProjectSpec, instance: InstanceRef, now: datet
         project_id=spec.project_id,
         region=spec.region,
         instance=instance,
+        task=task,
         detected_at=now,
         cloud_eye=o.info(),
     )
+
+
+def switching_task(tasks: list[Task], when: datetime, now: datetime, window: timedelta) -> Task | None:
+    """The task a switchover at ``when`` is part of: one that switches over and runs at that time (or
+    starts or ends within ``window`` of it); the latest started if several."""
+    found: list[Task] = []
+    for t in tasks:
+        if t.name not in SWITCHING_TASKS or t.created_at is None:
+            continue
+        end = t.updated_at if t.outcome is not Outcome.IN_PROGRESS and t.updated_at else now
+        if t.created_at - window <= when <= end + window:
+            found.append(t)
+    return max(found, key=lambda t: t.created_at or when) if found else None
 
 
 class CloudEyePoller:
@@ -69,6 +99,26 @@ class CloudEyePoller:
         self._overlap = timedelta(seconds=config.overlap)
         self._clock = clock
         self._reported: dict[str, tuple[object, ...]] = {}  # project id → the failure last logged
+
+    async def _task_of(
+        self, spec: ProjectSpec, instance_id: str, o: Occurrence, now: datetime
+    ) -> Task | None:
+        """The task a switchover is part of, asked of the DCS API; None for other events, or when none is."""
+        window = timedelta(seconds=self.config.correlation_window)
+        client = self.fleet.clients.get(spec.project_id)
+        if o.type is not EventType.INSTANCE_SWITCHOVER or not window or client is None:
+            return None
+        try:
+            tasks = await client.list_tasks(instance_id, o.time - TASKS_LOOK_BACK, now + timedelta(minutes=1))
+        except DcsApiError as exc:
+            log.info(
+                "switchover %s on %s: its tasks could not be read (%s); told on its own",
+                o.event_id,
+                instance_id,
+                exc,
+            )
+            return None
+        return switching_task(tasks, o.time, now, window)
 
     def owns(self, spec: ProjectSpec) -> bool:
         """Whether this replica polls the project's Cloud Eye (always, without scaling)."""
@@ -99,7 +149,8 @@ class CloudEyePoller:
             for o in fresh.values():
                 w = self.fleet.get(f"{spec.project_id}/{o.instance_id}") if o.instance_id else None
                 if w is not None:  # an instance not watched: handled, not announced
-                    events.append(to_event(o, spec, w.target.instance, now))
+                    task = await self._task_of(spec, w.target.instance.id, o, now)
+                    events.append(to_event(o, spec, w.target.instance, now, task))
             notifications: list[Notification] = [n for ev in events for n in self.fleet.route(ev)]
             await store.commit(
                 spec.project_id,

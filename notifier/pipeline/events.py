@@ -120,7 +120,8 @@ class Event(BaseModel):
     project_id: str
     region: str
     instance: InstanceRef
-    #: The task, for ``task.*`` events; None for ``instance.*`` and ``poller.*`` events.
+    #: The task, for ``task.*`` events, and for a Cloud Eye event that is part of a task (a switchover
+    #: during a master/standby swap or a spec change); None for the other events.
     task: Task | None = None
     previous_status: str | None = None
     detected_at: datetime
@@ -146,6 +147,8 @@ class Event(BaseModel):
             case EventType.UPDATED:
                 before = self.previous_status or "unknown"
                 return f"{what} on {where} changed status {before} → {self.task.status}"
+            case _ if self.cloud_eye is not None:  # Cloud Eye's event, part of this task
+                return f"{self._instance_summary(where)}, during {what}"
             case _:
                 return f"{self.type.value} on {where}"
 

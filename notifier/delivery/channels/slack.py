@@ -31,7 +31,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
-from notifier.delivery.cards import BROADCAST, Card, after, needs_new_card
+from notifier.delivery.cards import BROADCAST, Card, after, edits_card, needs_new_card
 from notifier.delivery.channels.base import Channel
 from notifier.delivery.channels.http import (
     AnswerError,
@@ -285,7 +285,8 @@ class SlackChannel(Channel):
         assert card is not None
         client = self._web_client()
         try:
-            if not card.shows_later_than(event):  # a replayed older event never rewinds the card
+            # A replayed older event never rewinds the card; a part of the task is only told in its thread.
+            if edits_card(event) and not card.shows_later_than(event):
                 message = format_card(notification)
                 await self._call(
                     "chat.update",
@@ -315,7 +316,7 @@ class SlackChannel(Channel):
             log.info("channel %r: the card of %s is gone (%s); posting a new one", self.name, event.id, gone)
             await self.pace()
             return await self._post_card(notification)
-        return after(event, card)
+        return after(event, card) if edits_card(event) else card
 
     async def _post_card(self, notification: Notification) -> Card | None:
         """Post a new card; the card Slack made (None if its answer could not be read: the next event

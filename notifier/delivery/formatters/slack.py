@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
+from urllib.parse import quote
 
 from slack_sdk.models.blocks import (
     Block,
@@ -205,6 +206,15 @@ def _status_field(event: Event, task: Task) -> str:
     return f"*Status*\n{emoji} {status}"
 
 
+def console_url(event: Event) -> str:
+    """The instance's page in Huawei Cloud's console. (The URL's form is unconfirmed: taken from the
+    console as it was seen, not from a documented contract.)"""
+    region, instance = quote(event.region, safe=""), quote(event.instance.id, safe="")
+    return (
+        f"https://console.huaweicloud.com/dcs/?region={region}#/dcs/manager/dcsDetail?instanceId={instance}"
+    )
+
+
 def _instance_fields(event: Event) -> list[str]:
     """Fields of an ``instance.*`` / ``poller.*`` event: the instance, and what fails."""
     instance = event.instance
@@ -232,6 +242,7 @@ def _instance_fields(event: Event) -> list[str]:
             fields.append(f"*Details*\n{facts}")
         elif ce.content:
             fields.append(f"*Details*\n{value(ce.content, 500)}")
+        fields.append(f"*Console*\n<{console_url(event)}|open the instance>")
     fields.append(f"*Region*\n{value(event.region, 100)}")
     return [clip(f, FIELD_TEXT_MAX) for f in fields[:FIELDS_MAX]]
 

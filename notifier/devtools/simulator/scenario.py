@@ -154,7 +154,8 @@ CATALOG_CACHE = "c41b8f93-6e2d-4a1c-b7f0-9d3e5a8c2b33"
 
 
 def default_demo_scenario() -> Scenario:
-    """~25 s: a switchover, a scale-up, a whitelist change, public access on and a failed port change."""
+    """~25 s: a switchover, a scale-up, a whitelist change, public access on, an automatic failover (a
+    Cloud Eye event) and a failed port change."""
     instances = [
         InstanceSpec(
             ORDERS_CACHE,
@@ -194,6 +195,14 @@ def default_demo_scenario() -> Scenario:
     steps = [
         Step(1, StartTask("swap", ORDERS_CACHE, "masterStandbySwapJob")),
         Step(3, StartTask("extend", SESSIONS_CACHE, "EXTEND", extend, status="CREATED")),
+        Step(
+            4,
+            EmitCloudEyeEvent(
+                SESSIONS_CACHE,
+                "masterStandbyFailover",
+                content={"old_master": "192.168.0.12:6379", "new_master": "192.168.0.22:6379"},
+            ),
+        ),
         Step(5, SetStatus("extend", "EXECUTING")),
         Step(6, FinishTask("swap")),
         Step(8, StartTask("whitelist", ORDERS_CACHE, "AddWhitelist", {"group_name": "app-servers"})),
