@@ -9,8 +9,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import signal
+import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -204,3 +208,47 @@ def test_the_task_a_switchover_belongs_to_switches_over_and_runs_then_or_ends_wi
     assert (
         switching_task([port], T0 + timedelta(minutes=1), now, window) is None
     )  # a port change does not switch
+
+
+async def test_dcs_notifier_run_delivers_a_failover_once_across_a_kill_and_with_two_replicas(
+    sim: Simulator, redis_url: str, audit: WebhookReceiver, tmp_path: Path
+) -> None:
+    text = CONFIG.replace(
+        "cloud_eye: {enabled: true, interval: 0.2, overlap: 600}",
+        "cloud_eye: {enabled: true, interval: 0.2, overlap: 600}\nscaling: {enabled: true, shards: 4, lease_ttl: 1}",
+    )
+    path = tmp_path / "cloud-eye.yaml"
+    path.write_text(text)
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "SIM_URL": str(sim.base_url),
+        "REDIS_URL": redis_url,
+        "AUDIT_URL": audit.url,
+        "DCS_NOTIFIER_CONFIG": str(path),
+    }
+
+    async def replica() -> asyncio.subprocess.Process:  # each names itself {hostname}-{pid}
+        return await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "notifier.cli", "run", env=env,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+
+    one, two = await replica(), await replica()
+    try:
+        await cloud_eye_polled(sim, 3)
+        sim.add_cloud_eye_event("masterStandbyFailover", resource_id=ORDERS)
+        await audit.wait_for(1, timeout=15)
+        one.kill()  # kill -9 of one replica; the other (and a new one) read the same windows again
+        await one.wait()
+        three = await replica()
+        try:
+            await cloud_eye_polled(sim, len(sim.ces_requests("ces_events")) + 6)
+        finally:
+            three.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(three.communicate(), 20)
+    finally:
+        for proc in (one, two):
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
+                await asyncio.wait_for(proc.communicate(), 20)
+    assert [p["type"] for p in payloads(audit)] == ["instance.failover"]
