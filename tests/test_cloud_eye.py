@@ -7,7 +7,6 @@ short ``cloud_eye.interval``. What is asserted is what the receivers got.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import signal
@@ -19,7 +18,6 @@ from typing import Any
 
 import pytest
 
-from notifier.app import Daemon
 from notifier.config.load import parse_config
 from notifier.config.models import Config
 from notifier.devtools.simulator import Fault, Simulator
@@ -28,6 +26,7 @@ from notifier.devtools.standins.webhook import WebhookReceiver
 from notifier.pipeline.cloud_eye import switching_task
 from tests.conftest import AK, ORDERS, PROJECT_ID, SESSIONS, SK
 from tests.factories import T0, task
+from tests.support.daemons import running
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 UNWATCHED = "0f0f0f0f-0000-4000-8000-000000000000"
@@ -50,20 +49,6 @@ delivery: {{backoff_initial: 0.05, backoff_max: 0.2}}
 def config(sim: Simulator, redis_url: str, audit: WebhookReceiver) -> Config:
     env = {"SIM_URL": str(sim.base_url), "REDIS_URL": redis_url, "AUDIT_URL": audit.url}
     return parse_config(CONFIG, "cloud-eye.yaml", env)
-
-
-@contextlib.asynccontextmanager
-async def running(cfg: Config) -> AsyncIterator[Daemon]:
-    daemon = Daemon(cfg)
-    task = asyncio.create_task(daemon.run())
-    try:
-        yield daemon
-    finally:
-        daemon.request_stop()
-        try:
-            await asyncio.wait_for(task, 15)
-        finally:
-            await daemon.aclose()
 
 
 def payloads(audit: WebhookReceiver, type_: str | None = None) -> list[dict[str, Any]]:
