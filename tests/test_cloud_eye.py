@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from notifier.config.display import verdict
 from notifier.config.load import parse_config
 from notifier.config.models import Config
 from notifier.devtools.simulator import Fault, Simulator
@@ -237,3 +238,20 @@ async def test_dcs_notifier_run_delivers_a_failover_once_across_a_kill_and_with_
                 proc.send_signal(signal.SIGTERM)
                 await asyncio.wait_for(proc.communicate(), 20)
     assert [p["type"] for p in payloads(audit)] == ["instance.failover"]
+
+
+def test_check_config_says_when_cloud_eye_is_watched() -> None:
+    cfg = parse_config(
+        CONFIG,
+        "cloud-eye.yaml",
+        {
+            "SIM_URL": "http://127.0.0.1:1",
+            "REDIS_URL": "redis://127.0.0.1:1/0",
+            "AUDIT_URL": "http://127.0.0.1:2/",
+        },
+    )
+    assert (
+        "Cloud Eye: every SYS.DCS event, every 0.2 s per project (windows overlap 600 s)"
+        in verdict(cfg).lines
+    )
+    assert [s.ces_endpoint for s in cfg.projects()] == ["http://127.0.0.1:1"]

@@ -76,6 +76,12 @@ def verdict(config: Config) -> ConfigVerdict:
         f"redis: {mask_redis_url(config.redis.url.get_secret_value())} "
         f"(key prefix {config.redis.key_prefix})",
     ]
+    ce = config.cloud_eye
+    if ce.enabled:
+        names = "every SYS.DCS event" if "*" in ce.events else ", ".join(ce.events)
+        lines.append(
+            f"Cloud Eye: {names}, every {ce.interval:g} s per project (windows overlap {ce.overlap:g} s)"
+        )
     warnings: list[str] = []
     if config.rules:
         used = {ch for r in config.rules for ch in r.channels} | set(config.health.channels)
