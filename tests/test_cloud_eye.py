@@ -255,3 +255,31 @@ def test_check_config_says_when_cloud_eye_is_watched() -> None:
         in verdict(cfg).lines
     )
     assert [s.ces_endpoint for s in cfg.projects()] == ["http://127.0.0.1:1"]
+
+
+async def test_a_project_with_no_watched_instance_costs_no_cloud_eye_call(
+    sim: Simulator, redis_url: str, audit: WebhookReceiver
+) -> None:
+    sim.add_project("p-empty", {AK: SK})
+    text = f"""
+cloud:
+  - region: cn-north-4
+    credentials: {{type: aksk, ak: {AK}, sk: {SK}}}
+    projects:
+      - {{project_id: "{PROJECT_ID}", endpoint: "${{SIM_URL}}", ces_endpoint: "${{SIM_URL}}",
+         instances: [{{id: "{ORDERS}", name: orders-cache}}]}}
+      - {{project_id: p-empty, endpoint: "${{SIM_URL}}", ces_endpoint: "${{SIM_URL}}", discover: true,
+         filter: {{names: [nothing-*]}}}}
+cloud_eye: {{enabled: true, interval: 0.2}}
+redis: {{url: "${{REDIS_URL}}", key_prefix: ce2}}
+channels: {{audit: {{type: webhook, url: "${{AUDIT_URL}}"}}}}
+"""
+    env = {"SIM_URL": str(sim.base_url), "REDIS_URL": redis_url, "AUDIT_URL": audit.url}
+    async with running(parse_config(text, "two-projects.yaml", env)):
+        # The watched project's Cloud Eye is polled interval after interval...
+        await sim.wait_for(
+            lambda: len([r for r in sim.ces_requests() if PROJECT_ID in r.path]) >= 4, within=10
+        )
+    # ...the other's instance list was read, and its Cloud Eye never asked.
+    assert any(r.route == "instances" and "p-empty" in r.path for r in sim.requests)
+    assert [r.path for r in sim.ces_requests() if "p-empty" in r.path] == []

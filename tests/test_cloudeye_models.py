@@ -57,6 +57,7 @@ def test_every_dcs_event_name_of_the_issue_has_its_type_and_others_are_cloudeye_
         "migration.resync",
     )
     assert event_type_of("scriptsStopped") == event_type_of("somethingNew") == OTHER_EVENT
+    assert event_type_of("memcachedMasterStandbyFailover") == OTHER_EVENT  # not in the issue's table
 
 
 def test_an_occurrence_is_read_whole_and_its_payload_parses_the_content() -> None:

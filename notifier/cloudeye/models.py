@@ -28,7 +28,6 @@ DCS_SOURCE: Final = "SYS.DCS"
 #: ``SYS.DCS`` event names → the notifier's event types; any other name is ``cloudeye.event``.
 EVENT_TYPES: Final[dict[str, EventType]] = {
     "masterStandbyFailover": EventType.INSTANCE_FAILOVER,
-    "memcachedMasterStandbyFailover": EventType.INSTANCE_FAILOVER,
     "masterStandbySwitchover": EventType.INSTANCE_SWITCHOVER,
     "redisNodeStatusAbnormal": EventType.NODE_ABNORMAL,
     "memcachedInstanceStatusAbnormal": EventType.NODE_ABNORMAL,

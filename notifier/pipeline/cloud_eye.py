@@ -1,11 +1,11 @@
 """Cloud Eye as a second source: what happened to an instance (an automatic failover, a node gone
 abnormal, a failed backup) beside what people did to it (its background tasks).
 
-Per project, every ``cloud_eye.interval``: ``ListEvents`` says which ``SYS.DCS`` names fired in the window
-(one call when nothing happens), ``ListEventDetail`` lists each one's occurrences (all pages). A window
-starts ``cloud_eye.overlap`` before the end of the last one read whole — Cloud Eye may record an event
-late (how late is unconfirmed) — and the event ids already handled are kept in Redis, so an event seen in
-two windows, by a restarted daemon or by another replica, is announced once. Occurrences of instances
+Per project that has watched instances, every ``cloud_eye.interval``: ``ListEvents`` says which
+``SYS.DCS`` names fired in the window (one call when nothing happens), ``ListEventDetail`` lists each one's
+occurrences (all pages). A window starts ``cloud_eye.overlap`` before the end of the last one read whole —
+Cloud Eye may record an event late (how late is unconfirmed) — and the event ids already handled are kept
+in Redis, so an event seen in two windows, by a restarted daemon or by another replica, is announced once. Occurrences of instances
 not watched (not named, or filtered out by discovery) are recorded as handled and not announced. The
 first poll of a project is a baseline: only events within ``poll.baseline_grace`` are read (announced),
 older ones never asked for. A failing Cloud Eye is the health subject ``cloud-eye:{project_id}``
@@ -126,6 +126,8 @@ class CloudEyePoller:
 
     async def poll(self, spec: ProjectSpec) -> list[Event]:
         """Read one window of the project's events and announce what is new; the events announced."""
+        if not self.fleet.watches_project(spec.project_id):
+            return []  # nothing watched there (yet: discovery may add some): no call, the window waits
         client = self.clients[spec.project_id]
         subject = subject_of(spec)
         store = self.fleet.store.cloud_eye

@@ -149,6 +149,11 @@ class Fleet:
         """Whether ``w`` is still watched (not retired while one of its polls was under way)."""
         return self._watches.get(w.target.key) is w
 
+    def watches_project(self, project_id: str) -> bool:
+        """Whether some instance of ``project_id`` is watched."""
+        head = f"{project_id}/"
+        return any(key.startswith(head) for key in self._watches)
+
     def owns(self, key: str) -> bool:
         """Whether this replica polls ``key`` now (always, without scaling)."""
         return self.leases is None or self.leases.owns(key)
