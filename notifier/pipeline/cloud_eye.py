@@ -5,11 +5,11 @@ Per project that has watched instances, every ``cloud_eye.interval``: ``ListEven
 ``SYS.DCS`` names fired in the window (one call when nothing happens), ``ListEventDetail`` lists each one's
 occurrences (all pages). A window starts ``cloud_eye.overlap`` before the end of the last one read whole —
 Cloud Eye may record an event late (how late is unconfirmed) — and the event ids already handled are kept
-in Redis, so an event seen in two windows, by a restarted daemon or by another replica, is announced once. Occurrences of instances
-not watched (not named, or filtered out by discovery) are recorded as handled and not announced. The
-first poll of a project is a baseline: only events within ``poll.baseline_grace`` are read (announced),
-older ones never asked for. A failing Cloud Eye is the health subject ``cloud-eye:{project_id}``
-(``poller.unhealthy`` after ``health.after``), and task polling goes on.
+in Redis, so an event seen in two windows, by a restarted daemon or by another replica, is announced once.
+Occurrences of instances not watched (not named, or filtered out by discovery) are recorded as handled
+and not announced. The first poll of a project is a baseline: only events within ``poll.baseline_grace``
+are read (announced), older ones never asked for. A failing Cloud Eye is the health subject
+``cloud-eye:{project_id}`` (``poller.unhealthy`` after ``health.after``), and task polling goes on.
 
 A ``masterStandbySwitchover`` within ``cloud_eye.correlation_window`` of a task of the instance that
 switches over (a master/standby swap, a spec change) is part of that task: the event carries the task
