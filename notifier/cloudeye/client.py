@@ -9,12 +9,18 @@ turns into health events as it does for tasks. The client does not retry. Pages 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
+from typing import Any
 from urllib.parse import quote
 
-from pydantic import ValidationError
-
-from notifier.cloudeye.models import DCS_SOURCE, EventAggregate, EventsPage, Occurrence, parse_detail_page
+from notifier.cloudeye.models import (
+    DCS_SOURCE,
+    EventAggregate,
+    Occurrence,
+    parse_detail_page,
+    parse_events_page,
+)
 from notifier.dcs.endpoint import ApiEndpoint
 from notifier.errors import Reason
 
@@ -28,6 +34,11 @@ SYSTEM_EVENTS = "EVENT.SYS"
 
 def epoch_ms(when: datetime) -> str:
     return str(int(when.timestamp() * 1000))
+
+
+def window(start: datetime, end: datetime) -> list[tuple[str, str]]:
+    """The query of a window of system events (the signer puts parameters in order)."""
+    return [("event_type", SYSTEM_EVENTS), ("from", epoch_ms(start)), ("to", epoch_ms(end))]
 
 
 class CloudEyeClient:
@@ -54,28 +65,14 @@ class CloudEyeClient:
     async def fired(self, start: datetime, end: datetime) -> list[EventAggregate]:
         """The system event names that fired in [start, end] (``ListEvents``: one aggregate per name)."""
         out: list[EventAggregate] = []
-        offset = 0
-        for _ in range(MAX_PAGES):
-            body = await self._api.get_json(
-                self.subject,
-                self._events_path,
-                [
-                    ("event_type", SYSTEM_EVENTS),
-                    ("from", epoch_ms(start)),
-                    ("limit", str(self._page_size)),
-                    ("start", str(offset)),
-                    ("to", epoch_ms(end)),
-                ],
-            )
-            try:
-                page = EventsPage.model_validate(body)
-            except ValidationError as exc:
-                raise self._invalid("ListEvents", exc) from None
+
+        def read(body: dict[str, Any]) -> tuple[int, int]:
+            page = parse_events_page(body)
             out.extend(page.events)
-            offset += len(page.events)
-            if not page.events or offset >= page.meta_data.total:
-                return out
-        raise self._api.error(self.subject, Reason.INVALID_RESPONSE, "ListEvents never ends", http_status=200)
+            return len(page.events), page.meta_data.total
+
+        await self._read_pages("ListEvents", self._events_path, window(start, end), read)
+        return out
 
     async def occurrences(
         self, event_name: str, start: datetime, end: datetime
@@ -84,42 +81,38 @@ class CloudEyeClient:
         and why any occurrence could not be read."""
         out: list[Occurrence] = []
         unreadable: list[str] = []
-        offset = 0
-        for _ in range(MAX_PAGES):
-            body = await self._api.get_json(
-                self.subject,
-                self._detail_path + quote(event_name, safe=""),
-                [
-                    ("event_source", DCS_SOURCE),
-                    ("event_type", SYSTEM_EVENTS),
-                    ("from", epoch_ms(start)),
-                    ("limit", str(self._page_size)),
-                    ("start", str(offset)),
-                    ("to", epoch_ms(end)),
-                ],
-            )
-            try:
-                page = parse_detail_page(body)
-            except ValueError as exc:
-                raise self._api.error(
-                    self.subject, Reason.INVALID_RESPONSE, f"ListEventDetail: {exc}", http_status=200
-                ) from None
+
+        def read(body: dict[str, Any]) -> tuple[int, int]:
+            page = parse_detail_page(body)
             out.extend(page.occurrences)
             unreadable.extend(page.unreadable)
-            came = len(page.occurrences) + len(page.unreadable)
-            offset += came
-            if not came or offset >= page.total:
-                return out, unreadable
-        raise self._api.error(
-            self.subject, Reason.INVALID_RESPONSE, "ListEventDetail never ends", http_status=200
-        )
+            return len(page.occurrences) + len(page.unreadable), page.total
 
-    def _invalid(self, call: str, exc: ValidationError) -> Exception:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        return self._api.error(
-            self.subject,
-            Reason.INVALID_RESPONSE,
-            f"malformed {call} answer at {where}: {first['msg']}",
-            http_status=200,
-        )
+        path = self._detail_path + quote(event_name, safe="")
+        params = [("event_source", DCS_SOURCE), *window(start, end)]
+        await self._read_pages("ListEventDetail", path, params, read)
+        return out, unreadable
+
+    async def _read_pages(
+        self,
+        call: str,
+        path: str,
+        params: list[tuple[str, str]],
+        read: Callable[[dict[str, Any]], tuple[int, int]],
+    ) -> None:
+        """Ask for ``path`` page after page (``start`` advanced by what came) until ``read`` — which takes
+        one answer and says how many items came and how many there are in all — says it is over."""
+        offset = 0
+        for _ in range(MAX_PAGES):
+            page = [*params, ("limit", str(self._page_size)), ("start", str(offset))]
+            body = await self._api.get_json(self.subject, path, page)
+            try:
+                came, total = read(body)
+            except ValueError as exc:
+                raise self._api.error(
+                    self.subject, Reason.INVALID_RESPONSE, f"{call}: {exc}", http_status=200
+                ) from None
+            offset += came
+            if not came or offset >= total:
+                return
+        raise self._api.error(self.subject, Reason.INVALID_RESPONSE, f"{call} never ends", http_status=200)

@@ -173,6 +173,16 @@ class Occurrence(_Model):
         )
 
 
+def parse_events_page(body: Mapping[str, Any]) -> EventsPage:
+    """Read one ``ListEvents`` answer; ValueError naming the field when it is not one."""
+    try:
+        return EventsPage.model_validate(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ValueError(f"malformed answer at {where}: {first['msg']}") from None
+
+
 @dataclass(frozen=True, slots=True)
 class DetailPage:
     """One page of ``ListEventDetail``: the occurrences that could be read, and why the others could not
