@@ -9,12 +9,12 @@ password-method tokens (``POST /v3/auth/tokens``), API gateway throttling (429 `
 service clock.
 """
 
+from notifier.devtools.simulator.answers import ces_error_body, error_body
 from notifier.devtools.simulator.app import Simulator
 from notifier.devtools.simulator.cloud_eye import (
     CES_EVENT_DETAIL_PATH,
     CES_EVENTS_PATH,
     CloudEyeEvent,
-    ces_error_body,
 )
 from notifier.devtools.simulator.scenario import (
     CATALOG_CACHE,
@@ -41,7 +41,6 @@ from notifier.devtools.simulator.state import (
     SimInstance,
     SkewedClock,
     TemporaryCredentials,
-    error_body,
 )
 
 __all__ = [

@@ -18,6 +18,7 @@ from typing import Any, Literal
 from aiohttp import web
 
 from notifier.dcs.signer import SignatureError, SignatureProblem, verify
+from notifier.devtools.simulator.answers import ApiError, CesError, GatewayError, error_body
 from notifier.devtools.simulator.cloud_eye import (
     AUTH_FAILED,
     CES_EVENT_DETAIL_PATH,
@@ -25,8 +26,6 @@ from notifier.devtools.simulator.cloud_eye import (
     CES_EVENTS_PATH,
     CES_EVENTS_ROUTE,
     CES_ROUTES,
-    CesError,
-    GatewayError,
     event_detail_answer,
     list_events_answer,
 )
@@ -38,7 +37,6 @@ from notifier.devtools.simulator.state import (
     RecordedRequest,
     SimulatorState,
     TokenBucket,
-    error_body,
     wall_clock,
 )
 from notifier.errors import INSTANCE_GONE
@@ -63,17 +61,6 @@ _PROJECT_MISMATCH = ("DCS.1004", "The project ID does not match the token.")
 _BAD_SECURITY_TOKEN = ("DCS.1001", "Invalid authentication information: the security token is invalid.")
 _BAD_AUTH_TOKEN = ("DCS.1001", "Invalid authentication information: the token is invalid.")
 _TOKEN_EXPIRED = ("DCS.1002", "The token has expired.")
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-
-    def response(self) -> web.Response:
-        return web.json_response(error_body(self.code, self.message), status=self.status)
 
 
 def _unauthorized(code_message: tuple[str, str]) -> ApiError:
@@ -309,11 +296,7 @@ class Simulator(SimulatorState):
         self.requests.append(record)
         try:
             response = await self._dispatch(request, handler, record)
-        except ApiError as exc:
-            response = exc.response()
-        except IamError as exc:
-            response = exc.response()
-        except (CesError, GatewayError) as exc:
+        except (ApiError, IamError) as exc:  # Cloud Eye's and the gateway's shapes are ApiErrors too
             response = exc.response()
         except web.HTTPException as exc:  # unknown route or method
             response = web.json_response(

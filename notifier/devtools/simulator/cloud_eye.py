@@ -31,13 +31,12 @@ import hashlib
 import json
 import re
 import string
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
-from aiohttp import web
+from notifier.devtools.simulator.answers import CesError
 
 CES_EVENTS_PATH: Final = "/V1.0/{project_id}/events"
 CES_EVENT_DETAIL_PATH: Final = "/V1.0/{project_id}/event/{event_name}"
@@ -72,44 +71,6 @@ def to_ms(moment: datetime) -> int:
 
 def from_ms(ms: int) -> datetime:
     return _EPOCH + timedelta(milliseconds=ms)
-
-
-def ces_error_body(status: int, code: str, details: str) -> dict[str, Any]:
-    """Cloud Eye v1's documented error body (``http_code`` a string as in the example; unconfirmed)."""
-    return {"http_code": str(status), "message": {"details": details, "code": code}}
-
-
-def apig_error_body(code: str, message: str, request_id: str) -> dict[str, Any]:
-    """The API gateway's error body (``APIG.0301`` for authentication failures, ``APIG.0308`` throttling)."""
-    return {"error_code": code, "error_msg": message, "request_id": request_id}
-
-
-class CesError(Exception):
-    """A Cloud Eye error answer (see :func:`ces_error_body`)."""
-
-    def __init__(self, status: int, code: str, details: str) -> None:
-        super().__init__(details)
-        self.status = status
-        self.code = code
-        self.details = details
-
-    def response(self) -> web.Response:
-        return web.json_response(ces_error_body(self.status, self.code, self.details), status=self.status)
-
-
-class GatewayError(Exception):
-    """An API gateway error answer (:func:`apig_error_body`); its ``request_id`` is also ``X-Request-Id``."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-
-    def response(self) -> web.Response:
-        request_id = uuid.uuid4().hex
-        body = apig_error_body(self.code, self.message, request_id)
-        return web.json_response(body, status=self.status, headers={"X-Request-Id": request_id})
 
 
 def bad_parameter(name: str, why: str) -> CesError:

@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from notifier.dcs.models import Outcome, TaskDetails, classify_status, format_api_time, parse_api_time
+from notifier.devtools.simulator.answers import ces_error_body, error_body
 from notifier.devtools.simulator.cloud_eye import (
     CES_EVENT_DETAIL_ROUTE,
     CES_EVENTS_ROUTE,
@@ -22,7 +23,6 @@ from notifier.devtools.simulator.cloud_eye import (
     DCS_EVENT_SOURCE,
     CloudEyeEvent,
     CloudEyeStore,
-    ces_error_body,
     content_text,
 )
 
@@ -69,11 +69,6 @@ class SkewedClock:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.offset!r})"
-
-
-def error_body(code: str, message: str) -> dict[str, Any]:
-    """The Huawei-style error body."""
-    return {"error_code": code, "error_msg": message, "error_ext_msg": None}
 
 
 @dataclass(frozen=True)
