@@ -3,6 +3,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 import redis
 import redis.asyncio as aioredis
@@ -112,3 +113,18 @@ async def audit() -> AsyncIterator[WebhookReceiver]:
     """A webhook receiver on 127.0.0.1 that verifies signatures made with WEBHOOK_SECRET."""
     async with WebhookReceiver(secret=WEBHOOK_SECRET) as receiver:
         yield receiver
+
+
+@pytest.fixture
+def no_proxies(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No proxy variables: requests (under the official SDK) honours them, and the servers are on loopback."""
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    """A plain aiohttp session, for tests that call a simulated API themselves."""
+    async with aiohttp.ClientSession() as client:
+        yield client

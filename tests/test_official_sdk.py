@@ -26,13 +26,8 @@ PROJECT = "9f8e7d6c5b4a39281706f5e4d3c2b1a0"
 IID = "5560df16-cebf-4473-95c4-d1b573c16e79"
 T0 = datetime(2024, 6, 1, 12, 0, 0, tzinfo=UTC)
 
-
-@pytest.fixture(autouse=True)
-def _no_proxies(monkeypatch: pytest.MonkeyPatch) -> None:
-    # requests honours proxy variables; the simulator is on loopback only.
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+# requests (under the official SDK) honours proxy variables; the simulator is on loopback only.
+pytestmark = pytest.mark.usefixtures("no_proxies")
 
 
 @pytest.fixture

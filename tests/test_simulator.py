@@ -71,12 +71,6 @@ async def sim(clock: ManualClock) -> AsyncIterator[Simulator]:
         yield simulator
 
 
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as client:
-        yield client
-
-
 async def call(
     session: aiohttp.ClientSession,
     sim: Simulator,

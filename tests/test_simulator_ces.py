@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -50,6 +50,8 @@ HOUR_MS = 3_600_000
 EVENT_ID = re.compile(r"ev\d{13}[A-Za-z0-9]{10}")
 EVENTS = f"/V1.0/{PROJECT_ID}/events"
 
+pytestmark = pytest.mark.usefixtures("no_proxies")  # the official SDK (requests) reads proxy variables
+
 
 def detail_path(event_name: str = "masterStandbyFailover") -> str:
     return f"/V1.0/{PROJECT_ID}/event/{event_name}"
@@ -65,26 +67,12 @@ class Answer:
         return json.loads(self.text)
 
 
-@pytest.fixture(autouse=True)
-def _no_proxies(monkeypatch: pytest.MonkeyPatch) -> None:
-    # requests (under the official SDK) honours proxy variables; the simulator is on loopback only.
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
-
-
 @pytest.fixture
 def clock(sim: Simulator) -> ManualClock:
     """The conftest simulator, its service clock made a ManualClock at T0."""
     manual = ManualClock(T0)
     sim.clock = manual
     return manual
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as client:
-        yield client
 
 
 async def get(
