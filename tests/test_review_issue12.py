@@ -19,7 +19,6 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.models.blocks import Block
 from slack_sdk.web.async_client import AsyncWebClient
 
-from notifier.app import Daemon
 from notifier.config.load import parse_config
 from notifier.config.models import Config, DeliveryConfig
 from notifier.dcs.client import DcsClient
@@ -41,6 +40,7 @@ from notifier.store.keys import Keys
 from tests.conftest import AK, ORDERS, PROJECT_ID, SESSIONS, SK
 from tests.factories import T0, event, poller_event, problem, removed_event, task
 from tests.support.clock import TestClock
+from tests.support.daemons import running
 from tests.support.redis_server import RedisServer
 from tests.support.wait import until, until_async
 
@@ -600,20 +600,6 @@ def daemon_config(sim: Simulator, slack: SlackStandIn, redis_url: str) -> Config
         "SLACK_API": slack.api_base_url,
     }
     return parse_config(text, "review.yaml", env)
-
-
-@contextlib.asynccontextmanager
-async def running(config: Config) -> AsyncIterator[Daemon]:
-    daemon = Daemon(config)
-    task_ = asyncio.create_task(daemon.run())
-    try:
-        yield daemon
-    finally:
-        daemon.request_stop()
-        try:
-            await asyncio.wait_for(task_, 10)
-        finally:
-            await daemon.aclose()
 
 
 async def test_an_instance_whose_running_task_the_api_stops_listing_goes_back_to_the_normal_interval(

@@ -7,7 +7,6 @@ card says after its last edit, which thread replies were broadcast and who they 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import sys
@@ -24,6 +23,7 @@ from notifier.config.models import Config
 from notifier.devtools.simulator import Fault, Simulator
 from notifier.devtools.standins.slack import Message, SlackStandIn
 from tests.conftest import AK, ORDERS, PROJECT_ID, SESSIONS, SK
+from tests.support.daemons import running
 from tests.support.wait import until_async
 
 TOKEN = "xoxb-0000-living-cards"
@@ -123,22 +123,6 @@ async def rig(
         yield Rig(sim, slack, redis_url, redis_client, tmp_path)
 
 
-@contextlib.asynccontextmanager
-async def running(*configs: Config) -> AsyncIterator[list[Daemon]]:
-    daemons = [Daemon(c) for c in configs]
-    tasks = [asyncio.create_task(d.run()) for d in daemons]
-    try:
-        yield daemons
-    finally:
-        for d in daemons:
-            d.request_stop()
-        try:
-            await asyncio.wait_for(asyncio.gather(*tasks), 15)
-        finally:
-            for d in daemons:
-                await d.aclose()
-
-
 def final(card: Message, words: str) -> bool:
     return words in card.text and not card.deleted
 
@@ -218,7 +202,7 @@ async def test_two_replicas_keep_one_card_per_task(rig: Rig) -> None:
     scaling = "scaling: {enabled: true, replica: __R__, shards: 8, lease_ttl: 2}"
     one = rig.config(extra=scaling.replace("__R__", "r1"))
     two = rig.config(extra=scaling.replace("__R__", "r2"))
-    async with running(one, two):
+    async with running(one), running(two):
         await rig.polled()
         ids = [rig.sim.start_task(inst, "masterStandbySwapJob") for inst in (ORDERS, SESSIONS, ORDERS)]
         await rig.slack.wait_until(lambda: len(rig.cards()) == 3, timeout=15)
