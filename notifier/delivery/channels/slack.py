@@ -293,6 +293,7 @@ class SlackChannel(Channel):
                     client.chat_update(
                         channel=card.channel_id, ts=card.ts, text=message.text, blocks=message.blocks
                     ),
+                    on_card=True,
                 )
                 await self.pace()  # the reply is a second call to Slack
             reply = format_reply(notification)
@@ -306,6 +307,7 @@ class SlackChannel(Channel):
                     blocks=reply.blocks,
                     **self._extras(),
                 ),
+                on_card=True,
             )
         except _CardGone as gone:
             if card.shows_later_than(event):  # a new card would show a state the task has left
@@ -341,14 +343,17 @@ class SlackChannel(Channel):
             return None
         return after(notification.event, Card(channel_id, ts))
 
-    async def _call(self, what: str, call: Awaitable[Any]) -> Mapping[str, Any] | None:
+    async def _call(
+        self, what: str, call: Awaitable[Any], *, on_card: bool = False
+    ) -> Mapping[str, Any] | None:
         """One Web API call: Slack's answer when it took the call (None if that answer is unreadable),
-        else DeliveryError — or _CardGone when the card it names is gone."""
+        else DeliveryError — or, for a call ``on_card`` (an edit of a card, a reply in its thread),
+        _CardGone when Slack says the card is gone."""
         with watch_answers() as seen:
             try:
                 resp = await call
             except SlackApiError as exc:
-                return self._judge_api_answer(exc.response, what)
+                return self._judge_api_answer(exc.response, what, on_card=on_card)
             except Exception as exc:
                 self._judge_failure(what, exc, seen)
                 return None
@@ -396,7 +401,9 @@ class SlackChannel(Channel):
             resp.status_code, slack_error_code(resp.body), headers.get("Retry-After"), what="webhook"
         )
 
-    def _judge_api_answer(self, resp: object, what: str) -> Mapping[str, Any] | None:
+    def _judge_api_answer(
+        self, resp: object, what: str, *, on_card: bool = False
+    ) -> Mapping[str, Any] | None:
         """An answer slack-sdk did not take for a success (``SlackApiError.response``: slack-sdk's response
         object, or aiohttp's). Returns Slack's answer if Slack did take the call (None when it cannot be
         read), else raises DeliveryError, or _CardGone for an answer that says the card is gone."""
@@ -413,7 +420,7 @@ class SlackChannel(Channel):
             if data["ok"] is True:
                 return data  # a 2xx other than 200 with ok: slack-sdk wants exactly 200
             error = slack_error_code(data)
-            if error in CARD_GONE_ERRORS and what != "chat.postMessage":
+            if on_card and error in CARD_GONE_ERRORS:
                 raise _CardGone(error)
             raise self._error(status, error, None, what=what, detail="" if error else " ok=false") from None
         self._accepted_unreadable(status, what, _not_an_answer(headers))
