@@ -282,8 +282,8 @@ class Deliverer:
 
         1. ``claim``: take over entries a dead consumer left idle longer than ``claim_idle`` (they join
            this consumer's pending list, in stream order);
-        2. if another consumer still holds entries older than this one's oldest (any, if it holds none),
-           stop: a task's "finished" must not overtake its "started" (nor its card's post);
+        2. if another consumer holds the channel's oldest unacknowledged entry, stop: it comes first (a
+           task's "finished" must not overtake its "started", nor its card's post);
         3. ``recover`` (or something was claimed): this consumer's pending entries, oldest first;
         4. new entries; the first read may block up to ``block_ms``. Entries read while another consumer
            still holds older ones stay this consumer's, for a later pass (``waiting``).
@@ -300,9 +300,7 @@ class Deliverer:
                 recover = True
                 if len(claimed) < cfg.batch:
                     break
-        if await outbox.held_elsewhere(
-            name, cfg.consumer, before=await outbox.oldest_held(name, cfg.consumer)
-        ):
+        if await outbox.held_elsewhere(name, cfg.consumer):
             result.waiting = True
             return result
         if recover:
@@ -315,7 +313,7 @@ class Deliverer:
         while not self.stop.is_set():
             entries = await outbox.read(name, cfg.consumer, count=cfg.batch, block_ms=block)
             block = None
-            if entries and await outbox.held_elsewhere(name, cfg.consumer, before=entries[0].entry_id):
+            if entries and await outbox.held_elsewhere(name, cfg.consumer):
                 # Another consumer read older ones just before: they go first (next pass, recovered).
                 result.waiting = True
                 break

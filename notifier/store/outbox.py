@@ -249,31 +249,16 @@ class Outbox:
         async with self.link.op("read of the outbox length"):
             return int(await self.link.redis.xlen(self.link.keys.outbox(channel)))
 
-    async def held_elsewhere(self, channel: str, consumer: str, *, before: str | None = None) -> bool:
-        """Whether another consumer holds unacknowledged entries of this channel that come first: any
-        (``before`` None), or older than the entry ``before``."""
-        link = self.link
-        key = link.keys.outbox(channel)
-        async with link.op("read of pending entries"):
-            if before is None:
-                summary = await self._grouped(channel, lambda: link.redis.xpending(key, link.keys.group))
-                consumers = summary.get("consumers") or []
-                return any(c["name"] != consumer and int(c["pending"]) > 0 for c in consumers)
-            rows = await self._grouped(
-                channel, lambda: link.redis.xpending_range(key, link.keys.group, "-", before, RENEW_LIMIT)
-            )
-        return any(str(r["consumer"]) != consumer and str(r["message_id"]) != before for r in rows)
-
-    async def oldest_held(self, channel: str, consumer: str) -> str | None:
-        """The id of the oldest entry this consumer holds unacknowledged, if any."""
+    async def held_elsewhere(self, channel: str, consumer: str) -> bool:
+        """Whether another consumer holds the oldest unacknowledged entry of this channel: then it comes
+        before anything this consumer holds or reads (a task's "finished" must not overtake its "started")."""
         link = self.link
         key = link.keys.outbox(channel)
         async with link.op("read of pending entries"):
             rows = await self._grouped(
-                channel,
-                lambda: link.redis.xpending_range(key, link.keys.group, "-", "+", 1, consumername=consumer),
+                channel, lambda: link.redis.xpending_range(key, link.keys.group, "-", "+", 1)
             )
-        return str(rows[0]["message_id"]) if rows else None
+        return bool(rows) and str(rows[0]["consumer"]) != consumer
 
     async def renew(self, channel: str, consumer: str) -> set[str]:
         """Reset the idle time of every entry this consumer holds, so that no other consumer claims them
