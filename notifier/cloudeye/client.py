@@ -20,6 +20,7 @@ from notifier.cloudeye.models import (
     Occurrence,
     parse_detail_page,
     parse_events_page,
+    to_ms,
 )
 from notifier.dcs.endpoint import ApiEndpoint
 from notifier.errors import Reason
@@ -32,13 +33,9 @@ MAX_PAGES = 100
 SYSTEM_EVENTS = "EVENT.SYS"
 
 
-def epoch_ms(when: datetime) -> str:
-    return str(int(when.timestamp() * 1000))
-
-
 def window(start: datetime, end: datetime) -> list[tuple[str, str]]:
     """The query of a window of system events (the signer puts parameters in order)."""
-    return [("event_type", SYSTEM_EVENTS), ("from", epoch_ms(start)), ("to", epoch_ms(end))]
+    return [("event_type", SYSTEM_EVENTS), ("from", str(to_ms(start))), ("to", str(to_ms(end)))]
 
 
 class CloudEyeClient:

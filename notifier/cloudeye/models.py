@@ -47,6 +47,11 @@ def event_type_of(event_name: str) -> EventType:
     return EVENT_TYPES.get(event_name, OTHER_EVENT)
 
 
+def to_ms(when: datetime) -> int:
+    """A time as Cloud Eye writes times: epoch milliseconds."""
+    return int(when.timestamp() * 1000)
+
+
 def parse_ms(value: Any) -> datetime | None:
     """Epoch milliseconds (a number, or digits as a string) as a UTC datetime; None when absent."""
     if value is None or value == "":

@@ -6,13 +6,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 
+from notifier.cloudeye.models import to_ms
 from notifier.pipeline.events import Notification
 from notifier.store.link import Link
 from notifier.store.outbox import execute, transaction_with
-
-
-def _ms(when: datetime) -> int:
-    return int(when.timestamp() * 1000)
 
 
 class CloudEyeState:
@@ -54,7 +51,7 @@ class CloudEyeState:
             pipe = await transaction_with(self.link, notifications)
             seen = keys.ces_seen(project_id)
             if handled:
-                pipe.zadd(seen, {eid: _ms(when) for eid, when in handled.items()})
-            pipe.zremrangebyscore(seen, "-inf", f"({_ms(forget_before)}")
+                pipe.zadd(seen, {eid: to_ms(when) for eid, when in handled.items()})
+            pipe.zremrangebyscore(seen, "-inf", f"({to_ms(forget_before)}")
             pipe.set(keys.ces_until(project_id), until.isoformat())
             await execute(pipe)
