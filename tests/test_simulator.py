@@ -8,7 +8,6 @@ import os
 import sys
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -38,6 +37,8 @@ from notifier.devtools.simulator import (
     default_demo_scenario,
     run_scenario,
 )
+from tests.support.signed import Answer
+from tests.support.signed import call as signed_call
 
 AK = "SIMTESTAK0000000001"
 SK = "sim-test-secret-key-0123456789"
@@ -45,17 +46,6 @@ PROJECT = "0a1b2c3d4e5f60718293a4b5c6d7e8f9"
 IID = "5560df16-cebf-4473-95c4-d1b573c16e79"
 OTHER = "6670ef27-dfc0-4584-a6e2-e2c684d27f8a"
 T0 = datetime(2024, 6, 1, 12, 0, 0, tzinfo=UTC)
-
-
-@dataclass
-class Answer:
-    status: int
-    headers: CIMultiDict[str]
-    text: str
-
-    @property
-    def json(self) -> Any:
-        return json.loads(self.text)
 
 
 @pytest.fixture
@@ -83,19 +73,9 @@ async def call(
     now: datetime | None = None,
     within: float = 5.0,
 ) -> Answer:
-    assert sim.base_url is not None
-    query = canonical_query(params)
-    url = f"{sim.base_url}{path}" + (f"?{query}" if query else "")
-    headers = {
-        "Content-Type": "application/json",
-        "X-Project-Id": project_header,
-        "Host": urlsplit(sim.base_url).netloc,
-        "User-Agent": "dcs-notifier-tests",
-    }
-    signed = sign("GET", url, headers, ak=ak, sk=sk, now=now)
-    client_timeout = aiohttp.ClientTimeout(total=within)
-    async with session.get(URL(url, encoded=True), headers=signed, timeout=client_timeout) as resp:
-        return Answer(resp.status, CIMultiDict(resp.headers), await resp.text())
+    return await signed_call(
+        session, sim, path, params, ak=ak, sk=sk, project_header=project_header, now=now, within=within
+    )
 
 
 def tasks_path(instance_id: str = IID, project_id: str = PROJECT) -> str:

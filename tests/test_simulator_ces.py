@@ -11,10 +11,7 @@ import asyncio
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
-from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
@@ -28,9 +25,7 @@ from huaweicloudsdkces.v1 import (  # type: ignore[import-untyped]
 from huaweicloudsdkcore.auth.credentials import BasicCredentials  # type: ignore[import-untyped]
 from huaweicloudsdkcore.exceptions.exceptions import ClientRequestException  # type: ignore[import-untyped]
 from huaweicloudsdkcore.http.http_config import HttpConfig  # type: ignore[import-untyped]
-from yarl import URL
 
-from notifier.dcs.signer import canonical_query, sign
 from notifier.devtools.simulator import (
     ORDERS_CACHE,
     EmitCloudEyeEvent,
@@ -40,10 +35,12 @@ from notifier.devtools.simulator import (
     Scenario,
     Simulator,
     Step,
+    ces_error_body,
     run_scenario,
 )
 from notifier.devtools.simulator.cloud_eye import to_ms
 from tests.conftest import AK, ORDERS, PROJECT_ID, SESSIONS, SK
+from tests.support.signed import Answer, call
 
 T0 = datetime(2024, 6, 1, 12, 0, 0, tzinfo=UTC)
 HOUR_MS = 3_600_000
@@ -55,16 +52,6 @@ pytestmark = pytest.mark.usefixtures("no_proxies")  # the official SDK (requests
 
 def detail_path(event_name: str = "masterStandbyFailover") -> str:
     return f"/V1.0/{PROJECT_ID}/event/{event_name}"
-
-
-@dataclass
-class Answer:
-    status: int
-    text: str
-
-    @property
-    def json(self) -> Any:
-        return json.loads(self.text)
 
 
 @pytest.fixture
@@ -84,25 +71,11 @@ async def get(
     sk: str = SK,
     ak: str = AK,
 ) -> Answer:
-    assert sim.base_url is not None
-    query = canonical_query(params)
-    url = f"{sim.base_url}{path}" + (f"?{query}" if query else "")
-    headers = {
-        "Content-Type": "application/json",
-        "X-Project-Id": PROJECT_ID,
-        "Host": urlsplit(sim.base_url).netloc,
-    }
-    signed = sign("GET", url, headers, ak=ak, sk=sk)
-    async with session.get(URL(url, encoded=True), headers=signed) as resp:
-        return Answer(resp.status, await resp.text())
+    return await call(session, sim, path, params, ak=ak, sk=sk, project_header=PROJECT_ID)
 
 
 def window(start: datetime, end: datetime) -> list[tuple[str, str]]:
     return [("from", str(to_ms(start))), ("to", str(to_ms(end)))]
-
-
-def ces_error(status: int, code: str, details: str) -> dict[str, Any]:
-    return {"http_code": str(status), "message": {"details": details, "code": code}}
 
 
 def ces_client(sim: Simulator, sk: str = SK) -> CesClient:
@@ -322,9 +295,11 @@ async def test_authentication_like_the_dcs_routes(
 ) -> None:
     wrong = await get(session, sim, EVENTS, sk="not-the-secret")
     assert wrong.status == 401
-    assert wrong.json == ces_error(401, "ces.0015", "Invalid authentication information: signature mismatch.")
+    assert wrong.json == ces_error_body(
+        401, "ces.0015", "Invalid authentication information: signature mismatch."
+    )
     unknown = await get(session, sim, detail_path(), [("event_type", "EVENT.SYS")], ak="UNKNOWNAK00000000001")
-    assert unknown.json == ces_error(
+    assert unknown.json == ces_error_body(
         401, "ces.0015", "Invalid authentication information: unknown access key."
     )
     assert sim.base_url is not None
@@ -362,7 +337,7 @@ async def test_faults_select_cloud_eye_routes(
     sim.inject(Fault.ces_error(500, "ces.0007", "Internal service error."), api="ces")
     assert (await get(session, sim, tasks)).status == 200
     failed = await get(session, sim, EVENTS)
-    assert (failed.status, failed.json) == (500, ces_error(500, "ces.0007", "Internal service error."))
+    assert (failed.status, failed.json) == (500, ces_error_body(500, "ces.0007", "Internal service error."))
 
     sim.inject(Fault.throttled(retry_after=2), route="ces_event_detail", times=2)
     assert (await get(session, sim, EVENTS)).status == 200
