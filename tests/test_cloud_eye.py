@@ -177,6 +177,53 @@ async def test_a_switchover_during_a_swap_is_told_in_the_tasks_thread_and_a_lone
     assert part["data"]["task"]["id"] == tid and alone["data"]["task"] is None
 
 
+async def test_without_cards_a_switchover_during_a_running_swap_is_a_line_of_the_swaps_next_message(
+    sim: Simulator, redis_url: str, audit: WebhookReceiver
+) -> None:
+    async with SlackStandIn() as slack:
+        text = CONFIG.replace(
+            "channels:\n",
+            'channels:\n  oncall: {type: slack, webhook_url: "${SLACK_HOOK}"}\n',
+        )
+        env = {
+            "SIM_URL": str(sim.base_url),
+            "REDIS_URL": redis_url,
+            "AUDIT_URL": audit.url,
+            "SLACK_HOOK": slack.webhook_url,
+        }
+        channel = slack.webhook_channel
+
+        def shown() -> list[str]:  # what a person reads in each message, in order
+            return [m.text + json.dumps(m.blocks) for m in slack.cards(channel)]
+
+        async with running(parse_config(text, "cloud-eye.yaml", env)):
+            await cloud_eye_polled(sim)
+            tid = sim.start_task(ORDERS, "masterStandbySwapJob")
+            await slack.wait_until(lambda: len(shown()) == 1, timeout=10)
+            eid = sim.add_cloud_eye_event(
+                "masterStandbySwitchover", resource_id=ORDERS, content={"new_master": "10.0.0.4"}
+            )
+            await audit.wait_for(2, timeout=10)  # the webhook (machines) gets the event itself
+            sim.finish_task(ORDERS, tid)
+            await slack.wait_until(lambda: len(shown()) == 2, timeout=10)
+            # Once the swap's end was told, a switchover still within the window is a message of its own.
+            sim.add_cloud_eye_event("masterStandbySwitchover", resource_id=ORDERS)
+            await slack.wait_until(lambda: len(shown()) == 3, timeout=10)
+            await audit.wait_for(4, timeout=10)
+        started, ended, later = shown()
+        assert "Master/standby switchover started on orders-cache" in started
+        assert "Master/standby switchover succeeded on orders-cache" in ended
+        assert "Also during this task" in ended and "masterStandbySwitchover" in ended
+        assert "new_master: 10.0.0.4" in ended
+        assert "Also during this task" not in started
+        assert (
+            "Master/standby switchover (Cloud Eye) on orders-cache, during Master/standby switchover" in later
+        )
+    part, after_end = payloads(audit, "instance.switchover")
+    assert part["data"]["cloud_eye"]["event_id"] == eid and part["data"]["task"]["id"] == tid
+    assert after_end["data"]["task"]["id"] == tid
+
+
 def test_the_task_a_switchover_belongs_to_switches_over_and_runs_then_or_ends_within_the_window() -> None:
     window, now = timedelta(minutes=5), T0 + timedelta(hours=1)
     swap = task(id="swap", name="masterStandbySwapJob", status="SUCCESS", updated=T0 + timedelta(minutes=2))
@@ -194,6 +241,9 @@ def test_the_task_a_switchover_belongs_to_switches_over_and_runs_then_or_ends_wi
     assert (
         switching_task([port], T0 + timedelta(minutes=1), now, window) is None
     )  # a port change does not switch
+    restart = task(id="restart", name="RestartInstance", status="RUNNING", created=T0)
+    assert switching_task([restart], T0, now, window) is None  # a restart's task name is unconfirmed...
+    assert switching_task([restart], T0, now, window, {"RestartInstance"}) == restart  # ...configurable
 
 
 async def test_dcs_notifier_run_delivers_a_failover_once_across_a_kill_and_with_two_replicas(

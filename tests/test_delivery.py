@@ -13,6 +13,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from notifier.config.models import DeliveryConfig
+from notifier.delivery.cards import Card
 from notifier.delivery.channels.base import Channel
 from notifier.delivery.channels.webhook import WebhookChannel, WebhookChannelConfig
 from notifier.delivery.worker import Deliverer, Verdict, backoff_delay, retry_delay
@@ -102,7 +103,7 @@ class ScriptedChannel(Channel):
         self.answers = answers
         self.sent: list[str] = []
 
-    async def send(self, notification: Notification) -> None:
+    async def send(self, notification: Notification, card: Card | None = None) -> None:
         self.sent.append(notification.event.id)
         answer = self.answers.pop(0) if self.answers else None
         if answer is not None:
@@ -213,7 +214,7 @@ async def test_channel_pacing(redis_client: aioredis.Redis) -> None:
     times: list[float] = []
 
     class Timed(ScriptedChannel):
-        async def send(self, notification: Notification) -> None:
+        async def send(self, notification: Notification, card: Card | None = None) -> None:
             times.append(time.monotonic())
             await super().send(notification)
 
@@ -230,7 +231,7 @@ async def test_a_send_acknowledged_after_a_redis_outage_is_not_repeated(own_redi
     store = Store(client, Keys("d"))
 
     class RedisDiesOnSend(ScriptedChannel):
-        async def send(self, notification: Notification) -> None:
+        async def send(self, notification: Notification, card: Card | None = None) -> None:
             await super().send(notification)
             own_redis.stop()  # accepted by the channel, then Redis goes away before the XACK
 
@@ -289,7 +290,7 @@ async def test_an_entry_taken_over_while_retrying_is_left_to_its_new_owner(
     [entry] = await store.outbox.read("audit", "alive", count=1)
 
     class TakenOver(ScriptedChannel):
-        async def send(self, notification: Notification) -> None:
+        async def send(self, notification: Notification, card: Card | None = None) -> None:
             await store.outbox.claim_stale(
                 "audit", "other", min_idle_ms=0, count=1
             )  # another consumer claims it
@@ -307,7 +308,7 @@ async def test_a_channel_bug_becomes_a_dead_letter_not_a_wedge(redis_client: aio
     notes = await queue(store, 2)
 
     class Buggy(ScriptedChannel):
-        async def send(self, notification: Notification) -> None:
+        async def send(self, notification: Notification, card: Card | None = None) -> None:
             await super().send(notification)
             if notification.event.id == notes[0].event.id:
                 raise KeyError("formatter bug")

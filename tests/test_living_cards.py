@@ -14,7 +14,7 @@ from slack_sdk.models.blocks import Block
 from notifier.config.load import parse_config
 from notifier.dcs.limits import HEADROOM_WAIT, ApiGate
 from notifier.dcs.models import Outcome, classify_status
-from notifier.delivery.cards import Card, after, card_key, needs_new_card
+from notifier.delivery.cards import Card, after, card_key, holds, needs_new_card, tracks, with_note
 from notifier.delivery.formatters.slack import format_card, format_reply, format_slack
 from notifier.errors import ConfigError
 from notifier.pipeline.events import CloudEyeInfo, Event, EventType, Notification
@@ -249,3 +249,23 @@ def test_a_node_gone_abnormal_and_its_recovery_share_one_card_other_cloud_eye_ev
     one = cloud_eye_event(EventType.INSTANCE_FAILOVER, "masterStandbyFailover", "ev3")
     two = cloud_eye_event(EventType.INSTANCE_FAILOVER, "masterStandbyFailover", "ev4")
     assert card_key(one) != card_key(two)
+
+
+def test_without_cards_a_switchover_during_a_running_task_is_kept_until_the_tasks_next_message() -> None:
+    swap = task(id="t1", name="masterStandbySwapJob", status="RUNNING")
+    switch = cloud_eye_event(EventType.INSTANCE_SWITCHOVER, "masterStandbySwitchover", "ev9")
+    part = Notification(event=switch.model_copy(update={"task": swap}), channel="oncall", folds=True)
+    started = event(EventType.STARTED, swap)
+    assert tracks(started) and not tracks(poller_event())
+    record = after(started, Card())
+    assert holds(part, record) and holds(part, None)  # the end is still to come there
+    assert not holds(part.model_copy(update={"folds": False}), record)  # that channel never gets the end
+    kept = with_note(with_note(record, part.event), part.event)  # read twice (a crash before the ack): once
+    assert [n.event_id for n in kept.notes] == ["ev9"]
+    assert Card.from_json(kept.to_json()) == kept  # kept in Redis with the acknowledgement
+    done = event(EventType.SUCCEEDED, task(id="t1", name="masterStandbySwapJob", status="SUCCESS"))
+    shown = all_text(format_slack(Notification(event=done, channel="oncall"), notes=kept.notes).blocks)
+    assert "Also during this task" in shown and "masterStandbySwitchover" in shown
+    told = after(done, kept)
+    assert told.notes == () and not told.open
+    assert not holds(part, told)  # after the end: a message of its own

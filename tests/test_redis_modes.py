@@ -19,6 +19,7 @@ from redis.asyncio.cluster import RedisCluster
 from notifier.config.load import parse_config
 from notifier.config.models import DeliveryConfig, RedisConfig
 from notifier.config.redis_url import parse_redis_url
+from notifier.delivery.cards import Card
 from notifier.delivery.channels.base import Channel
 from notifier.delivery.channels.webhook import WebhookChannel, WebhookChannelConfig
 from notifier.delivery.worker import Deliverer
@@ -86,7 +87,7 @@ class Scripted(Channel):
         self.answers = list(answers or [])
         self.sent: list[str] = []
 
-    async def send(self, notification: Notification) -> None:
+    async def send(self, notification: Notification, card: Card | None = None) -> None:
         self.sent.append(notification.event.id)
         answer = self.answers.pop(0) if self.answers else None
         if answer is not None:

@@ -27,6 +27,7 @@ from pydantic import (
 
 from notifier.config.redis_url import RedisTarget, parse_redis_url
 from notifier.config.source import Loc, SourceMap, did_you_mean
+from notifier.dcs.models import SWITCHING_TASKS
 from notifier.delivery.channels import ChannelConfig
 from notifier.net.session import check_proxy_url
 from notifier.net.tls import CaBundle, check_host_entry
@@ -302,6 +303,9 @@ class CloudEyeConfig(_Model):
     #: A ``masterStandbySwitchover`` this close (seconds) to a task of the instance that switches over
     #: (running then, or started or ended this close to it) is part of that task, not an alert of its own.
     correlation_window: float = seconds(300.0, ge=0, le=HOUR)
+    #: Task names that switch the master over on the way (the switchover then belongs to them). The
+    #: documented ones by default; a restart's task name, if it has one, is unconfirmed: add it once seen.
+    switching_tasks: list[str] = Field(default_factory=lambda: sorted(SWITCHING_TASKS), min_length=1)
 
     def watches(self, event_name: str) -> bool:
         return "*" in self.events or event_name in self.events

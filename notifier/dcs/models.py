@@ -72,6 +72,11 @@ TASK_DISPLAY_NAMES: dict[str, str] = {
 }
 
 
+#: Background tasks that switch an instance's master over on the way (Cloud Eye then reports a
+#: ``masterStandbySwitchover``). Which restart task names do is unconfirmed: restarts are not listed.
+SWITCHING_TASKS = frozenset({"masterStandbySwapJob", "EXTEND", "ChangeInstanceSpec"})
+
+
 def display_name(task_name: str) -> str:
     """Human name of a task kind; an unknown kind is shown as the API names it."""
     return TASK_DISPLAY_NAMES.get(task_name, task_name)

@@ -12,6 +12,12 @@ Cards are kept per (channel, card key):
   failure, and the next failure after a recovery starts a new card;
 * Cloud Eye's ``node.abnormal`` and ``node.recovered`` share ``.../node`` the same way; every other
   Cloud Eye event (a failover...) is a card of its own, ``.../cloud-eye/{event_id}``.
+
+A chat channel without cards (a Slack incoming webhook) keeps the same record, without a message, for
+each task (:func:`tracks`): a Cloud Eye switchover that is part of such a task, read while
+the task's end is still to come there, is kept in it as a note (:func:`holds`), and the task's next
+message there shows it. Both live in the one outbox stream of the channel, read in order, so whether
+the end came first is never a race.
 """
 
 from __future__ import annotations
@@ -20,13 +26,21 @@ import json
 from dataclasses import dataclass
 from typing import Final
 
-from notifier.pipeline.events import Event, EventType
+from notifier.pipeline.events import CloudEyeInfo, Event, EventType, Notification
 
 #: Events whose thread reply is also posted to the channel (``reply_broadcast``): what needs a human.
 BROADCAST: Final = frozenset({EventType.FAILED, EventType.POLLER_UNHEALTHY, EventType.NODE_ABNORMAL})
 #: Events after which the card's story is over: a later event of the same key starts a new card when
 #: it is one of REOPENS (a new episode), else updates this one.
-CLOSES: Final = frozenset({EventType.POLLER_RECOVERED, EventType.INSTANCE_REMOVED, EventType.NODE_RECOVERED})
+CLOSES: Final = frozenset(
+    {
+        EventType.SUCCEEDED,
+        EventType.FAILED,
+        EventType.POLLER_RECOVERED,
+        EventType.INSTANCE_REMOVED,
+        EventType.NODE_RECOVERED,
+    }
+)
 REOPENS: Final = frozenset({EventType.POLLER_UNHEALTHY, EventType.NODE_ABNORMAL})
 #: Cloud Eye's events that share one card per instance (the others are one card each).
 NODE_EVENTS: Final = frozenset({EventType.NODE_ABNORMAL, EventType.NODE_RECOVERED})
@@ -35,15 +49,19 @@ NODE_EVENTS: Final = frozenset({EventType.NODE_ABNORMAL, EventType.NODE_RECOVERE
 @dataclass(frozen=True, slots=True)
 class Card:
     """A posted card: the channel **id** the chat service answered with, the message's ``ts``, whether
-    its story is still going on, and the :func:`stamp` of the event it shows."""
+    its story is still going on, and the :func:`stamp` of the event it shows. On a channel without cards
+    ``channel_id`` and ``ts`` are empty, and ``notes`` holds what the task's next message there tells too."""
 
-    channel_id: str
-    ts: str
+    channel_id: str = ""
+    ts: str = ""
     open: bool = True
     shown: float = 0.0
+    notes: tuple[CloudEyeInfo, ...] = ()
 
     def to_json(self) -> str:
-        data = {"c": self.channel_id, "ts": self.ts, "open": self.open, "at": self.shown}
+        data: dict[str, object] = {"c": self.channel_id, "ts": self.ts, "open": self.open, "at": self.shown}
+        if self.notes:
+            data["notes"] = [note.model_dump(mode="json") for note in self.notes]
         return json.dumps(data, separators=(",", ":"))
 
     def shows_later_than(self, event: Event) -> bool:
@@ -61,10 +79,17 @@ class Card:
         if not isinstance(data, dict):
             return None
         channel_id, ts, is_open, shown = data.get("c"), data.get("ts"), data.get("open", True), data.get("at")
-        if not isinstance(channel_id, str) or not isinstance(ts, str) or not channel_id or not ts:
+        if not isinstance(channel_id, str) or not isinstance(ts, str) or bool(channel_id) != bool(ts):
             return None
         shown = float(shown) if isinstance(shown, int | float) and not isinstance(shown, bool) else 0.0
-        return cls(channel_id, ts, is_open is not False, shown)
+        notes: list[CloudEyeInfo] = []
+        raw_notes = data.get("notes")
+        for note in raw_notes if isinstance(raw_notes, list) else ():
+            try:
+                notes.append(CloudEyeInfo.model_validate(note))
+            except ValueError:
+                continue  # an unreadable note is not told; the rest are
+        return cls(channel_id, ts, is_open is not False, shown, tuple(notes))
 
 
 def stamp(event: Event) -> float:
@@ -98,11 +123,34 @@ def edits_card(event: Event) -> bool:
 
 def needs_new_card(event: Event, card: Card | None) -> bool:
     """Whether ``event`` is posted as a new card rather than an update of ``card``."""
-    return card is None or (not card.open and event.type in REOPENS)
+    return card is None or not card.ts or (not card.open and event.type in REOPENS)
+
+
+def tracks(event: Event) -> bool:
+    """Whether a channel without cards keeps a record of ``event``'s task (any task: which ones switch
+    over is the config's ``cloud_eye.switching_tasks``)."""
+    return event.task is not None
+
+
+def holds(notification: Notification, card: Card | None) -> bool:
+    """Whether a channel without cards keeps ``notification`` (a switchover during a running task) as a
+    note for the task's next message, rather than sending it on its own: not once the task's end was
+    told there (the switchover then is a message of its own, as a part of that task, not an alert)."""
+    return notification.folds and notification.event.cloud_eye is not None and (card is None or card.open)
+
+
+def with_note(card: Card | None, event: Event) -> Card:
+    """``card`` (or a new record) keeping ``event``'s Cloud Eye facts for the task's next message."""
+    card = card or Card()
+    info = event.cloud_eye
+    if info is None or any(note.event_id == info.event_id for note in card.notes):
+        return card
+    return Card(card.channel_id, card.ts, card.open, card.shown, (*card.notes, info))
 
 
 def after(event: Event, card: Card) -> Card:
-    """``card`` once ``event`` has been shown on it (unchanged if it already showed a later one)."""
+    """``card`` once ``event`` has been shown on it (unchanged if it already showed a later one); its
+    notes were told with it."""
     if card.shows_later_than(event):
-        return card
+        return Card(card.channel_id, card.ts, card.open, card.shown)
     return Card(card.channel_id, card.ts, event.type not in CLOSES, stamp(event))

@@ -83,8 +83,9 @@ async def replay(
                 channel = built[letter.channel] = build_channel(
                     letter.channel, config.channels[letter.channel]
                 )
-            key = card_key(notification.event)
-            card = await store.cards.get(letter.channel, key) if channel.living_cards else None
+            event = notification.event
+            key = card_key(event)
+            card = await store.cards.get(letter.channel, key) if channel.keeps_record(event) else None
             sent = await send_with_retries(channel, notification, policy, asyncio.Event(), card)
             error = sent.error
             if error is None:

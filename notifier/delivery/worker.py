@@ -31,7 +31,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from notifier.config.models import DeliveryConfig
-from notifier.delivery.cards import Card
+from notifier.delivery.cards import Card, holds, with_note
 from notifier.delivery.channels.base import Channel
 from notifier.errors import CorruptStateError, DeliveryError, Reason, StoreError
 from notifier.pipeline.events import Notification
@@ -81,9 +81,7 @@ async def attempt(channel: Channel, notification: Notification, card: Card | Non
     """One send. Any failure comes back as a DeliveryError: an exception that is not one (a bug in a
     formatter or a library) is a permanent INTERNAL error, so it cannot wedge a channel."""
     try:
-        if channel.living_cards:
-            return Attempt(card=await channel.send(notification, card))
-        await channel.send(notification)
+        return Attempt(card=await channel.send(notification, card))
     except DeliveryError as exc:
         return Attempt(exc)
     except Exception as exc:
@@ -116,6 +114,7 @@ async def send_with_retries(
 class Verdict(enum.Enum):
     DELIVERED = "delivered"
     DUPLICATE = "duplicate"  # already in the notification log: acknowledged without sending
+    HELD = "held"  # kept for the next message of its task (a channel without cards), acknowledged
     DEAD = "dead"
     PENDING = "pending"  # left in the outbox for a later pass
 
@@ -192,7 +191,11 @@ class Deliverer:
         if await self.outbox.was_delivered(entry):
             await self._ack(entry)
             return Verdict.DUPLICATE, ""
-        card = await self.outbox.card(entry) if channel.living_cards else None
+        event = entry.notification.event
+        card = await self.outbox.card(entry) if channel.keeps_record(event) else None
+        if channel.notes_in_next and holds(entry.notification, card):
+            await self._ack(entry, with_note(card, event))
+            return Verdict.HELD, ""
         tries = 0
         while True:
             await channel.pace()
@@ -258,6 +261,15 @@ class Deliverer:
             if verdict is Verdict.DELIVERED:
                 result.delivered += 1
                 log.info("delivered %s: %s (%s) to %s", event.type.value, event.summary, event.id, name)
+            elif verdict is Verdict.HELD:
+                result.delivered += 1
+                log.info(
+                    "%s (%s) is part of task %s: told with its next message to %s",
+                    event.summary,
+                    event.id,
+                    event.task.id if event.task else "?",
+                    name,
+                )
             elif verdict is Verdict.DUPLICATE:
                 result.skipped_duplicates += 1
             elif verdict is Verdict.DEAD:

@@ -13,21 +13,24 @@ are read (announced), older ones never asked for. A failing Cloud Eye is the hea
 
 A ``masterStandbySwitchover`` within ``cloud_eye.correlation_window`` of a task of the instance that
 switches over (a master/standby swap, a spec change) is part of that task: the event carries the task
-(its card's thread tells it; it is no alert of its own). The instance's tasks are asked for then (one DCS
-call per such switchover); when that call fails, the switchover is an alert of its own rather than lost.
+(its card's thread tells it; it is no alert of its own). A channel without cards tells it as a line of
+the task's next message when the task still runs and that channel gets its end (``Notification.folds``;
+see :func:`notifier.delivery.cards.holds`), else as a message of its own that names the task. The
+instance's tasks are asked for then (one DCS call per such switchover); when that call fails, the
+switchover is an alert of its own rather than lost.
 (Which restart task names switch over is unconfirmed: restarts are not tied yet.)
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from datetime import datetime, timedelta
 
 from notifier.cloudeye.client import CloudEyeClient
 from notifier.cloudeye.models import Occurrence
 from notifier.config.models import CloudEyeConfig, ProjectSpec
-from notifier.dcs.models import Outcome, Task
+from notifier.dcs.models import SWITCHING_TASKS, Outcome, Task
 from notifier.errors import DcsApiError, Failure, StoreError
 from notifier.pipeline.events import Event, EventType, InstanceRef, Notification, event_id
 from notifier.pipeline.health import Subject
@@ -47,10 +50,6 @@ def subject_of(spec: ProjectSpec) -> Subject:
     return Subject(f"{spec.project_id}/~cloud-eye", spec.project_id, spec.region, ref)
 
 
-#: Background tasks that switch an instance's master over (Cloud Eye then reports a switchover).
-SWITCHING_TASKS = frozenset({"masterStandbySwapJob", "EXTEND", "ChangeInstanceSpec"})
-
-
 def to_event(
     o: Occurrence, spec: ProjectSpec, instance: InstanceRef, now: datetime, task: Task | None = None
 ) -> Event:
@@ -67,12 +66,18 @@ def to_event(
     )
 
 
-def switching_task(tasks: list[Task], when: datetime, now: datetime, window: timedelta) -> Task | None:
-    """The task a switchover at ``when`` is part of: one that switches over and runs at that time (or
-    starts or ends within ``window`` of it); the latest started if several."""
+def switching_task(
+    tasks: list[Task],
+    when: datetime,
+    now: datetime,
+    window: timedelta,
+    names: Collection[str] = SWITCHING_TASKS,
+) -> Task | None:
+    """The task a switchover at ``when`` is part of: one named in ``names`` (that switches over) running
+    at that time (or starting or ending within ``window`` of it); the latest started if several."""
     found: list[Task] = []
     for t in tasks:
-        if t.name not in SWITCHING_TASKS or t.created_at is None:
+        if t.name not in names or t.created_at is None:
             continue
         end = t.updated_at if t.outcome is not Outcome.IN_PROGRESS and t.updated_at else now
         if t.created_at - window <= when <= end + window:
@@ -97,6 +102,7 @@ class CloudEyePoller:
         self.config = config
         self._grace = timedelta(seconds=baseline_grace)
         self._overlap = timedelta(seconds=config.overlap)
+        self._switching = frozenset(config.switching_tasks)
         self._clock = clock
         self._reported: dict[str, tuple[object, ...]] = {}  # project id → the failure last logged
 
@@ -118,7 +124,22 @@ class CloudEyePoller:
                 exc,
             )
             return None
-        return switching_task(tasks, o.time, now, window)
+        return switching_task(tasks, o.time, now, window, self._switching)
+
+    def _route(self, event: Event) -> list[Notification]:
+        """The event's notifications; one that is part of a task still running is marked ``folds`` for
+        the channels that get the task's end whichever it is (a channel without cards tells it with the
+        task's next message there; the end is sure to come, as the task runs)."""
+        found = self.fleet.route(event)
+        task = event.task
+        if task is None or task.outcome is not Outcome.IN_PROGRESS:
+            return found
+        ends = [
+            {n.channel for n in self.fleet.route(event.model_copy(update={"type": end, "cloud_eye": None}))}
+            for end in (EventType.SUCCEEDED, EventType.FAILED)
+        ]
+        both = ends[0] & ends[1]
+        return [n.model_copy(update={"folds": True}) if n.channel in both else n for n in found]
 
     def owns(self, spec: ProjectSpec) -> bool:
         """Whether this replica polls the project's Cloud Eye (always, without scaling)."""
@@ -153,7 +174,7 @@ class CloudEyePoller:
                 if w is not None:  # an instance not watched: handled, not announced
                     task = await self._task_of(spec, w.target.instance.id, o, now)
                     events.append(to_event(o, spec, w.target.instance, now, task))
-            notifications: list[Notification] = [n for ev in events for n in self.fleet.route(ev)]
+            notifications: list[Notification] = [n for ev in events for n in self._route(ev)]
             await store.commit(
                 spec.project_id,
                 {eid: o.time for eid, o in fresh.items()},

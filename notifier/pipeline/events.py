@@ -179,6 +179,9 @@ class Notification(BaseModel):
     rule: str | None = None
     #: Slack mentions from the rules that sent it here (the config's ``mention``, never API data).
     mentions: tuple[str, ...] = ()
+    #: A Cloud Eye event that is part of a task still running whose end this channel gets too: a channel
+    #: without living cards tells it as a line of the task's next message there, not as one of its own.
+    folds: bool = False
 
     @property
     def key(self) -> str:

@@ -45,7 +45,9 @@ Who writes what (modules of :mod:`notifier.store`): ``snap`` and ``epoch`` — `
 ``{p}:card:{channel}:{card_key}`` — STRING, TTL 7 days (DELIVERED_TTL_SECONDS), renewed by every update.
     A living card (Slack bot channels): ``{"c": channel id, "ts": message ts, "open": bool}`` of the
     message that shows one task (``card_key`` = ``{project_id}/{instance_id}/task/{task_id}``) or one
-    instance's health (``.../instance``), see :mod:`notifier.delivery.cards`. Written in the same
+    instance's health (``.../instance``), see :mod:`notifier.delivery.cards`. On a channel without cards
+    (a Slack incoming webhook), the same record without ``c``/``ts`` for a task that switches over, with
+    ``notes``: Cloud Eye switchovers held for the task's next message there. Written in the same
     MULTI/EXEC as the XACK of the notification that posted or updated it (by the dead-letter replay,
     just before the dead letter is resolved).
 ``{p}:ces:{project_id}:until`` — STRING (ISO 8601), no TTL.
@@ -137,6 +139,21 @@ class Keys:
 
     def snapshot(self, project_id: str, instance_id: str) -> str:
         return f"{self.prefix}:snap:{self._tag(f'{project_id}:{instance_id}')}"
+
+    def snapshot_ids(self, key: str) -> tuple[str, str] | None:
+        """``(project_id, instance_id)`` of a snapshot hash's key, or None when ``key`` is not one."""
+        head = f"{self.prefix}:snap:"
+        if not key.startswith(head):
+            return None
+        rest = key[len(head) :]
+        if self.cluster:
+            if not (rest.startswith("{") and rest.endswith("}")):
+                return None
+            rest = rest[1:-1]
+        project_id, _, instance_id = rest.partition(":")
+        if not project_id or not instance_id or any(c in rest for c in "{}"):
+            return None
+        return project_id, instance_id
 
     def outbox(self, channel: str) -> str:
         return f"{self.prefix}:outbox:{self._tag(channel)}"

@@ -18,8 +18,8 @@ import asyncio
 import time
 from typing import ClassVar
 
-from notifier.delivery.cards import Card
-from notifier.pipeline.events import Notification
+from notifier.delivery.cards import Card, tracks
+from notifier.pipeline.events import Event, Notification
 
 
 class Channel(abc.ABC):
@@ -30,6 +30,10 @@ class Channel(abc.ABC):
 
     #: Whether :meth:`send` takes and returns living cards.
     living_cards: bool = False
+    #: A chat channel without cards: a switchover that is part of a running task is told as a line of
+    #: the task's next message (see :func:`notifier.delivery.cards.holds`); :meth:`send` is given the
+    #: task's record (its notes) and returns it as the message left it.
+    notes_in_next: bool = False
 
     def __init__(self, name: str, *, rate: float | None = None) -> None:
         self.name = name
@@ -47,10 +51,15 @@ class Channel(abc.ABC):
             await asyncio.sleep(wait)  # pacing, not synchronisation: at most 1/rate seconds
         self._next_call = max(now, self._next_call) + 1.0 / self.rate
 
+    def keeps_record(self, event: Event) -> bool:
+        """Whether delivering ``event`` reads and writes its card record (see :attr:`notes_in_next`)."""
+        return self.living_cards or (self.notes_in_next and tracks(event))
+
     @abc.abstractmethod
     async def send(self, notification: Notification, card: Card | None = None) -> Card | None:
         """Deliver one notification, or raise ``DeliveryError``. Must not retry. A channel with
-        ``living_cards`` updates ``card`` (or posts a new one) and returns it; others return None."""
+        ``living_cards`` updates ``card`` (or posts a new one) and returns it; one with ``notes_in_next``
+        tells ``card``'s notes and returns the record the message leaves; others return None."""
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook, most channels hold no resources
         """Release connections. Safe to call more than once."""

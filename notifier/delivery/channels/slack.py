@@ -199,6 +199,7 @@ class SlackChannel(Channel):
         super().__init__(name, rate=config.rate)
         self._config = config
         self.living_cards = config.mode == "bot"
+        self.notes_in_next = config.mode == "webhook"
         self._secrets: list[str] = []
         if config.webhook_url is not None:
             url = config.webhook_url.get_secret_value()
@@ -276,10 +277,10 @@ class SlackChannel(Channel):
         )
 
     async def send(self, notification: Notification, card: Card | None = None) -> Card | None:
-        if self._config.mode == "webhook":
-            await self._send_webhook(format_slack(notification))
-            return None
         event = notification.event
+        if self._config.mode == "webhook":
+            await self._send_webhook(format_slack(notification, notes=card.notes if card else ()))
+            return after(event, card or Card()) if self.keeps_record(event) else None
         if needs_new_card(event, card):
             return await self._post_card(notification)
         assert card is not None

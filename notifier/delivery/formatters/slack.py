@@ -13,6 +13,7 @@ rules only (checked there) and are the only unescaped mrkdwn in a message.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -29,7 +30,7 @@ from slack_sdk.models.blocks import (
 )
 
 from notifier.dcs.models import Outcome, Task, TaskDetails
-from notifier.pipeline.events import Event, EventType, Notification
+from notifier.pipeline.events import CloudEyeInfo, Event, EventType, Notification
 
 # Block Kit limits (https://docs.slack.dev/reference/block-kit/blocks).
 HEADER_MAX: Final = 150
@@ -295,9 +296,23 @@ def _mentions(notification: Notification) -> str:
     return " ".join(out)
 
 
-def format_slack(notification: Notification, *, mention: bool = True) -> SlackMessage:
+def _note_line(note: CloudEyeInfo) -> str:
+    """One line of what Cloud Eye said during a task (a switchover told with the task's message)."""
+    line = f"• Cloud Eye {code(note.event_name, 100)} at {slack_date(note.time)}"
+    if note.resource_name:
+        line += f" on {value(note.resource_name, 100)}"
+    if isinstance(note.content, dict) and note.content:
+        facts = [f"{value(k, 40)}: {value(v, 100)}" for k, v in list(note.content.items())[:4]]
+        line += f" ({', '.join(facts)})"
+    return line
+
+
+def format_slack(
+    notification: Notification, *, mention: bool = True, notes: Sequence[CloudEyeInfo] = ()
+) -> SlackMessage:
     """Render one notification as a Slack message (pure, deterministic); with its mentions unless
-    ``mention`` is false."""
+    ``mention`` is false, and ``notes`` — what Cloud Eye said during the task since its last message
+    (a channel without cards) — in a section of their own."""
     event = notification.event
     emoji = EVENT_EMOJI[event.type]
     headline = f"{emoji} {event.summary}"
@@ -317,6 +332,9 @@ def format_slack(notification: Notification, *, mention: bool = True) -> SlackMe
     if event.problem is not None:
         text = clip(f"*Error:* {value(event.problem.message, 1000)}", SECTION_TEXT_MAX)
         blocks.append(SectionBlock(text=MarkdownTextObject(text=text)))
+    if notes:
+        lines = ["*Also during this task:*", *(_note_line(note) for note in notes)]
+        blocks.append(SectionBlock(text=MarkdownTextObject(text=clip("\n".join(lines), SECTION_TEXT_MAX))))
     blocks.append(DividerBlock())
     blocks.append(ContextBlock(elements=[MarkdownTextObject(text=_context(notification))]))
 
