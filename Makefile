@@ -65,6 +65,7 @@ bench: $(VENV)/.dev-deps redis-server
 	$(BIN)/python -m bench.hostile_receivers
 	$(BIN)/python -m bench.churn
 	$(BIN)/python -m bench.active_latency --quick
+	$(BIN)/python -m bench.scrape_cost
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -17,12 +17,14 @@ from datetime import datetime
 
 import redis.exceptions
 
+from notifier import logsetup
 from notifier.config.models import Config
 from notifier.dcs.cloud import Cloud
 from notifier.delivery.channels import build_channel
 from notifier.delivery.channels.base import Channel
 from notifier.delivery.worker import Deliverer, PassResult
 from notifier.errors import StoreError
+from notifier.ops.metrics import Instances, Metrics
 from notifier.pipeline.instance import PollOutcome, utcnow
 from notifier.pipeline.poll import Poller
 from notifier.store import connect
@@ -40,6 +42,8 @@ log = logging.getLogger(__name__)
 
 #: The daemon lock's TTL is 3 heartbeat periods, and at least this many seconds.
 MIN_LOCK_TTL = 3.0
+#: Seconds between two records of when each instance was last polled (``{p}:polls``).
+RECORD_POLLS_EVERY = 60.0
 
 
 def freeze_startup_heap(poll_interval: float) -> None:
@@ -90,11 +94,15 @@ class Daemon:
         redis_client: RedisClient | None = None,
         channels: dict[str, Channel] | None = None,
         clock: Callable[[], datetime] = utcnow,
+        metrics: Metrics | None = None,
     ) -> None:
         self.config = config
+        self.metrics = metrics = metrics or Metrics()
         self.cloud = Cloud(config)
+        self.cloud.gate.metrics = metrics
         self._own_redis = redis_client is None
         self.store = connect.open_store(config, redis_client)
+        self.store.link.on_error = metrics.redis_error
         self.channels = channels or {name: build_channel(name, cfg) for name, cfg in config.channels.items()}
         self.stop = asyncio.Event()
         delivery = config.delivery
@@ -103,14 +111,24 @@ class Daemon:
             # Replicas share the outbox consumer group, each under a name of its own.
             self.replica = config.scaling.replica or default_replica_id()
             delivery = delivery.model_copy(update={"consumer": f"{delivery.consumer}-{self.replica}"})
-        self.deliverer = Deliverer(self.store.outbox, self.channels, delivery, stop=self.stop)
+        logsetup.bind(replica=self.replica)  # a JSON log line names the replica that wrote it
+        self.deliverer = Deliverer(
+            self.store.outbox, self.channels, delivery, stop=self.stop, metrics=metrics
+        )
         self.poller = Poller(
-            config, self.cloud.clients, self.store, clock=clock, cloud_eye_clients=self.cloud.cloud_eye
+            config,
+            self.cloud.clients,
+            self.store,
+            clock=clock,
+            cloud_eye_clients=self.cloud.cloud_eye,
+            metrics=metrics,
         )
         #: Set when another daemon of this config turned out to run (see DaemonLock).
         self.conflict: DaemonConflict | None = None
         #: The token of {p}:epoch this daemon saw (None: not yet): from then on, another means loss.
         self._epoch: str | None = None
+        #: ``time.monotonic()`` of the last record of the last polls (None: not yet).
+        self._polls_recorded: float | None = None
         self.lock: DaemonLock | None = None
         if self.replica is None:
             self.lock = DaemonLock(self.store.redis, self.store.keys, ttl=max(3 * self._period, MIN_LOCK_TTL))
@@ -124,8 +142,52 @@ class Daemon:
                 handover=config.poll.interval,
             )
 
+        metrics.live = self
+
     def request_stop(self) -> None:
         self.deliverer.request_stop()
+
+    # -- what the metrics and the probes read (notifier.ops) ----------------------------------------------
+
+    def instances(self) -> Instances:
+        fleet = self.poller.fleet
+        keys = [w.target.key for w in fleet]
+        announced = fleet.health.announced
+        return Instances(
+            watched=len(keys),
+            owned=sum(1 for k in keys if fleet.owns(k)),
+            unhealthy=sum(1 for k in keys if k in announced),
+        )
+
+    def rate_limits(self) -> dict[str, tuple[float, int]]:
+        return {host: (lim.rate, lim.throttles) for host, lim in self.cloud.gate.limiters.items()}
+
+    def leases_held(self) -> int:
+        leases = self.poller.leases
+        return 0 if leases is None else len(leases.held)
+
+    def last_successful_poll(self) -> float | None:
+        """When a poll last succeeded, as Unix time (the poller keeps a monotonic time)."""
+        last = self.poller.last_success
+        return None if last is None else time.time() - (time.monotonic() - last)
+
+    def progress_age(self) -> float:
+        """Seconds since the scheduler last made progress (0 when it has nothing to do)."""
+        if not any(True for _ in self.poller.fleet) and self.poller.leases is None:
+            return 0.0
+        return time.monotonic() - self.poller.scheduler.progress
+
+    @property
+    def stall_limit(self) -> float:
+        """How long the scheduler may go without progress before the process counts as hung: a poll
+        may wait for the rate limiter and take a timeout on top of its interval."""
+        poll = self.config.poll
+        return 3 * poll.interval + self.config.api.timeout + 30.0
+
+    def polls_lately(self) -> bool:
+        """Whether some poll of this replica succeeded within three intervals."""
+        last = self.poller.last_success
+        return last is not None and time.monotonic() - last <= 3 * self.config.poll.interval
 
     async def once(self) -> OnceReport:
         report = OnceReport()
@@ -153,10 +215,28 @@ class Daemon:
             with contextlib.suppress(StoreError):
                 if last is not None and time.monotonic() - last <= 3 * interval:
                     await self.store.heartbeat.beat(int(interval * 3) + 10)
+            with contextlib.suppress(StoreError):
+                await self._record_polls()
             await self._keep_lock()
             await self._check_data()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stop.wait(), timeout=self._period)
+
+    async def _record_polls(self) -> None:
+        """Once a minute (and after the first successful poll): when each instance this replica polls
+        was last polled, for ``dcs-notifier status`` — one pipelined write, never one per poll."""
+        now = time.monotonic()
+        if self._polls_recorded is not None and now - self._polls_recorded < RECORD_POLLS_EVERY:
+            return
+        fleet = self.poller.fleet
+        polled = {
+            w.target.key: w.last_polled
+            for w in fleet
+            if w.last_polled is not None and fleet.owns(w.target.key)
+        }
+        if polled:
+            await self.store.heartbeat.record_polls(polled)
+            self._polls_recorded = now
 
     async def _keep_lock(self) -> None:
         if self.lock is None:

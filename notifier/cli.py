@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import yaml
 
 from notifier.app import Daemon, freeze_startup_heap
@@ -31,6 +32,8 @@ from notifier.delivery.direct import Replay, replay, send_direct
 from notifier.errors import ConfigError, DcsApiError, StoreError
 from notifier.logsetup import configure_logging, escape_controls
 from notifier.net import VERSION
+from notifier.net.session import make_http
+from notifier.ops.service import Service
 from notifier.pipeline.inventory import instance_lists
 from notifier.pipeline.preview import preview
 from notifier.pipeline.sample import sample_notification
@@ -41,6 +44,9 @@ from notifier.store.leases import DaemonConflict
 
 log = logging.getLogger("notifier")
 
+#: Seconds `dcs-notifier health` waits for the listener's answer.
+HEALTH_TIMEOUT = 5.0
+
 
 def say(text: str, *, err: bool = False) -> None:
     """Print one line that may carry values from outside (an API's messages, task names, tags): escaped
@@ -49,8 +55,8 @@ def say(text: str, *, err: bool = False) -> None:
 
 
 def _add_common(p: argparse.ArgumentParser, *, top: bool = False) -> None:
-    """``--config`` and ``--log-level``, before the command (``top``) or after it. A command's parser has no
-    defaults of its own: it must not reset what was given before the command."""
+    """``--config``, ``--log-level`` and ``--log-format``, before the command (``top``) or after it. A
+    command's parser has no defaults of its own: it must not reset what was given before the command."""
     p.add_argument(
         "--config",
         "-c",
@@ -60,8 +66,15 @@ def _add_common(p: argparse.ArgumentParser, *, top: bool = False) -> None:
     )
     p.add_argument(
         "--log-level",
-        default="INFO" if top else argparse.SUPPRESS,
+        default=None if top else argparse.SUPPRESS,
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="default: the config's logging.level (INFO)",
+    )
+    p.add_argument(
+        "--log-format",
+        default=None if top else argparse.SUPPRESS,
+        choices=["text", "json"],
+        help="text, or one JSON object per line (default: the config's logging.format, text)",
     )
 
 
@@ -92,8 +105,17 @@ def build_parser() -> argparse.ArgumentParser:
         "list-instances", help="list the project's DCS instances, as config 'instances:' lines"
     )
     _add_common(p)
-    p = sub.add_parser("health", help="exit 0 if a daemon of this config is alive (recent heartbeat), else 1")
+    p = sub.add_parser(
+        "health",
+        help="exit 0 if this host's daemon is alive (its /healthz, with http.listen), else 1; without a "
+        "listener: if some daemon of this config polls (its heartbeat)",
+    )
     _add_common(p)
+    p = sub.add_parser("reload", help="ask every running daemon of this config to re-read its config file")
+    _add_common(p)
+    p = sub.add_parser("status", help="instances, owners, running tasks, outboxes: read from Redis, any host")
+    _add_common(p)
+    p.add_argument("--json", action="store_true", help="print the status as JSON (see README, Operations)")
     p = sub.add_parser("dead-letters", help="list, replay or purge notifications that were given up on")
     _add_common(p)
     dl = p.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -125,7 +147,10 @@ def _config_path(args: argparse.Namespace) -> Path:
 
 def _load(args: argparse.Namespace) -> Config:
     config = load_config(_config_path(args))
-    configure_logging(args.log_level, config.secret_values())
+    settings = config.logging
+    configure_logging(
+        args.log_level or settings.level, config.secret_values(), args.log_format or settings.format
+    )
     return config
 
 
@@ -151,12 +176,6 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def _install_stop_handlers(daemon: Daemon) -> None:
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, daemon.request_stop)
-
-
 def run_fast(main: Coroutine[Any, Any, int]) -> int:
     """Run the daemon on uvloop when it is installed (a faster event loop), else on asyncio's own."""
     try:
@@ -167,15 +186,42 @@ def run_fast(main: Coroutine[Any, Any, int]) -> int:
         return runner.run(main)
 
 
-async def _run(config: Config) -> int:
-    async with Daemon(config) as daemon:
-        _install_stop_handlers(daemon)
-        freeze_startup_heap(config.poll.interval)
-        try:
-            await daemon.run()
-        except DaemonConflict as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
+async def _run(config: Config, args: argparse.Namespace) -> int:
+    def apply_logging(new: Config) -> None:  # the new config's secrets are masked too (and the old ones)
+        secrets = {*config.secret_values(), *new.secret_values()}
+        configure_logging(args.log_level or new.logging.level, secrets, args.log_format or new.logging.format)
+
+    def started(daemon: Daemon) -> None:
+        if service.reloads == 0:  # the first daemon's long-lived objects (see freeze_startup_heap)
+            freeze_startup_heap(daemon.config.poll.interval)
+
+    load = lambda: load_config(_config_path(args))  # noqa: E731 - re-read on every reload
+    service = Service(config, load, on_config=apply_logging, on_start=started)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, service.request_stop)
+    loop.add_signal_handler(signal.SIGHUP, service.request_reload, "SIGHUP")
+    try:
+        await service.run()
+    except DaemonConflict as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+async def _reload(config: Config) -> int:
+    store = open_store(config)
+    try:
+        n = await store.reloads.ask()
+    except StoreError as exc:
+        say(f"error: cannot ask for a reload: {exc}", err=True)
+        return 1
+    finally:
+        await store.aclose()
+    print(f"reload #{n} asked: every running daemon of this config re-reads its file within a few seconds")
     return 0
 
 
@@ -261,7 +307,31 @@ async def _list_instances(config: Config) -> int:
     return 1 if failed else 0
 
 
+async def _health_of_listener(host: str, port: int) -> int:
+    """This host's daemon, asked through its listener (``/healthz``)."""
+    if host in ("0.0.0.0", "::", ""):  # noqa: S104 - listening on every interface: ask the loopback one
+        host = "::1" if host == "::" else "127.0.0.1"
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        async with (
+            make_http(setting="http", trust_env=False, timeout=HEALTH_TIMEOUT) as http,
+            http.session.get(f"http://{where}/healthz", allow_redirects=False) as resp,
+        ):
+            status, body = resp.status, await resp.text()
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        say(f"unhealthy: no answer from http://{where}/healthz ({type(exc).__name__}: {exc})", err=True)
+        return 1
+    if status != 200:
+        say(f"unhealthy: http://{where}/healthz answered {status}: {body.strip()}", err=True)
+        return 1
+    print(f"healthy: {body.strip()}")
+    return 0
+
+
 async def _health(config: Config) -> int:
+    address = config.http.address
+    if address is not None:
+        return await _health_of_listener(*address)
     store = open_store(config)
     try:
         beat = await store.heartbeat.last()
@@ -274,6 +344,25 @@ async def _health(config: Config) -> int:
         print("unhealthy: no recent heartbeat (is the daemon running?)", file=sys.stderr)
         return 1
     print(f"healthy: last heartbeat {beat}")
+    return 0
+
+
+async def _status(config: Config, as_json: bool) -> int:
+    from notifier.ops.status import gather_status, render_text
+
+    store = open_store(config)
+    try:
+        status = await gather_status(config, store)
+    except StoreError as exc:
+        say(f"error: {exc}", err=True)
+        return 1
+    finally:
+        await store.aclose()
+    if as_json:
+        print(status.model_dump_json(indent=2))
+        return 0
+    for line in render_text(status).splitlines():
+        say(line)
     return 0
 
 
@@ -344,13 +433,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "demo":
             from notifier.devtools.demo import run_demo
 
-            configure_logging(args.log_level)
+            configure_logging(args.log_level, fmt=args.log_format or "text")
             return asyncio.run(run_demo(redis_url=args.redis_url, duration=args.duration, speed=args.speed))
         if args.command == "check-config":
             return cmd_check_config(args)
         config = _load(args)
         if args.command == "run":
-            return run_fast(_run(config))
+            return run_fast(_run(config, args))
         if args.command == "once":
             return run_fast(_dry_run(config) if args.dry_run else _once(config))
         if args.command == "send-test":
@@ -359,6 +448,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_list_instances(config))
         if args.command == "health":
             return asyncio.run(_health(config))
+        if args.command == "reload":
+            return asyncio.run(_reload(config))
+        if args.command == "status":
+            return asyncio.run(_status(config, args.json))
         if args.command == "dead-letters":
             return asyncio.run(_dead_letters(config, args))
     except ConfigError as exc:

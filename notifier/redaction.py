@@ -9,6 +9,7 @@ password, a signed request URL holds a signature) and secret values (tokens, key
 * :func:`mask` — known secret values replaced by ``****``;
 * :func:`scrub` — both at once over text from outside (an exception, an answer): secrets masked, every
   URL redacted, in linear time and capped at :data:`MESSAGE_LIMIT` characters;
+* :func:`url_passwords` — the passwords a URL holds, to be masked wherever they are quoted alone;
 * :func:`safe_cut` / :func:`cut_note` — cutting a long text without leaving a piece of a secret behind.
 """
 
@@ -17,7 +18,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from typing import Final
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import parse_qsl, unquote, unquote_plus, urlencode, urlsplit
 
 #: Characters of outside text kept in a log line or an error (the rest is cut, with a note saying how much).
 MESSAGE_LIMIT: Final = 16 * 1024
@@ -30,6 +31,8 @@ _SECRET_HEADER = re.compile(r"auth|token|secret|key|pass|cookie|session|signatur
 URL_RE: Final = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]{0,31}://[^\s'\"<>()\]\[,]+")
 #: Query parameters of a Redis URL that are credentials.
 _SECRET_QUERY_KEYS: Final = frozenset({"password", "username", "user", "sentinel_password"})
+#: Those of them that are passwords.
+_PASSWORD_QUERY_KEYS: Final = frozenset({"password", "sentinel_password"})
 #: A chain of overlapping secrets longer than this makes a cut give up and keep nothing (never met).
 _MAX_CUT_MOVES: Final = 16
 
@@ -65,6 +68,22 @@ def mask_redis_url(url: str) -> str:
         safe="*",
     )
     return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
+
+
+def url_passwords(url: str) -> set[str]:
+    """The passwords a URL holds (its user info's, ``password=`` and ``sentinel_password=`` values), as
+    written and decoded: each may be quoted alone, without the URL around it. None for any other text."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password if parts.netloc else None
+    except ValueError:
+        return set()
+    found = {password, unquote(password)} if password else set()
+    for pair in parts.query.split("&"):
+        key, _, value = pair.partition("=")
+        if value and unquote_plus(key).lower() in _PASSWORD_QUERY_KEYS:
+            found |= {value, unquote_plus(value)}
+    return found
 
 
 def mask(text: str, secrets: Iterable[str]) -> str:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -128,3 +129,16 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
     """A plain aiohttp session, for tests that call a simulated API themselves."""
     async with aiohttp.ClientSession() as client:
         yield client
+
+
+@pytest.fixture
+def restore_root_logging() -> Iterator[None]:
+    """The root logger's handlers and level put back after a test that configures logging."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    for handler in handlers:
+        root.addHandler(handler)
+    root.setLevel(level)

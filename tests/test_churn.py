@@ -50,8 +50,9 @@ channels:
 """
 
 
-#: Containers bounded by time, not by instances: the rate limiters' record of the last seconds' calls.
-BY_TIME = ("._successes",)
+#: Containers bounded by time or by label values, not by instances: the rate limiters' record of the last
+#: seconds' calls; the metrics' labelled series (source × outcome × reason...: no instance id in a label).
+BY_TIME = ("._successes", "metrics._children")
 
 
 def big_module_caches() -> dict[str, int]:

@@ -221,7 +221,8 @@ def test_config_and_log_level_go_before_or_after_the_command(argv: list[str]) ->
 
 def test_without_options_the_defaults_hold() -> None:
     args = build_parser().parse_args(["check-config"])
-    assert (args.config, args.log_level) == (None, "INFO")
+    # The level and format are the config's logging.level and logging.format unless given.
+    assert (args.config, args.log_level, args.log_format) == (None, None, None)
     assert build_parser().parse_args(["demo"]).log_level == "WARNING"
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import logging
 import re
-from collections.abc import Iterator
 
 import pytest
 
@@ -158,18 +157,6 @@ def test_long_messages_are_capped_without_leaving_part_of_a_secret() -> None:
         [cut] = CUT_NOTE.findall(out)
         assert int(cut) == len(message) - (MESSAGE_LIMIT - offset)
         assert_no_fragment(out, TOKEN)
-
-
-@pytest.fixture
-def restore_root_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-    for handler in handlers:
-        root.addHandler(handler)
-    root.setLevel(level)
 
 
 @pytest.mark.usefixtures("restore_root_logging")

@@ -102,7 +102,7 @@ class CloudEyeClient:
         offset = 0
         for _ in range(MAX_PAGES):
             page = [*params, ("limit", str(self._page_size)), ("start", str(offset))]
-            body = await self._api.get_json(self.subject, path, page)
+            body = await self._api.get_json(self.subject, path, page, source="cloud_eye")
             try:
                 came, total = read(body)
             except ValueError as exc:

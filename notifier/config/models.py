@@ -29,9 +29,11 @@ from notifier.config.redis_url import RedisTarget, parse_redis_url
 from notifier.config.source import Loc, SourceMap, did_you_mean
 from notifier.dcs.models import SWITCHING_TASKS
 from notifier.delivery.channels import ChannelConfig
+from notifier.logsetup import LogFormat
 from notifier.net.session import check_proxy_url
 from notifier.net.tls import CaBundle, check_host_entry
 from notifier.pipeline.events import EventType
+from notifier.redaction import secret_header, url_passwords
 from notifier.store.keys import DEFAULT_PREFIX, DELIVERED_TTL_SECONDS
 
 
@@ -458,6 +460,48 @@ class ScalingConfig(_Model):
     lease_ttl: float = seconds(30.0, le=DAY)
 
 
+def _upper(value: Any) -> Any:
+    return value.upper() if isinstance(value, str) else value
+
+
+class LoggingConfig(_Model):
+    """What the daemon's log looks like; ``--log-format`` and ``--log-level`` say otherwise for one run."""
+
+    #: ``text``: one line per record; ``json``: one JSON object per line (README, Logs).
+    format: LogFormat = "text"
+    level: Annotated[Literal["DEBUG", "INFO", "WARNING", "ERROR"], BeforeValidator(_upper)] = "INFO"
+
+
+def split_listen(value: str) -> tuple[str, int]:
+    """``host:port`` (``[::1]:9464`` for IPv6) as (host, port); ValueError naming what is wrong."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"expected host:port (e.g. 127.0.0.1:9464), got {value!r}")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not host:
+        raise ValueError(f"no host in {value!r}: say 127.0.0.1:PORT (this host) or 0.0.0.0:PORT (all)")
+    return host, int(port)
+
+
+class HttpConfig(_Model):
+    """The operator's listener: ``/metrics``, ``/healthz`` and ``/readyz`` (README, Operations)."""
+
+    #: ``host:port``; empty: no listener. Port 0 takes a free port (logged).
+    listen: str = ""
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        value = value.strip()
+        if value:
+            split_listen(value)
+        return value
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        return split_listen(self.listen) if self.listen else None
+
+
 class Config(_Model):
     """The whole file, in the fleet form (:mod:`notifier.config.load` rewrites the short form into it)."""
 
@@ -472,6 +516,8 @@ class Config(_Model):
     rules: list[RuleConfig] = Field(default_factory=list)
     delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)
     scaling: ScalingConfig = Field(default_factory=ScalingConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    http: HttpConfig = Field(default_factory=HttpConfig)
     _source: SourceMap = PrivateAttr(default_factory=SourceMap)
 
     @property
@@ -564,17 +610,22 @@ class Config(_Model):
         return [i for spec in self.projects() for i in spec.instances]
 
     def secret_values(self) -> list[str]:
-        """Every secret string in the config, for the log redaction safety net."""
+        """Every secret string in the config, for the log redaction safety net: each secret value, the
+        passwords of the URLs among them, and the values of headers named like a credential."""
         found: list[str] = []
 
         def walk(obj: Any) -> None:
             if isinstance(obj, SecretStr):
                 v = obj.get_secret_value()
-                if len(v) >= 4:
-                    found.append(v)
+                # A URL's password may also be quoted alone (by a library's error, say).
+                found.extend(s for s in (v, *url_passwords(v)) if len(s) >= 4)
             elif isinstance(obj, BaseModel):
                 for name in type(obj).model_fields:
                     walk(getattr(obj, name))
+                # A channel's headers are plain text; those named like a credential are secrets.
+                headers = getattr(obj, "headers", None)
+                if isinstance(headers, dict):
+                    found.extend(v for k, v in headers.items() if secret_header(k) and len(v) >= 4)
             elif isinstance(obj, dict):
                 for v in obj.values():
                     walk(v)

@@ -130,7 +130,7 @@ class DcsClient:
         for number in range(MAX_PAGES):
             # The canonical query (keys sorted, values digits: nothing to escape), built directly.
             query = f"end_time={end_time}&limit={self._page_size}&offset={offset}&start_time={start_time}"
-            raw, request_id = await self._api.get_raw(instance_id, prefix + query)
+            raw, request_id = await self._api.get_raw(instance_id, prefix + query, source="tasks")
             if number == 0:
                 digest = hashlib.blake2b(raw, digest_size=16).digest()
                 if digest == unchanged:
@@ -168,7 +168,8 @@ class DcsClient:
         out: list[dict[str, Any]] = []
         offset = 0
         for _ in range(MAX_PAGES):
-            body = await self._api.get_json("-", path, [("offset", str(offset)), ("limit", str(limit))])
+            page = [("offset", str(offset)), ("limit", str(limit))]
+            body = await self._api.get_json("-", path, page, source="discovery")
             items = body.get("instances") or []
             if not isinstance(items, list):
                 raise DcsApiError("-", Reason.INVALID_RESPONSE, "'instances' is not a list")

@@ -134,26 +134,28 @@ class ApiEndpoint:
             self._ssl = self._http.ssl_for(self.base_url)
         return self._http, self._ssl
 
-    async def get_json(self, subject: str, path: str, params: Sequence[tuple[str, str]]) -> dict[str, Any]:
+    async def get_json(
+        self, subject: str, path: str, params: Sequence[tuple[str, str]], *, source: str
+    ) -> dict[str, Any]:
         query = canonical_query(params)
-        raw, request_id = await self.get_raw(subject, f"{self.base_url}{path}?{query}")
+        raw, request_id = await self.get_raw(subject, f"{self.base_url}{path}?{query}", source=source)
         return self.decode(subject, raw, request_id)
 
-    async def get_raw(self, subject: str, url: str) -> tuple[bytes, str | None]:
+    async def get_raw(self, subject: str, url: str, *, source: str) -> tuple[bytes, str | None]:
         """The body of a 200 answer (and its request id), retried once after a 401 with fresh credentials.
 
         ``url``'s query must be canonical (:func:`~notifier.dcs.signer.canonical_query`): it is signed and
-        sent as it is.
+        sent as it is. ``source`` (``tasks``, ``discovery``, ``cloud_eye``) labels the call's duration.
         """
         try:
-            raw, request_id = await self._send(subject, url)
+            raw, request_id = await self._send(subject, url, source)
         except DcsApiError as exc:
             rejected = exc.sent_headers
             exc.sent_headers = None
             # A rejected IAM token or a rotated credentials file: the provider may have fresh ones.
             if exc.http_status != 401 or not self.credentials.invalidate(self.project_id, rejected):
                 raise
-            raw, request_id = await self._send(subject, url)
+            raw, request_id = await self._send(subject, url, source)
         return raw, request_id
 
     def decode(self, subject: str, raw: bytes, request_id: str | None) -> dict[str, Any]:
@@ -178,7 +180,7 @@ class ApiEndpoint:
             )
         return body
 
-    async def _send(self, subject: str, url: str) -> tuple[bytes, str | None]:
+    async def _send(self, subject: str, url: str, source: str) -> tuple[bytes, str | None]:
         """One request through the gate: the body of a 200, or a DcsApiError."""
         http, ssl_arg = self._get_http()
         if self._header_problem is not None:  # asking again will not help
@@ -191,6 +193,7 @@ class ApiEndpoint:
                 headers = await self.credentials.apply(
                     "GET", url, self._base_headers, b"", project_id=self.project_id, http=http
                 )
+                sent = time.perf_counter()
                 async with http.session.get(
                     URL(url, encoded=True),  # sent exactly as signed
                     headers=headers,
@@ -201,6 +204,9 @@ class ApiEndpoint:
                     status = resp.status
                     answer_headers = resp.headers
                     raw = await _read_capped(resp, self._name)
+                metrics = self._gate.metrics
+                if metrics is not None:
+                    metrics.api_request(source, self._name, time.perf_counter() - sent)
         except CredentialsError as exc:
             raise self.error(subject, exc.reason, str(exc)) from None
         except TimeoutError:  # aiohttp's own timeouts are TimeoutErrors too

@@ -32,6 +32,10 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from notifier.ops.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -288,6 +292,8 @@ class ApiGate:
         #: Highest number of calls seen in flight at once, overall and per region (for tests/metrics).
         self.max_in_flight = 0
         self.max_in_flight_by_region: dict[str, int] = {}
+        #: Where the calls' durations are counted (the daemon's metrics), if anywhere.
+        self.metrics: Metrics | None = None
 
     def limiter(self, endpoint_host: str) -> AimdRateLimiter:
         """The rate limiter of one endpoint host (created on first use, then shared)."""

@@ -34,8 +34,9 @@ from notifier.config.models import DeliveryConfig
 from notifier.delivery.cards import Card, holds, with_note
 from notifier.delivery.channels.base import Channel
 from notifier.errors import CorruptStateError, DeliveryError, Reason, StoreError
+from notifier.ops.metrics import Metrics
 from notifier.pipeline.events import Notification
-from notifier.store.outbox import Outbox, OutboxEntry
+from notifier.store.outbox import Outbox, OutboxEntry, entry_age
 
 log = logging.getLogger(__name__)
 
@@ -135,14 +136,6 @@ class PassResult:
         return not self.failed
 
 
-def entry_age(entry_id: str, now: float) -> float:
-    """Seconds since an outbox entry was written (stream ids start with the write time in ms)."""
-    try:
-        return max(0.0, now - int(entry_id.split("-", 1)[0]) / 1000)
-    except ValueError:
-        return 0.0
-
-
 class Deliverer:
     """Owns retries, pacing and acknowledgements for every channel; one per process."""
 
@@ -153,8 +146,10 @@ class Deliverer:
         config: DeliveryConfig,
         *,
         stop: asyncio.Event | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.outbox = outbox
+        self.metrics = metrics or Metrics()
         self.channels = dict(channels)
         self.config = config
         self.stop = stop or asyncio.Event()
@@ -188,13 +183,16 @@ class Deliverer:
     ) -> tuple[Verdict, str]:
         """Deliver one entry, retrying as the policy says; ``budget`` caps the attempts of this call."""
         cfg = self.config
+        metrics = self.metrics
         if await self.outbox.was_delivered(entry):
             await self._ack(entry)
+            metrics.delivery(channel.name, "duplicate")
             return Verdict.DUPLICATE, ""
         event = entry.notification.event
         card = await self.outbox.card(entry) if channel.keeps_record(event) else None
         if channel.notes_in_next and holds(entry.notification, card):
             await self._ack(entry, with_note(card, event))
+            metrics.delivery(channel.name, "held")
             return Verdict.HELD, ""
         tries = 0
         while True:
@@ -203,17 +201,21 @@ class Deliverer:
             error = result.error
             if error is None:
                 await self._ack(entry, result.card)
+                metrics.accepted(channel.name, event.detected_at.timestamp())
                 return Verdict.DELIVERED, ""
             tries += 1
             if not error.retryable:
                 attempts = await self.outbox.attempts(entry) + 1
                 await self.outbox.dead_letter(entry, str(error), attempts)
+                metrics.delivery(channel.name, "dead_lettered", error.reason.value)
                 return Verdict.DEAD, str(error)
+            metrics.delivery(channel.name, "failed", error.reason.value)
             attempts = await self.outbox.record_attempt(entry)
             age = entry_age(entry.entry_id, time.time())
             if attempts >= cfg.max_attempts or age >= cfg.max_age:
                 reason = f"gave up after {attempts} attempt(s) over {age:.0f} s; last error: {error}"
                 await self.outbox.dead_letter(entry, reason, attempts)
+                metrics.delivery(channel.name, "dead_lettered", error.reason.value)
                 return Verdict.DEAD, reason
             if budget is not None and tries >= budget:
                 return Verdict.PENDING, str(error)
@@ -226,6 +228,7 @@ class Deliverer:
                 cfg.max_attempts,
                 delay,
                 error.message,
+                extra={"channel": channel.name, "event_id": event.id, "reason": error.reason.value},
             )
             if not await self._wait_holding(channel.name, entry, delay):
                 return Verdict.PENDING, str(error)
@@ -258,9 +261,17 @@ class Deliverer:
                 return False
             verdict, why = await self.deliver(channel, entry, budget)
             event = entry.notification.event
+            fields = {"channel": name, "event_id": event.id, "instance": event.instance.id}  # for JSON logs
             if verdict is Verdict.DELIVERED:
                 result.delivered += 1
-                log.info("delivered %s: %s (%s) to %s", event.type.value, event.summary, event.id, name)
+                log.info(
+                    "delivered %s: %s (%s) to %s",
+                    event.type.value,
+                    event.summary,
+                    event.id,
+                    name,
+                    extra=fields,
+                )
             elif verdict is Verdict.HELD:
                 result.delivered += 1
                 log.info(
@@ -269,15 +280,18 @@ class Deliverer:
                     event.id,
                     event.task.id if event.task else "?",
                     name,
+                    extra=fields,
                 )
             elif verdict is Verdict.DUPLICATE:
                 result.skipped_duplicates += 1
             elif verdict is Verdict.DEAD:
                 result.dead_lettered += 1
-                log.error("moved %s for %s to dead letters: %s", event.id, name, why)
+                log.error("moved %s for %s to dead letters: %s", event.id, name, why, extra=fields)
             else:
                 result.failed.append(why)
-                log.error("could not deliver %s to %s; it stays queued: %s", event.id, name, why)
+                log.error(
+                    "could not deliver %s to %s; it stays queued: %s", event.id, name, why, extra=fields
+                )
                 return False
         return True
 

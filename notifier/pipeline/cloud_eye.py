@@ -183,6 +183,7 @@ class CloudEyePoller:
                 forget_before=start,
             )
         except DcsApiError as exc:
+            self.fleet.metrics.polled("cloud_eye", exc.reason.value)
             fingerprint = Failure.of(exc).fingerprint
             if self._reported.get(spec.project_id) != fingerprint:
                 self._reported[spec.project_id] = fingerprint
@@ -190,7 +191,10 @@ class CloudEyePoller:
             await self.fleet.announce(subject.key, self.fleet.health.failed(subject, exc))
             return []
         except StoreError:
+            self.fleet.metrics.polled("cloud_eye", "redis")
             return []  # Redis's problems are logged once per episode by the store; the window is read again
+        self.fleet.metrics.polled("cloud_eye")
+        self.fleet.metrics.queued(ev.type for ev in events)
         if self._reported.pop(spec.project_id, None) is not None:
             log.info("Cloud Eye events of project %s: polling works again", spec.project_id)
         await self.fleet.announce(subject.key, self.fleet.health.succeeded(subject))

@@ -17,6 +17,7 @@ Rules (issue 2, "State and events"):
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -31,6 +32,9 @@ class SeenTask:
     status: str
     updated_at: datetime | None = None
     created_at: datetime | None = None
+    #: The task's name (``masterStandbySwapJob``...), for ``dcs-notifier status``; "" when not known
+    #: (state written before it was kept).
+    name: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +77,9 @@ class DiffResult:
 
 
 def _seen(task: Task) -> SeenTask:
-    return SeenTask(status=task.status, updated_at=task.updated_at, created_at=task.created_at)
+    # A handful of names for every task of the fleet: one string each (interned), not one per task.
+    name = sys.intern(task.name)
+    return SeenTask(status=task.status, updated_at=task.updated_at, created_at=task.created_at, name=name)
 
 
 def _finished_at(task: Task) -> datetime | None:

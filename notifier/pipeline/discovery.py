@@ -109,6 +109,7 @@ class Discovery:
         try:
             raw = await fleet.clients[spec.project_id].list_instances()
         except DcsApiError as exc:
+            fleet.metrics.polled("discovery", exc.reason.value)
             fingerprint = Failure.of(exc).fingerprint
             if self._reported.get(spec.project_id) != fingerprint:
                 self._reported[spec.project_id] = fingerprint
@@ -116,6 +117,7 @@ class Discovery:
             # A project whose instance list keeps failing is watched by nobody: that is ops' business.
             await fleet.announce(subject.key, fleet.health.failed(subject, exc))
             return False
+        fleet.metrics.polled("discovery")
         if self._reported.pop(spec.project_id, None) is not None:
             log.info("discovery of project %s recovered", spec.project_id)
         await fleet.announce(subject.key, fleet.health.succeeded(subject))

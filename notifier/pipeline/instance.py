@@ -36,6 +36,7 @@ from notifier.errors import (
     Reason,
     StoreError,
 )
+from notifier.ops.metrics import failure_reason
 from notifier.pipeline.diff import DiffContext, DiffResult, Snapshot, diff
 from notifier.pipeline.events import Event, EventType, InstanceRef, Notification, event_id
 from notifier.pipeline.watch import Fleet, Known, Target, Watch
@@ -246,11 +247,14 @@ class InstancePoller:
             w.remembered = None
             w.known = Known.of(snapshot, answer.digest, answer.tasks)
         except Exception as exc:
+            self.fleet.metrics.polled("tasks", failure_reason(exc))
             await self._poll_failed(w, previous, exc)
             outcome.failed(exc)  # only now: the report above had the whole traceback
             return outcome
         outcome.events = result.events
         outcome.notifications = notifications
+        if result.events:
+            self.fleet.metrics.queued(ev.type for ev in result.events)
         if result.baseline_at is not None:
             log.info("baseline of %s (%s): %d task(s) recorded", inst.name, inst.id, len(result.upserts))
         if committed.rewritten:
@@ -298,6 +302,7 @@ class InstancePoller:
         await self._failed(w, exc)
 
     async def _succeeded(self, w: Watch, now: datetime) -> None:
+        self.fleet.metrics.polled("tasks")
         w.last_polled = now
         if not w.touched:
             w.touched = self._monotonic()
@@ -306,7 +311,9 @@ class InstancePoller:
         self.last_success = time.monotonic()
         if w.reported is not None:
             w.reported = None
-            log.info("poll of %s recovered", w.target.instance.name)
+            t = w.target
+            about = {"instance": t.instance.id, "project": t.project.project_id}
+            log.info("poll of %s recovered", t.instance.name, extra=about)
         key = w.target.key
         health = self.fleet.health
         # (A poll of an instance retired meanwhile says nothing of its health.)
@@ -319,18 +326,26 @@ class InstancePoller:
             return  # retired while this poll was under way: nothing more to say of it
         w.failures += 1
         failure = Failure.of(exc)
-        name = w.target.instance.name
+        target = w.target
+        name = target.instance.name
+        fields = {  # for a JSON log line
+            "instance": target.instance.id,
+            "project": target.project.project_id,
+            "reason": failure.reason.value,
+        }
         if failure.reason is Reason.RATE_LIMITED:
             # The endpoint's rate limiter logs each slow-down once; per instance, it is routine.
-            log.debug("poll of %s throttled: %s", name, failure.text)
+            log.debug("poll of %s throttled: %s", name, failure.text, extra=fields)
         elif w.reported != failure.fingerprint:
             w.reported = failure.fingerprint
             if not isinstance(exc, NotifierError):  # a bug, or an input nothing foresaw: the traceback
-                log.error("poll of %s failed unexpectedly: %s", name, failure.text, exc_info=exc)
+                log.error(
+                    "poll of %s failed unexpectedly: %s", name, failure.text, exc_info=exc, extra=fields
+                )
             else:
-                log.error("poll of %s failed: %s", name, failure.text)
+                log.error("poll of %s failed: %s", name, failure.text, extra=fields)
         else:
-            log.debug("poll of %s still failing: %s", name, failure.text)
+            log.debug("poll of %s still failing: %s", name, failure.text, extra=fields)
         await self.fleet.announce(w.target.key, self.fleet.health.failed(w.target.subject, failure))
 
     def _skew(self, spec: ProjectSpec, client: DcsClient) -> timedelta:

@@ -25,6 +25,7 @@ from datetime import datetime
 from notifier.cloudeye.client import CloudEyeClient
 from notifier.config.models import Config, ProjectSpec
 from notifier.dcs.client import DcsClient
+from notifier.ops.metrics import Metrics
 from notifier.pipeline.cloud_eye import CloudEyePoller
 from notifier.pipeline.discovery import Discovery
 from notifier.pipeline.health import HealthTracker
@@ -47,11 +48,12 @@ class Poller:
         clock: Callable[[], datetime] = utcnow,
         monotonic: Callable[[], float] = time.monotonic,
         cloud_eye_clients: Mapping[str, CloudEyeClient] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.config = config
         self.projects = config.projects()
         self.health = HealthTracker(config.health.after, monotonic=monotonic, clock=clock)
-        self.fleet = Fleet(config, clients, store, self.health)
+        self.fleet = Fleet(config, clients, store, self.health, metrics)
         self.instances = InstancePoller(self.fleet, clock=clock, monotonic=monotonic)
         self.discovery = Discovery(self.fleet, self.instances)
         self.cloud_eye = (

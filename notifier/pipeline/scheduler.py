@@ -20,6 +20,7 @@ import hashlib
 import logging
 import math
 import random
+import time
 
 import redis.exceptions
 
@@ -60,6 +61,9 @@ class Scheduler:
         self.discovery = discovery
         self.cloud_eye = cloud_eye
         self.config = fleet.config
+        #: ``time.monotonic()`` of the scheduler's last step (a poll ended, an instance was passed over
+        #: as another replica's, the leases were renewed): a liveness probe's "still working".
+        self.progress = time.monotonic()
 
     def jittered(self, seconds: float) -> float:
         j = self.config.poll.jitter
@@ -150,11 +154,13 @@ class Scheduler:
             if w is None:
                 return
             if not self.fleet.owns(key):
+                self.progress = time.monotonic()
                 # Another replica's instance (or ours once a lease is taken): look again next interval.
                 w.forget_known()
                 delay = self.jittered(self.config.poll.interval)
                 continue
             delay = self.next_delay(await self.instances.poll_watch(w))
+            self.progress = time.monotonic()
 
     async def _discovery_loop(self, spec: ProjectSpec, stop: asyncio.Event) -> None:
         interval = self.config.discovery.interval
@@ -199,6 +205,7 @@ class Scheduler:
                         exc,
                     )
                 change = leases.lapse()
+            self.progress = time.monotonic()
             if change.gained or change.lost:
                 moved = change.gained | change.lost
                 for w in self.fleet:

@@ -19,6 +19,7 @@ from notifier.config.models import Config, InstanceConfig, ProjectSpec
 from notifier.dcs.client import DcsClient
 from notifier.dcs.models import Outcome, Task
 from notifier.errors import StoreError
+from notifier.ops.metrics import Metrics
 from notifier.pipeline.diff import Snapshot
 from notifier.pipeline.events import Event, EventType, InstanceRef, Notification
 from notifier.pipeline.health import HealthTracker, Subject
@@ -124,9 +125,15 @@ class Fleet:
     """Every watched instance, by key ``{project_id}/{instance_id}``, and the health of each."""
 
     def __init__(
-        self, config: Config, clients: Mapping[str, DcsClient], store: Store, health: HealthTracker
+        self,
+        config: Config,
+        clients: Mapping[str, DcsClient],
+        store: Store,
+        health: HealthTracker,
+        metrics: Metrics | None = None,
     ) -> None:
         self.config = config
+        self.metrics = metrics or Metrics()
         self.clients = clients
         self.store = store
         self.health = health
@@ -198,6 +205,7 @@ class Fleet:
             await self.store.health.record(key, problem, self.route(event))
         except StoreError:
             return  # not confirmed: the next poll announces it again (same event id)
+        self.metrics.queued((event.type,))
         self.health.confirm(event, key)
         level = logging.WARNING if event.type is EventType.POLLER_UNHEALTHY else logging.INFO
         log.log(level, "%s: %s", event.type.value, event.summary)

@@ -27,6 +27,7 @@ from redis.backoff import ExponentialBackoff
 from notifier.config.models import Config
 from notifier.config.redis_url import parse_redis_url
 from notifier.store.cloud_eye import CloudEyeState
+from notifier.store.control import ReloadRequests
 from notifier.store.dead_letters import DeadLetters
 from notifier.store.health import HealthRecords
 from notifier.store.heartbeat import Heartbeat
@@ -132,6 +133,7 @@ class Store:
         self.cloud_eye = CloudEyeState(self.link)
         self.dead_letters = DeadLetters(self.link)
         self.heartbeat = Heartbeat(self.link)
+        self.reloads = ReloadRequests(self.link)
 
     @property
     def redis(self) -> RedisClient:

@@ -55,6 +55,10 @@ def _parse(entry_id: str, f: dict[str, str], stream_channel: str | None) -> Dead
     )
 
 
+#: Dead letters read, at most, to count them per channel on one server (see DeadLetters.counts).
+COUNT_SCAN = 1000
+
+
 class DeadLetters:
     """List, select, replay, resolve and purge dead letters."""
 
@@ -85,6 +89,31 @@ class DeadLetters:
         if link.cluster:
             out.sort(key=lambda d: (_stream_id(d.entry_id), d.channel))
         return out
+
+    async def counts(
+        self, *, channels: Iterable[str] | None = None, scan: int = COUNT_SCAN
+    ) -> tuple[int, dict[str, int] | None]:
+        """How many dead letters there are: the total, and per channel — on a cluster from each channel's
+        stream length; on one server, whose one stream mixes the channels, by reading the letters when
+        there are at most ``scan`` of them (else None: only the total, at a bounded cost)."""
+        link = self.link
+        channels = None if channels is None else list(channels)
+        async with link.op("read of dead letters"):
+            streams = await self._streams(channels)
+            pipe = link.redis.pipeline(transaction=False)
+            for stream in streams:
+                pipe.xlen(stream)
+            lengths = [int(n) for n in await pipe.execute()]
+        if not link.cluster:
+            total = sum(lengths)
+            if total > scan:
+                return total, None
+            by_channel = dict.fromkeys(channels or (), 0)
+            for letter in await self._read(scan, channels) if total else ():
+                by_channel[letter.channel] = by_channel.get(letter.channel, 0) + 1
+            return total, by_channel
+        by_channel = {link.keys.dead_channel(s) or s: n for s, n in zip(streams, lengths, strict=True)}
+        return sum(lengths), by_channel
 
     async def oldest(self, count: int = 1000, *, channels: Iterable[str] | None = None) -> list[DeadLetter]:
         """The oldest ``count`` dead letters. ``channels``: see the module docstring (cluster only)."""

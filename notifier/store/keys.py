@@ -64,6 +64,15 @@ Who writes what (modules of :mod:`notifier.store`): ``snap`` and ``epoch`` — `
 ``{p}:heartbeat`` — STRING (ISO 8601), TTL 3 × poll interval + 10 s. Written every few seconds while
     some poll succeeded within the last 3 intervals; ``dcs-notifier health`` checks that it exists.
 
+``{p}:polls`` — HASH, TTL 10 minutes (renewed by every write).
+    When each instance was last polled successfully: field ``{project_id}/{instance_id}``, value ISO 8601.
+    Written by the replica that polls it, for all its instances in one pipelined write a minute (not
+    per poll); read by ``dcs-notifier status``. (``~polled`` in the snapshot moves only with a change.)
+
+``{p}:reload`` — STRING (an integer), no TTL.
+    Bumped (INCR) by ``dcs-notifier reload``; every running daemon and replica of this prefix reads it
+    every few seconds and, when it changed, re-reads its config file (as SIGHUP does).
+
 ``{p}:epoch`` — STRING (ISO 8601 of when it was written and a random token), no TTL.
     Written by ``dcs-notifier run`` (and every replica) when missing. A running daemon reads it every few
     seconds: gone, or another token than it saw, Redis has lost its data (FLUSHALL, a restart without
@@ -215,6 +224,14 @@ class Keys:
     @property
     def epoch(self) -> str:
         return f"{self.prefix}:epoch"
+
+    @property
+    def polls(self) -> str:
+        return f"{self.prefix}:polls"
+
+    @property
+    def reload(self) -> str:
+        return f"{self.prefix}:reload"
 
     @property
     def daemon(self) -> str:

@@ -323,6 +323,36 @@ async def daemon_holder(redis_client: RedisClient, keys: Keys) -> tuple[DaemonCo
     return problem, max(0.0, left)
 
 
+async def members_until(redis_client: RedisClient, keys: Keys) -> dict[str, float]:
+    """Live replicas (``scaling.enabled``) and when each one's membership expires (s since the epoch)."""
+    now_ms = int(time.time() * 1000)
+    found: list[Any] = await redis_client.zrangebyscore(keys.replicas, now_ms, "+inf", withscores=True)
+    return {str(m): float(score) / 1000 for m, score in found}
+
+
+async def lease_holders(
+    redis_client: RedisClient, keys: Keys, shards: int, *, chunk: int = 1000
+) -> dict[int, str]:
+    """Which replica holds the lease of each shard (shards nobody holds are left out); GETs pipelined
+    ``chunk`` at a time (lease keys are in different slots of a cluster: no MGET)."""
+    held: dict[int, str] = {}
+    for start in range(0, shards, chunk):
+        part = range(start, min(shards, start + chunk))
+        pipe = redis_client.pipeline(transaction=False)
+        for s in part:
+            pipe.get(keys.lease(s))
+        for s, holder in zip(part, await pipe.execute(), strict=True):
+            if holder is not None:
+                held[s] = str(holder)
+    return held
+
+
+async def daemon_name(redis_client: RedisClient, keys: Keys) -> str | None:
+    """The name of the daemon without ``scaling.enabled`` that holds ``{p}:daemon``, if one does."""
+    holder = await redis_client.get(keys.daemon)
+    return None if holder is None else str(holder)
+
+
 def conflict(holder: str, prefix: str) -> DaemonConflict:
     return DaemonConflict(
         f"another dcs-notifier ({holder}) is running on this Redis with key prefix {prefix!r}: two "

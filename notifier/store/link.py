@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TypeAlias
@@ -98,6 +98,8 @@ class Link:
         #: Redis problems under way, by cause (see op), and when each cause last ended (monotonic).
         self._episodes: dict[str, _Episode] = {}
         self._ended: dict[str, float] = {}
+        #: Told the action of every failed operation (the daemon's metrics count them).
+        self.on_error: Callable[[str], None] | None = None
 
     @property
     def down(self) -> bool:
@@ -123,6 +125,8 @@ class Link:
             cause = _cause(exc)
             if cause == "WRONGTYPE":
                 raise CorruptStateError(message) from None
+            if self.on_error is not None:
+                self.on_error(action)
             self._failed(cause, action, started, exc)
             raise StoreError(message) from None
         if self._episodes:
@@ -166,11 +170,14 @@ class Link:
                     "Redis accepts commands again (%s for %.0f s); resuming", cause, now - episode.opened
                 )
 
-    async def scan(self, match: str, type_: str) -> AsyncIterator[str]:
-        """Keys matching ``match`` of type ``type_``; on a cluster, from every primary."""
+    async def scan(self, match: str, type_: str, *, count: int | None = None) -> AsyncIterator[str]:
+        """Keys matching ``match`` of type ``type_``; on a cluster, from every primary. ``count``: keys
+        looked at per SCAN call (Redis's default, 10, makes a large keyspace take many round trips)."""
         if isinstance(self.redis, RedisCluster):
-            keys = self.redis.scan_iter(match=match, _type=type_, target_nodes=RedisCluster.PRIMARIES)
+            keys = self.redis.scan_iter(
+                match=match, _type=type_, count=count, target_nodes=RedisCluster.PRIMARIES
+            )
         else:
-            keys = self.redis.scan_iter(match=match, _type=type_)
+            keys = self.redis.scan_iter(match=match, _type=type_, count=count)
         async for key in keys:
             yield str(key)

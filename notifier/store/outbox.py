@@ -39,6 +39,41 @@ class OutboxEntry:
     notification: Notification
 
 
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    """What a channel's outbox holds (:meth:`Outbox.backlogs`), read without its entries' contents."""
+
+    #: Entries not delivered yet (XLEN: delivered ones are deleted), pending or never read.
+    depth: int
+    #: Of those, entries read by a consumer and not acknowledged (being sent or waiting to be retried).
+    pending: int
+    #: Entries with failed attempts counted (``{p}:attempts:{channel}``).
+    retrying: int
+    #: The oldest entry's id (its first part is when it was queued, in ms since the epoch); None: empty.
+    oldest_id: str | None
+    #: The oldest pending entry's id; None: nothing pending.
+    oldest_pending_id: str | None
+    #: Pending entries by consumer name.
+    consumers: dict[str, int]
+
+
+def entry_time(entry_id: str | None) -> float | None:
+    """When a stream entry was written (epoch seconds): its id starts with that time in ms. None for no
+    id, or one that is not a stream id."""
+    if not entry_id:
+        return None
+    try:
+        return int(entry_id.split("-", 1)[0]) / 1000
+    except ValueError:
+        return None
+
+
+def entry_age(entry_id: str | None, now: float) -> float:
+    """Seconds since a stream entry was written (0 for none)."""
+    written = entry_time(entry_id)
+    return 0.0 if written is None else max(0.0, now - written)
+
+
 def entry_fields(notification: Notification) -> dict[FieldT, EncodableT]:
     """The fields of a notification's outbox entry."""
     return {"n": notification.model_dump_json(), "k": notification.key}
@@ -248,6 +283,39 @@ class Outbox:
         """Entries in the channel's outbox not yet delivered (pending or new)."""
         async with self.link.op("read of the outbox length"):
             return int(await self.link.redis.xlen(self.link.keys.outbox(channel)))
+
+    async def backlogs(self, channels: Iterable[str]) -> dict[str, Backlog]:
+        """Each channel's backlog, in one pipeline: XLEN, the XPENDING summary, HLEN of the attempts and
+        the id of the first entry (XRANGE COUNT 1), so the cost does not grow with the backlog."""
+        link = self.link
+        names = list(channels)
+        if not names:
+            return {}
+        pipe = link.redis.pipeline(transaction=False)
+        for channel in names:
+            key = link.keys.outbox(channel)
+            pipe.xlen(key)
+            pipe.xpending(key, link.keys.group)
+            pipe.hlen(link.keys.attempts(channel))
+            pipe.xrange(key, count=1)
+        out: dict[str, Backlog] = {}
+        async with link.op("read of the outbox length"):
+            answers = await pipe.execute(raise_on_error=False)
+            for n, channel in enumerate(names):
+                length, pending, retrying, first = answers[4 * n : 4 * n + 4]
+                for answer in (length, retrying, first):
+                    if isinstance(answer, Exception):  # WRONGTYPE: raised as the key's problem
+                        raise answer
+                summary = pending if isinstance(pending, dict) else {}  # NOGROUP: nothing read yet
+                out[channel] = Backlog(
+                    depth=int(length),
+                    pending=int(summary.get("pending") or 0),
+                    retrying=int(retrying),
+                    oldest_id=str(first[0][0]) if first else None,
+                    oldest_pending_id=str(summary["min"]) if summary.get("min") else None,
+                    consumers={str(c["name"]): int(c["pending"]) for c in summary.get("consumers") or []},
+                )
+        return out
 
     async def held_elsewhere(self, channel: str, consumer: str) -> bool:
         """Whether another consumer holds the oldest unacknowledged entry of this channel: then it comes

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Iterable
+import sys
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import redis.exceptions
 from redis.typing import EncodableT, FieldT
 
 from notifier.errors import CorruptStateError
@@ -40,14 +42,45 @@ def _dt(value: str) -> datetime | None:
 
 
 def _encode(seen: SeenTask) -> str:
-    return json.dumps(
-        {"s": seen.status, "u": _iso(seen.updated_at), "c": _iso(seen.created_at)}, separators=(",", ":")
-    )
+    data = {"s": seen.status, "u": _iso(seen.updated_at), "c": _iso(seen.created_at)}
+    if seen.name:
+        data["n"] = seen.name
+    return json.dumps(data, separators=(",", ":"))
 
 
 def _decode(raw: str) -> SeenTask:
     data = json.loads(raw)
-    return SeenTask(status=data["s"], updated_at=_dt(data.get("u", "")), created_at=_dt(data.get("c", "")))
+    name = data.get("n")
+    return SeenTask(
+        status=data["s"],
+        updated_at=_dt(data.get("u", "")),
+        created_at=_dt(data.get("c", "")),
+        name=sys.intern(name) if isinstance(name, str) else "",
+    )
+
+
+def _parse(key: str, instance_id: str, raw: dict[str, str]) -> Snapshot | None:
+    """A snapshot hash as read (HGETALL; changed in place), or None when it was never baselined."""
+    try:
+        meta = raw.pop(META_FIELD, None)
+        polled = _dt(raw.pop(POLLED_FIELD, ""))
+        if meta is None:
+            return None
+        data = json.loads(meta)
+        baseline_at = _dt(data.get("baseline_at", ""))
+        if baseline_at is None:
+            return None
+        return Snapshot(
+            baseline_at=baseline_at,
+            tasks={tid: _decode(v) for tid, v in raw.items()},
+            polled_at=polled,
+            removed_at=_dt(data.get("removed_at", "")),
+        )
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise CorruptStateError(
+            f"the state of instance {instance_id} in Redis ({key}) is unreadable "
+            f"({type(exc).__name__}: {str(exc)[:100]}); delete the key to record it afresh"
+        ) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,26 +143,35 @@ class Snapshots:
                 pipe.hset(key, POLLED_FIELD, _iso(touch))
                 pipe.hgetall(key)
                 raw = (await pipe.execute())[1]
-        try:
-            meta = raw.pop(META_FIELD, None)
-            polled = _dt(raw.pop(POLLED_FIELD, ""))
-            if meta is None:
-                return None
-            data = json.loads(meta)
-            baseline_at = _dt(data.get("baseline_at", ""))
-            if baseline_at is None:
-                return None
-            return Snapshot(
-                baseline_at=baseline_at,
-                tasks={tid: _decode(v) for tid, v in raw.items()},
-                polled_at=polled,
-                removed_at=_dt(data.get("removed_at", "")),
-            )
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise CorruptStateError(
-                f"the state of instance {instance_id} in Redis ({key}) is unreadable "
-                f"({type(exc).__name__}: {str(exc)[:100]}); delete the key to record it afresh"
-            ) from None
+        return _parse(key, instance_id, raw)
+
+    async def load_many(
+        self, ids: Sequence[tuple[str, str]], *, chunk: int = 200
+    ) -> list[Snapshot | CorruptStateError | None]:
+        """The snapshots of ``(project_id, instance_id)`` pairs, in order, read without writing anything
+        (HGETALLs pipelined ``chunk`` at a time): each a Snapshot, None (never baselined), or the
+        CorruptStateError that :meth:`load` would raise."""
+        link = self.link
+        out: list[Snapshot | CorruptStateError | None] = []
+        async with link.op("read of instance state"):
+            for start in range(0, len(ids), chunk):
+                part = ids[start : start + chunk]
+                pipe = link.redis.pipeline(transaction=False)
+                for project_id, instance_id in part:
+                    pipe.hgetall(link.keys.snapshot(project_id, instance_id))
+                answers = await pipe.execute(raise_on_error=False)
+                for (project_id, instance_id), raw in zip(part, answers, strict=True):
+                    key = link.keys.snapshot(project_id, instance_id)
+                    try:
+                        if isinstance(raw, redis.exceptions.ResponseError):  # WRONGTYPE: this key's problem
+                            raise CorruptStateError(
+                                f"the state of instance {instance_id} in Redis ({key}) is unreadable "
+                                f"({str(raw)[:100]}); delete the key to record it afresh"
+                            )
+                        out.append(_parse(key, instance_id, raw))
+                    except CorruptStateError as exc:
+                        out.append(exc)
+        return out
 
     async def commit(
         self,

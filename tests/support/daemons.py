@@ -8,6 +8,8 @@ from collections.abc import AsyncIterator
 
 from notifier.app import Daemon
 from notifier.config.models import Config
+from notifier.ops.service import Service
+from tests.support.wait import until
 
 
 @contextlib.asynccontextmanager
@@ -23,3 +25,18 @@ async def running(config: Config, stop_within: float = 15) -> AsyncIterator[Daem
             await asyncio.wait_for(task, stop_within)
         finally:
             await daemon.aclose()
+
+
+@contextlib.asynccontextmanager
+async def serving(service: Service) -> AsyncIterator[int]:
+    """``service.run()`` (the daemon behind its listener) in the background; yields the listener's port."""
+    task = asyncio.create_task(service.run())
+    try:
+        await until(lambda: service.listener.bound is not None or task.done(), 10, "the listener")
+        if task.done():
+            task.result()
+        assert service.listener.bound is not None
+        yield service.listener.bound[1]
+    finally:
+        service.request_stop()
+        await asyncio.wait_for(task, 20)

@@ -1,0 +1,1 @@
+"""Operations: what the people running dcs-notifier look at (``dcs-notifier status``, metrics)."""
