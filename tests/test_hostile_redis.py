@@ -121,7 +121,8 @@ async def test_redis_asking_for_a_password_is_one_episode(
     complaints = redis_complaints(caplog)
     assert len(complaints) == 1, complaints
     assert "now-with-a-password" not in " ".join(complaints)
-    assert sum("Redis is reachable again" in r.getMessage() for r in caplog.records) == 1
+    assert "refuses commands (AuthenticationError" in complaints[0]  # the password, not an outage
+    assert sum("Redis accepts commands again" in r.getMessage() for r in caplog.records) == 1
 
 
 async def test_redis_refusing_our_user_by_acl_is_one_episode(

@@ -448,7 +448,7 @@ def refused(r: redis.Redis) -> int:
     ("cause", "mentions", "ended"),
     [
         ("oom", ("OutOfMemoryError", "OOM", "maxmemory"), "Redis accepts commands again"),
-        ("noauth", ("NOAUTH", "Authentication"), "Redis is reachable again"),
+        ("noauth", ("NOAUTH", "Authentication"), "Redis accepts commands again"),
     ],
 )
 async def test_a_persistent_redis_refusal_is_logged_once_when_it_starts_and_once_when_it_ends(

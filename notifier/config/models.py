@@ -26,6 +26,7 @@ from pydantic import (
 )
 
 from notifier.config.redis_url import RedisTarget, parse_redis_url
+from notifier.config.durations import parse_duration
 from notifier.config.source import Loc, SourceMap, did_you_mean
 from notifier.dcs.models import SWITCHING_TASKS
 from notifier.delivery.channels import ChannelConfig
@@ -54,6 +55,10 @@ class _Model(BaseModel):
 
 HOUR = 3600.0
 DAY = 86_400.0
+
+
+#: A duration setting: seconds, or a number with a unit (``90s``, ``30m``, ``2h``, ``7d``).
+Duration = Annotated[float, BeforeValidator(parse_duration)]
 
 
 def seconds(default: float, *, le: float, ge: float | None = None, description: str | None = None) -> Any:
@@ -111,7 +116,7 @@ class IamCredentialsConfig(_Model):
     #: Default: ``https://iam.{region}.myhuaweicloud.com`` of each project's region.
     iam_endpoint: str | None = None
     #: Get a new token this many seconds before the current one expires (tokens last 24 h).
-    refresh_before: float = Field(default=3600.0, ge=0, le=72_000, allow_inf_nan=False)
+    refresh_before: Duration = Field(default=3600.0, ge=0, le=72_000, allow_inf_nan=False)
 
     @field_validator("iam_endpoint")
     @classmethod
@@ -246,7 +251,7 @@ class ProjectSpec:
 class ApiConfig(_Model):
     """How the DCS (and IAM) APIs are called: timeouts, paging, politeness, TLS and proxy."""
 
-    timeout: float = seconds(10.0, le=300)
+    timeout: Duration = seconds(10.0, le=300)
     page_size: int = Field(default=100, ge=1, le=1000)
     #: At most this many API calls at once, over all projects and regions...
     max_concurrency: int = Field(default=16, ge=1, le=1024)
@@ -286,9 +291,9 @@ class ApiConfig(_Model):
 
 class DiscoveryConfig(_Model):
     #: List each discovering project's instances this often (seconds).
-    interval: float = seconds(300.0, le=DAY)
+    interval: Duration = seconds(300.0, le=DAY)
     #: A deleted instance's state is kept this long (seconds) after ``instance.removed``, then dropped.
-    removed_ttl: float = seconds(7 * DAY, ge=1, le=365 * DAY)
+    removed_ttl: Duration = seconds(7 * DAY, ge=1, le=365 * DAY)
 
 
 class CloudEyeConfig(_Model):
@@ -296,15 +301,15 @@ class CloudEyeConfig(_Model):
 
     enabled: bool = False
     #: Seconds between two polls of one project's events.
-    interval: float = seconds(30.0, le=DAY)
+    interval: Duration = seconds(30.0, le=DAY)
     #: Each window reaches back this long before the end of the last successful one (Cloud Eye may record
     #: an event late); seen event ids are remembered at least this long.
-    overlap: float = seconds(600.0, ge=0, le=DAY)
+    overlap: Duration = seconds(600.0, ge=0, le=DAY)
     #: ``SYS.DCS`` event names to watch; ``*``: all.
     events: list[str] = Field(default_factory=lambda: ["*"], min_length=1)
     #: A ``masterStandbySwitchover`` this close (seconds) to a task of the instance that switches over
     #: (running then, or started or ended this close to it) is part of that task, not an alert of its own.
-    correlation_window: float = seconds(300.0, ge=0, le=HOUR)
+    correlation_window: Duration = seconds(300.0, ge=0, le=HOUR)
     #: Task names that switch the master over on the way (the switchover then belongs to them). The
     #: documented ones by default; a restart's task name, if it has one, is unconfirmed: add it once seen.
     switching_tasks: list[str] = Field(default_factory=lambda: sorted(SWITCHING_TASKS), min_length=1)
@@ -316,27 +321,27 @@ class CloudEyeConfig(_Model):
 class HealthConfig(_Model):
     """``poller.unhealthy`` once polling an instance has failed this long; ``poller.recovered`` after."""
 
-    after: float = seconds(300.0, le=7 * DAY, description="seconds of continuous failure")
+    after: Duration = seconds(300.0, le=7 * DAY, description="seconds of continuous failure")
     #: Channels that get poller health events in addition to what the rules route there.
     channels: list[str] = Field(default_factory=list)
 
 
 class PollConfig(_Model):
-    interval: float = seconds(30.0, le=DAY)
-    baseline_grace: float = seconds(900.0, ge=0, le=7 * DAY)
+    interval: Duration = seconds(30.0, le=DAY)
+    baseline_grace: Duration = seconds(900.0, ge=0, le=7 * DAY)
     #: How far back the first poll of an instance looks (seconds); later polls ask only for what is new.
-    window: float = seconds(DAY, le=30 * DAY)
+    window: Duration = seconds(DAY, le=30 * DAY)
     #: Margin for clock skew between us and the API: each window starts this long before the last poll.
-    skew: float = seconds(300.0, ge=0, le=DAY)
+    skew: Duration = seconds(300.0, ge=0, le=DAY)
     #: Each poll is scheduled ``interval`` ± this fraction, so instances do not poll in lock-step.
     jitter: float = Field(default=0.1, ge=0, le=0.5)
     #: After a rejected credential or a missing instance, ask again only this often (seconds).
-    recheck: float = seconds(300.0, le=DAY)
+    recheck: Duration = seconds(300.0, le=DAY)
     #: A poll refuses an answer that counts more tasks than this in its window (see README, Politeness).
     max_tasks: int = Field(default=10_000, ge=1, le=1_000_000)
     #: An instance with a task in progress is polled this often (seconds), while its endpoint's rate limit
     #: has room; 0 = every ``interval`` like the others. Never more often than ``interval``.
-    active_interval: float = seconds(5.0, ge=0, le=DAY)
+    active_interval: Duration = seconds(5.0, ge=0, le=DAY)
 
     @property
     def active_every(self) -> float:
@@ -367,18 +372,18 @@ class DeliveryConfig(_Model):
     max_attempts: int = Field(default=10, ge=1, le=10_000)
     #: ...or once it has waited this many seconds since it was queued.
     #: At most the notification log's 7 days: an older entry could be sent again once its log expired.
-    max_age: float = seconds(DAY, le=DELIVERED_TTL_SECONDS)
-    backoff_initial: float = seconds(1.0, le=HOUR)
-    backoff_max: float = seconds(60.0, le=HOUR)
+    max_age: Duration = seconds(DAY, le=DELIVERED_TTL_SECONDS)
+    backoff_initial: Duration = seconds(1.0, le=HOUR)
+    backoff_max: Duration = seconds(60.0, le=HOUR)
     #: ``dcs-notifier once`` tries a failing notification at most this many times, then leaves it queued.
     once_attempts: int = Field(default=3, ge=1, le=100)
     #: On SIGTERM, sends in flight get this long to finish before they are abandoned (and stay queued).
-    stop_timeout: float = seconds(10.0, le=HOUR)
+    stop_timeout: Duration = seconds(10.0, le=HOUR)
     #: This daemon's name in the Redis consumer group. Fixed by default, so that a restarted daemon (a new
     #: container, another host) resumes its own unacknowledged entries at once.
     consumer: str = Field(default="dcs-notifier", min_length=1)
     #: Entries another consumer left pending this long (seconds) are taken over.
-    claim_idle: float = seconds(60.0, le=DAY)
+    claim_idle: Duration = seconds(60.0, le=DAY)
     #: Entries read at a time; they stay claimed until sent, so keep batch / rate well under claim_idle.
     batch: int = Field(default=10, ge=1, le=1000)
 
@@ -457,7 +462,7 @@ class ScalingConfig(_Model):
     #: The fleet is split into this many shards, each leased to one replica.
     shards: int = Field(default=256, ge=1, le=65_536)
     #: Seconds a lease lasts without renewal (renewed every third of it). At least ``poll.interval``.
-    lease_ttl: float = seconds(30.0, le=DAY)
+    lease_ttl: Duration = seconds(30.0, le=DAY)
 
 
 def _upper(value: Any) -> Any:

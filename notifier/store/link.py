@@ -48,6 +48,10 @@ def _is_outage(exc: BaseException) -> bool:
         )
     if isinstance(exc, redis.exceptions.ClusterError | redis.exceptions.TryAgainError):
         return True  # CLUSTERDOWN, MASTERDOWN, TRYAGAIN (resharding)
+    if isinstance(exc, redis.exceptions.AuthenticationError | redis.exceptions.AuthorizationError):
+        # NOAUTH, a wrong password: Redis answers and refuses us (redis-py raises it as a connection
+        # error): the operator must be told it is the password, not that Redis is away.
+        return False
     if isinstance(exc, redis.exceptions.ResponseError):
         # LOADING (restart reading its data), READONLY (a failed-over master now a replica) and similar
         # transient states count as "Redis unavailable".
