@@ -66,6 +66,8 @@ bench: $(VENV)/.dev-deps redis-server
 	$(BIN)/python -m bench.churn
 	$(BIN)/python -m bench.active_latency --quick
 	$(BIN)/python -m bench.scrape_cost
+	$(BIN)/python -m bench.watchdog_cost
+	$(BIN)/python -m bench.grouping_cost
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -25,6 +25,7 @@ from notifier.delivery.channels.base import Channel
 from notifier.delivery.worker import Deliverer, PassResult
 from notifier.errors import StoreError
 from notifier.ops.metrics import Instances, Metrics
+from notifier.pipeline.discovery import listing_subject
 from notifier.pipeline.instance import PollOutcome, utcnow
 from notifier.pipeline.poll import Poller
 from notifier.store import connect
@@ -37,6 +38,7 @@ from notifier.store.leases import (
     wait_out,
 )
 from notifier.store.link import RedisClient
+from notifier.store.silences import Silences
 
 log = logging.getLogger(__name__)
 
@@ -112,8 +114,17 @@ class Daemon:
             self.replica = config.scaling.replica or default_replica_id()
             delivery = delivery.model_copy(update={"consumer": f"{delivery.consumer}-{self.replica}"})
         logsetup.bind(replica=self.replica)  # a JSON log line names the replica that wrote it
+        #: The silences (``dcs-notifier silence``), read from Redis at most once a second.
+        self.silences = Silences(self.store.silences, self.store.outbox)
         self.deliverer = Deliverer(
-            self.store.outbox, self.channels, delivery, stop=self.stop, metrics=metrics
+            self.store.outbox,
+            self.channels,
+            delivery,
+            stop=self.stop,
+            metrics=metrics,
+            rules=config.rules,
+            digest=config.digest,
+            silences=self.silences,
         )
         self.poller = Poller(
             config,
@@ -159,35 +170,33 @@ class Daemon:
             unhealthy=sum(1 for k in keys if k in announced),
         )
 
-    def rate_limits(self) -> dict[str, tuple[float, int]]:
-        return {host: (lim.rate, lim.throttles) for host, lim in self.cloud.gate.limiters.items()}
+    def rate_limits(self) -> dict[str, float]:
+        return {host: lim.rate for host, lim in self.cloud.gate.limiters.items()}
 
     def leases_held(self) -> int:
         leases = self.poller.leases
         return 0 if leases is None else len(leases.held)
 
-    def last_successful_poll(self) -> float | None:
-        """When a poll last succeeded, as Unix time (the poller keeps a monotonic time)."""
-        last = self.poller.last_success
-        return None if last is None else time.time() - (time.monotonic() - last)
+    def sources_failing(self) -> list[str]:
+        """Instance listings (discovery) whose last call failed, in words, for readiness."""
+        health = self.poller.health
+        return [
+            f"the instance list of project {spec.project_id} cannot be read"
+            for spec in self.poller.projects
+            if spec.discover and health.failing(listing_subject(spec).key)
+        ]
 
-    def progress_age(self) -> float:
-        """Seconds since the scheduler last made progress (0 when it has nothing to do)."""
+    def overdue(self) -> float:
+        """Seconds the scheduler is late for the step its last one scheduled (0 or less: on time; 0
+        when it has nothing to schedule)."""
         if not any(True for _ in self.poller.fleet) and self.poller.leases is None:
             return 0.0
-        return time.monotonic() - self.poller.scheduler.progress
-
-    @property
-    def stall_limit(self) -> float:
-        """How long the scheduler may go without progress before the process counts as hung: a poll
-        may wait for the rate limiter and take a timeout on top of its interval."""
-        poll = self.config.poll
-        return 3 * poll.interval + self.config.api.timeout + 30.0
+        return time.monotonic() - self.poller.scheduler.expected_by
 
     def polls_lately(self) -> bool:
-        """Whether some poll of this replica succeeded within three intervals."""
-        last = self.poller.last_success
-        return last is not None and time.monotonic() - last <= 3 * self.config.poll.interval
+        """Whether some poll of this replica succeeded within three intervals (before a reload too)."""
+        last = self.metrics.last_ok
+        return last is not None and time.time() - last <= 3 * self.config.poll.interval
 
     async def once(self) -> OnceReport:
         report = OnceReport()
@@ -197,7 +206,16 @@ class Daemon:
         # holds instead of sending them a second time.
         cfg = self.config.delivery
         own = cfg.model_copy(update={"consumer": f"{cfg.consumer}-once"})
-        deliverer = Deliverer(self.store.outbox, self.channels, own, stop=self.stop)
+        deliverer = Deliverer(
+            self.store.outbox,
+            self.channels,
+            own,
+            stop=self.stop,
+            rules=self.config.rules,
+            digest=self.config.digest,
+            silences=self.silences,
+        )
+        deliverer.wait_for_groups = False  # once: what is queued goes now, grouped as it stands
         report.deliveries = await deliverer.drain_all(budget=cfg.once_attempts)
         return report
 

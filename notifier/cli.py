@@ -34,6 +34,7 @@ from notifier.logsetup import configure_logging, escape_controls
 from notifier.net import VERSION
 from notifier.net.session import make_http
 from notifier.ops.service import Service
+from notifier.ops.silences import add_silence_parser, silence_command
 from notifier.pipeline.inventory import instance_lists
 from notifier.pipeline.preview import preview
 from notifier.pipeline.sample import sample_notification
@@ -133,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--no-deliver", action="store_true", help="only re-queue; leave delivery to the daemon")
     q = dl.add_parser("purge", help="delete every dead letter")
     _add_common(q)
+    add_silence_parser(sub, _add_common)
     p = sub.add_parser("demo", help="run against the built-in simulator and local Slack/webhook stand-ins")
     p.add_argument("--redis-url", help="use this Redis instead of the embedded in-process store")
     p.add_argument("--duration", type=float, default=30.0, help="seconds to run (default 30)")
@@ -256,7 +258,11 @@ async def _dry_run(config: Config) -> int:
         first = " (first poll: baseline)" if p.baseline else ""
         say(f"{p.instance.name} ({p.instance.id}){first}: {len(p.events)} event(s)")
         for event in p.events:
-            say(f"  {event.type.value}  {event.summary}  [{event.id}]")
+            window = event.instance.maintenance_window
+            where = ""
+            if event.maintenance is not None and window is not None:
+                where = f"  (started {event.maintenance} the maintenance window {window.label})"
+            say(f"  {event.type.value}  {event.summary}  [{event.id}]{where}")
             sent = [n for n in p.notifications if n.event.id == event.id]
             if not sent:
                 say("    → no channel (no rule matches)")
@@ -330,8 +336,10 @@ async def _health_of_listener(host: str, port: int) -> int:
 
 async def _health(config: Config) -> int:
     address = config.http.address
-    if address is not None:
+    if address is not None and address[1] != 0:
         return await _health_of_listener(*address)
+    if address is not None:  # port 0: the daemon took a free port this command cannot know
+        say("note: http.listen has port 0; checking the fleet's heartbeat instead of this host's daemon")
     store = open_store(config)
     try:
         beat = await store.heartbeat.last()
@@ -454,6 +462,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_status(config, args.json))
         if args.command == "dead-letters":
             return asyncio.run(_dead_letters(config, args))
+        if args.command == "silence":
+            return asyncio.run(silence_command(config, args, say, lambda text: say(text, err=True)))
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

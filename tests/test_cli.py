@@ -33,7 +33,7 @@ redis: {{url: "${{REDIS_URL}}", key_prefix: cli}}
 channels:
   oncall: {{type: slack, webhook_url: "${{SLACK_WEBHOOK_URL}}"}}
   audit: {{type: webhook, url: "${{AUDIT_URL}}", secret: "{WEBHOOK_SECRET}"}}
-delivery: {{max_attempts: 2, backoff_initial: 0.05, backoff_max: 0.1}}
+delivery: {{max_attempts: 2, backoff_initial: 0.05, backoff_max: 0.1, group_wait: 0}}
 """
 
 
@@ -147,7 +147,7 @@ async def test_broken_config_is_exit_2_naming_file_and_key(cli: Cli) -> None:
     code, _, err = await cli.run("check-config")
     assert code == 2
     assert f"{cli.config}: invalid configuration" in err
-    assert "poll.interval: Input should be a valid number" in err
+    assert "poll.interval: 'soon' is not a duration" in err
 
 
 async def test_list_instances_prints_config_lines(cli: Cli) -> None:

@@ -43,7 +43,7 @@ health: {{after: 0.3}}
 redis: {{url: "${{REDIS_URL}}", key_prefix: ce}}
 channels:
   audit: {{type: webhook, url: "${{AUDIT_URL}}", secret: "{SECRET}"}}
-delivery: {{backoff_initial: 0.05, backoff_max: 0.2}}
+delivery: {{backoff_initial: 0.05, backoff_max: 0.2, group_wait: 0}}
 """
 
 

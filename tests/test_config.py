@@ -463,7 +463,8 @@ def test_an_unknown_top_level_key_lists_the_known_ones() -> None:
     message = config_error(FLEET + "single_project_form: true\n")
     assert message == one_problem(
         "unknown key `single_project_form` at the top level (known: api, channels, cloud, cloud_eye, "
-        "delivery, discovery, health, http, instances, logging, poll, redis, rules, scaling)"
+        "delivery, digest, discovery, health, http, instances, logging, poll, redis, rules, scaling, "
+        "time_intervals, watchdog)"
     )
 
 

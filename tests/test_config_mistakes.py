@@ -224,7 +224,8 @@ def test_every_section_suggests_its_keys(section: str) -> None:
         (  # pydantic: two errors, one per member of the union (str-enum[EventType], literal['*'])
             ("instances:", "rules: [{name: r, events: [task.faild], channels: [audit]}]\ninstances:"),
             "rules.0.events.0: unknown event 'task.faild'; did you mean 'task.failed'? (events: task.started, "
-            "task.succeeded, task.failed, task.updated, instance.removed, poller.unhealthy, poller.recovered, "
+            "task.succeeded, task.failed, task.updated, task.stuck, instance.removed, poller.unhealthy, "
+            "poller.recovered, "
             "instance.failover, instance.switchover, node.abnormal, node.recovered, node.restarted, backup.failed, "
             "migration.failed, migration.resync, cloudeye.event, or * for all)",
         ),

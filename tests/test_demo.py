@@ -1,28 +1,40 @@
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from notifier.devtools.demo import render_slack, run_demo
 
 
-async def test_demo_shows_switchover_start_and_finish(
+async def test_demo_shows_switchovers_a_grouped_burst_and_a_stuck_task(
     redis_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # The built-in scenario at double speed: the switchover starts at 0.5 s and finishes at 3 s.
-    assert await run_demo(redis_url=redis_url, duration=5, speed=2) == 0
+    # The built-in scenario (24 s) at triple speed: groups wait 2/3 s, AddReplica is stuck after 2 s.
+    assert await run_demo(redis_url=redis_url, duration=9.5, speed=3) == 0
     out = capsys.readouterr().out
     assert "[slack → #oncall] 🔄 Master/standby switchover started on orders-cache" in out
     # One living card per task: the end of the switchover edits its card, and is said in its thread.
+    card = re.search(r"on orders-cache  \(card (\d+)\)", out)
+    assert card is not None
+    n = card.group(1)
     assert (
-        "✎ card 1 (orders-cache · Master/standby switchover) now: ✅ Master/standby switchover succeeded"
+        f"✎ card {n} (orders-cache · Master/standby switchover) now: ✅ Master/standby switchover succeeded"
         in out
     )
-    assert "↳ thread (card 1):   ✅ Master/standby switchover succeeded on orders-cache" in out
-    assert "[slack → #oncall] ✅" not in out
+    assert f"↳ thread (card {n}):   ✅ Master/standby switchover succeeded on orders-cache" in out
     # An automatic failover, from Cloud Eye: a card of its own, pinging the on-call group.
     assert "[slack → #oncall] 🚨 Automatic master/standby failover on sessions-cache" in out
     assert "[webhook → audit] instance.failover  Automatic master/standby failover on sessions-cache" in out
-    assert "[webhook → audit] task.succeeded  Master/standby switchover succeeded on orders-cache" in out
+    # A zone's burst of 8 switchovers: one card that ends "8 of 8 succeeded" (webhooks: one POST each).
+    assert "✅ Master/standby switchover on 8 instances: 8 of 8 succeeded" in out
+    assert len(re.findall(r"\[slack → #oncall\] Master/standby switchover on \d+ instances", out)) == 1
+    assert (
+        out.count("[webhook → audit] task.succeeded  Master/standby switchover succeeded on az1-cache") == 8
+    )
+    # A replica addition past its watchdog limit: said once, loudly; its end says how long it was stuck.
+    assert out.count("[webhook → audit] task.stuck  Add replicas on orders-cache is stuck") == 1
+    assert "was stuck for" in out
     assert "signature verified ✓" in out
     assert "SIGNATURE INVALID" not in out
 

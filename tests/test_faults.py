@@ -50,7 +50,7 @@ channels:
 rules:
   - {name: switchovers, tasks: [masterStandbySwapJob], channels: [oncall, audit]}
   - {name: everything, channels: [audit]}
-delivery: {max_attempts: 1000, backoff_initial: 0.05, backoff_max: 0.4, claim_idle: 1, stop_timeout: 10}
+delivery: {max_attempts: 1000, backoff_initial: 0.05, backoff_max: 0.4, claim_idle: 1, stop_timeout: 10, group_wait: 0}
 """
 CONFIG = (
     CONFIG.replace("__PROJECT__", PROJECT_ID)

@@ -20,7 +20,7 @@ from notifier.devtools.simulator import Simulator
 from notifier.devtools.standins.webhook import WebhookReceiver
 from notifier.ops.service import Service
 from tests.conftest import AK, ORDERS, PROJECT_ID, SESSIONS, SK, WEBHOOK_SECRET
-from tests.support.daemons import serving
+from tests.support.daemons import cli_run, serving
 from tests.support.redis_server import RedisServer, free_port
 from tests.support.wait import until, until_async
 
@@ -163,19 +163,7 @@ async def test_sighup_and_dcs_notifier_reload_change_a_rule_while_a_task_runs_wi
             "PORT": str(port),
             "DCS_NOTIFIER_CONFIG": str(path),
         }
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "notifier.cli", "--log-level", "INFO", "run", env=env,
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-        log: list[str] = []
-
-        async def read_log() -> None:
-            assert proc.stderr is not None
-            async for line in proc.stderr:
-                log.append(line.decode())
-
-        reader = asyncio.create_task(read_log())
-        try:
+        async with cli_run(env) as (proc, log):
             swap = sim.start_task(ORDERS, "masterStandbySwapJob")
             await first.wait_for(1, timeout=15)
             proc.send_signal(signal.SIGHUP)  # unchanged file: nothing to do
@@ -209,10 +197,6 @@ async def test_sighup_and_dcs_notifier_reload_change_a_rule_while_a_task_runs_wi
             h_out, h_err = await asyncio.wait_for(health.communicate(), 20)
             assert health.returncode == 0, h_err.decode()
             assert b"healthy" in h_out
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            await asyncio.wait_for(proc.wait(), 20)
-            await reader
     got_first = [
         (json.loads(r.body)["type"], json.loads(r.body)["data"]["task"]["id"]) for r in first.requests
     ]

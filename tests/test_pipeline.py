@@ -23,6 +23,7 @@ from notifier.devtools.standins.webhook import WebhookReceiver
 from notifier.errors import DcsApiError, Reason
 from notifier.pipeline.events import Notification
 from notifier.pipeline.instance import PollOutcome
+from notifier.pipeline.time_intervals import MaintenanceWindow, maintenance_window
 from notifier.store.keys import Keys
 from tests.conftest import AK, ORDERS, PROJECT_ID, SESSIONS, SK, WEBHOOK_SECRET
 
@@ -40,7 +41,7 @@ channels:
 rules:
   - {name: switchovers, tasks: [masterStandbySwapJob], events: [task.started, task.succeeded, task.failed], channels: [oncall, audit]}
   - {name: everything, tasks: ["*"], channels: [audit]}
-delivery: {max_attempts: 20, once_attempts: 2, backoff_initial: 0.05, backoff_max: 0.2, consumer: test-consumer}
+delivery: {max_attempts: 20, once_attempts: 2, backoff_initial: 0.05, backoff_max: 0.2, consumer: test-consumer, group_wait: 0}
 """.replace("__PROJECT__", PROJECT_ID)
     .replace("__ORDERS__", ORDERS)
     .replace("__SESSIONS__", SESSIONS)
@@ -135,6 +136,12 @@ async def test_switchover_start_and_finish_two_notifications_per_channel(world: 
     assert len(world.audit.requests) == 2
 
 
+def _window(maintenance: dict | None) -> MaintenanceWindow | None:  # type: ignore[type-arg]
+    if maintenance is None:
+        return None
+    return maintenance_window(maintenance["window"]["begin"], maintenance["window"]["end"])
+
+
 def _notification_from_webhook(payload: dict, channel: str) -> Notification:  # type: ignore[type-arg]
     """Rebuild the Notification an outbox entry carried, from what the webhook received."""
     data = payload["data"]
@@ -150,7 +157,8 @@ def _notification_from_webhook(payload: dict, channel: str) -> Notification:  # 
                 "type": payload["type"],
                 "project_id": data["project_id"],
                 "region": data["region"],
-                "instance": data["instance"],
+                # (The instance list's maintenance window is on the instance's record.)
+                "instance": {**data["instance"], "maintenance_window": _window(data.get("maintenance"))},
                 "task": task,
                 "previous_status": data["task"]["previous_status"],
                 "detected_at": payload["timestamp"],

@@ -47,7 +47,13 @@ from tests.support.wait import until, until_async
 TOKEN = "xoxb-1111-review-issue12-SECRETTOKEN"
 GROUP, USER = "<!subteam^S0123ABC>", "<@U0456DEF>"
 FAST = DeliveryConfig(
-    max_attempts=20, backoff_initial=0.01, backoff_max=0.05, consumer="rev", claim_idle=30, batch=10
+    max_attempts=20,
+    backoff_initial=0.01,
+    backoff_max=0.05,
+    consumer="rev",
+    claim_idle=30,
+    batch=10,
+    group_wait=0,
 )
 
 
@@ -581,7 +587,7 @@ poll: {interval: 0.6, active_interval: 0.05, jitter: 0}
 redis: {url: "${REDIS_URL}", key_prefix: rvd}
 channels:
   oncall: {type: slack, token: "${SLACK_TOKEN}", channel: "#oncall", base_url: "${SLACK_API}", rate: 50}
-delivery: {max_attempts: 1000, backoff_initial: 0.05, backoff_max: 0.4, claim_idle: 1, stop_timeout: 5}
+delivery: {max_attempts: 1000, backoff_initial: 0.05, backoff_max: 0.4, claim_idle: 1, stop_timeout: 5, group_wait: 0}
 """
 
 

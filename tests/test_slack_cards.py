@@ -42,7 +42,7 @@ rules:
   - name: changes
     channels: [oncall]
     mention: ["__GROUP__", "__USER__"]
-delivery: {max_attempts: 1000, backoff_initial: 0.05, backoff_max: 0.4, claim_idle: 1, stop_timeout: 5}
+delivery: {max_attempts: 1000, backoff_initial: 0.05, backoff_max: 0.4, claim_idle: 1, stop_timeout: 5, group_wait: 0}
 __EXTRA__
 """
 

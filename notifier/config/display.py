@@ -82,7 +82,18 @@ def verdict(config: Config) -> ConfigVerdict:
         lines.append(
             f"Cloud Eye: {names}, every {ce.interval:g} s per project (windows overlap {ce.overlap:g} s)"
         )
+    if config.time_intervals:
+        lines.append(
+            f"{_plural(len(config.time_intervals), 'time interval')}: "
+            + ", ".join(t.name for t in config.time_intervals)
+        )
     warnings: list[str] = []
+    named_by_rules = {n for r in config.rules for n in (*r.mute_time_intervals, *r.active_time_intervals)}
+    warnings.extend(
+        f"time_intervals.{i}: no rule names {t.name!r}"
+        for i, t in enumerate(config.time_intervals)
+        if t.name not in named_by_rules
+    )
     if config.rules:
         used = {ch for r in config.rules for ch in r.channels} | set(config.health.channels)
         warnings.extend(

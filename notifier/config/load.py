@@ -5,6 +5,7 @@ validate, and report every problem at once, naming the file and each key as the 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,22 @@ from notifier.config.source import report
 from notifier.errors import ConfigError
 
 _MERGE = "tag:yaml.org,2002:merge"
+_NUMBERS = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader without YAML 1.1's base-60 numbers: ``end_time: 17:00`` (written so in
+    Alertmanager's examples) and ``days_of_month: [1:5]`` stay the text they are, not 1020 and 65.
+    (YAML 1.2 dropped them; nothing in the config is a number written with a colon.)"""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [
+        (tag, re.compile(r"(?=[^:]*\Z)" + rx.pattern, rx.flags) if tag in _NUMBERS else rx)
+        for tag, rx in resolvers
+    ]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
 
 
 def _refuse_duplicate_keys(document: yaml.Node | None) -> None:
@@ -59,8 +76,8 @@ def _refuse_duplicate_keys(document: yaml.Node | None) -> None:
 def read_yaml(text: str, file: str) -> dict[str, Any]:
     """The file's top-level mapping; errors name the line (and both lines of a key given twice)."""
     try:
-        _refuse_duplicate_keys(yaml.compose(text, Loader=yaml.SafeLoader))
-        raw = yaml.safe_load(text)
+        _refuse_duplicate_keys(yaml.compose(text, Loader=_Loader))
+        raw = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader (see _Loader)
     except yaml.YAMLError as exc:
         where = ""
         mark = getattr(exc, "problem_mark", None)

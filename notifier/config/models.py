@@ -7,6 +7,7 @@ password) are ``SecretStr`` so they never show in a repr, a log line or ``check-
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -25,8 +27,8 @@ from pydantic import (
     model_validator,
 )
 
-from notifier.config.redis_url import RedisTarget, parse_redis_url
 from notifier.config.durations import parse_duration
+from notifier.config.redis_url import RedisTarget, parse_redis_url
 from notifier.config.source import Loc, SourceMap, did_you_mean
 from notifier.dcs.models import SWITCHING_TASKS
 from notifier.delivery.channels import ChannelConfig
@@ -34,6 +36,16 @@ from notifier.logsetup import LogFormat
 from notifier.net.session import check_proxy_url
 from notifier.net.tls import CaBundle, check_host_entry
 from notifier.pipeline.events import EventType
+from notifier.pipeline.time_intervals import (
+    Maintenance,
+    TimeInterval,
+    parse_days_of_month,
+    parse_location,
+    parse_months,
+    parse_time_range,
+    parse_weekdays,
+    parse_years,
+)
 from notifier.redaction import secret_header, url_passwords
 from notifier.store.keys import DEFAULT_PREFIX, DELIVERED_TTL_SECONDS
 
@@ -294,6 +306,9 @@ class DiscoveryConfig(_Model):
     interval: Duration = seconds(300.0, le=DAY)
     #: A deleted instance's state is kept this long (seconds) after ``instance.removed``, then dropped.
     removed_ttl: Duration = seconds(7 * DAY, ge=1, le=365 * DAY)
+    #: Also list, every ``interval``, the projects that name their instances (not discovering), for each
+    #: instance's DCS maintenance window (needs ``dcs:instance:list``); false: their windows stay unknown.
+    maintenance_windows: bool = True
 
 
 class CloudEyeConfig(_Model):
@@ -386,6 +401,12 @@ class DeliveryConfig(_Model):
     claim_idle: Duration = seconds(60.0, le=DAY)
     #: Entries read at a time; they stay claimed until sent, so keep batch / rate well under claim_idle.
     batch: int = Field(default=10, ge=1, le=1000)
+    #: On chat channels, events of one group (``group_by``) reaching a channel within this many seconds
+    #: are one message, unless their rule says otherwise (``group_wait``); 0: no grouping by default.
+    group_wait: Duration = seconds(10.0, ge=0, le=HOUR)
+    #: On a chat channel with cards, members of a group that arrive this long after its card was posted
+    #: or last grew join that card (a burst detected over a whole poll cycle stays one card); 0: never.
+    group_interval: Duration = seconds(300.0, ge=0, le=DAY)
 
 
 def _known_event(value: Any) -> Any:
@@ -398,6 +419,23 @@ def _known_event(value: Any) -> Any:
 
 
 EventPattern = Annotated[EventType | Literal["*"], BeforeValidator(_known_event)]
+
+#: What a group of events may share (``group_by``).
+GROUP_FIELDS = ("project", "region", "type", "task", "problem")
+
+
+def _group_field(value: Any) -> Any:
+    if (
+        isinstance(value, str)
+        and value not in GROUP_FIELDS
+        and not (value.startswith("labels.") and len(value) > len("labels."))
+    ):
+        hint = did_you_mean(value, GROUP_FIELDS, quote=repr)
+        raise ValueError(f"cannot group by {value!r}{hint} ({', '.join(GROUP_FIELDS)}, or labels.<name>)")
+    return value
+
+
+GroupField = Annotated[str, BeforeValidator(_group_field)]
 
 #: Slack's mention syntax: a user (``<@U0123ABCD>``), a user group (``<!subteam^S0123ABCD>``, optionally
 #: with its ``|@handle`` label) or a special mention (``<!here>``, ``<!channel>``, ``<!everyone>``).
@@ -419,7 +457,80 @@ Mention = Annotated[str, BeforeValidator(_mention)]
 #: A rule's mentions together (Slack shows them in a section block of their own, at most 3,000 characters).
 MENTIONS_MAX = 1000
 #: Which events of a rule carry its mentions when ``mention_on`` is not given: those that need a human.
-DEFAULT_MENTION_ON: tuple[EventType, ...] = (EventType.FAILED, EventType.POLLER_UNHEALTHY)
+DEFAULT_MENTION_ON: tuple[EventType, ...] = (EventType.FAILED, EventType.POLLER_UNHEALTHY, EventType.STUCK)
+
+
+def _spans(parse: Any) -> Any:
+    """A list of ranges as written (``monday:friday``), each checked by ``parse``; kept as written (so
+    ``check-config --show`` shows them so), read again by :meth:`TimeIntervalConfig.compiled`."""
+
+    def check(value: Any) -> Any:
+        if isinstance(value, list):
+            for item in value:
+                parse(item)
+            return [str(item) for item in value]
+        return value
+
+    return BeforeValidator(check)
+
+
+class TimeRangeConfig(_Model):
+    """``{start_time: "09:00", end_time: "17:00"}``: end exclusive, ``24:00`` the end of the day."""
+
+    start_time: str
+    end_time: str
+
+    @model_validator(mode="after")
+    def _ordered(self) -> TimeRangeConfig:
+        parse_time_range(self.start_time, self.end_time)
+        return self
+
+
+class TimeIntervalConfig(_Model):
+    """One of a named interval's ``time_intervals``, as Alertmanager writes it: every field optional, each
+    a list of ranges; the interval contains a moment when every field given has a range that does."""
+
+    times: list[TimeRangeConfig] | None = Field(default=None, min_length=1)
+    weekdays: Annotated[list[str] | None, _spans(parse_weekdays)] = Field(default=None, min_length=1)
+    days_of_month: Annotated[list[str] | None, _spans(parse_days_of_month)] = Field(
+        default=None, min_length=1
+    )
+    months: Annotated[list[str] | None, _spans(parse_months)] = Field(default=None, min_length=1)
+    years: Annotated[list[str] | None, _spans(parse_years)] = Field(default=None, min_length=1)
+    #: An IANA time zone (``Europe/Berlin``), ``UTC`` (the default) or ``Local`` (the host's).
+    location: str = "UTC"
+
+    @field_validator("location")
+    @classmethod
+    def _zone(cls, v: str) -> str:
+        parse_location(v)
+        return v.strip()
+
+    def compiled(self) -> TimeInterval:
+        def spans(items: list[str] | None, parse: Any) -> Any:
+            return None if items is None else tuple(parse(i) for i in items)
+
+        times = (
+            None
+            if self.times is None
+            else tuple(parse_time_range(t.start_time, t.end_time) for t in self.times)
+        )
+        return TimeInterval(
+            times=times,
+            weekdays=spans(self.weekdays, parse_weekdays),
+            days_of_month=spans(self.days_of_month, parse_days_of_month),
+            months=spans(self.months, parse_months),
+            years=spans(self.years, parse_years),
+            location=parse_location(self.location),
+        )
+
+
+class NamedTimeIntervalConfig(_Model):
+    """A name rules use (``mute_time_intervals``, ``active_time_intervals``): active while one of its
+    ``time_intervals`` contains the moment."""
+
+    name: str = Field(min_length=1)
+    time_intervals: list[TimeIntervalConfig] = Field(min_length=1)
 
 
 class RuleConfig(_Model):
@@ -434,6 +545,23 @@ class RuleConfig(_Model):
     mention_on: list[EventPattern] = Field(
         default_factory=lambda: list[EventType | Literal["*"]](DEFAULT_MENTION_ON)
     )
+    #: Events of one group reaching a channel within ``group_wait`` are one message (README, Grouping):
+    #: the fields a group shares. None: project, type and task (poller health: project, type and cause).
+    group_by: list[GroupField] | None = None
+    #: None: ``delivery.group_wait`` (10 s) on chat channels, no grouping on generic webhooks (machines
+    #: want events); a value applies to every channel of the rule, webhooks included; 0: never grouped.
+    group_wait: Duration | None = Field(default=None, ge=0, le=HOUR)
+    #: Names of ``time_intervals``: the rule sends nothing while one of them is active (at the event's
+    #: detection)...
+    mute_time_intervals: list[str] = Field(default_factory=list)
+    #: ...and, when given, sends only while one of these is.
+    active_time_intervals: list[str] = Field(default_factory=list)
+    #: Only events whose change started ``inside`` (or ``outside``) the instance's DCS maintenance
+    #: window; an event whose window is not known matches neither.
+    maintenance: Maintenance | None = None
+    #: The named intervals, read by :meth:`Config._cross_checks` (None: not resolved yet).
+    _mute: tuple[TimeInterval, ...] | None = PrivateAttr(default=None)
+    _active: tuple[TimeInterval, ...] | None = PrivateAttr(default=None)
 
     @field_validator("mention")
     @classmethod
@@ -451,6 +579,40 @@ class RuleConfig(_Model):
         if self.mention and ("*" in self.mention_on or event_type in self.mention_on):
             return self.mention
         return []
+
+    def resolve_intervals(self, named: Mapping[str, tuple[TimeInterval, ...]]) -> None:
+        """Take the intervals this rule names from ``named`` (every name checked to be there)."""
+        self._mute = tuple(i for n in self.mute_time_intervals for i in named[n])
+        self._active = tuple(i for n in self.active_time_intervals for i in named[n])
+
+    def _resolved(self, which: tuple[TimeInterval, ...] | None, names: list[str]) -> tuple[TimeInterval, ...]:
+        if which is None:
+            if names:  # a rule made alone: its names mean nothing without the config's time_intervals
+                raise RuntimeError(
+                    f"rule {self.name!r}: time intervals not resolved (validate it in a Config)"
+                )
+            return ()
+        return which
+
+    @property
+    def mute_intervals(self) -> tuple[TimeInterval, ...]:
+        """Every interval of the rule's ``mute_time_intervals``."""
+        return self._resolved(self._mute, self.mute_time_intervals)
+
+    @property
+    def active_intervals(self) -> tuple[TimeInterval, ...]:
+        """Every interval of the rule's ``active_time_intervals`` (empty: not restricted)."""
+        return self._resolved(self._active, self.active_time_intervals)
+
+
+class DigestConfig(_Model):
+    """After an outage, a backlog of more than ``after`` notifications older than ``age`` is one digest."""
+
+    #: More than this many old notifications waiting in a channel make a digest; 0: never.
+    after: int = Field(default=20, ge=0, le=100_000)
+    age: Duration = seconds(600.0, le=7 * DAY)
+    #: Generic webhooks too (by default they get every event: machines want events).
+    webhooks: bool = False
 
 
 class ScalingConfig(_Model):
@@ -507,6 +669,44 @@ class HttpConfig(_Model):
         return split_listen(self.listen) if self.listen else None
 
 
+#: The stuck-task watchdog's limits by task name (``default``: every other name); keys a config gives
+#: replace these one by one (README, Stuck tasks). Huawei documents a switchover's interruption (up to
+#: 30 s) and a spec change's read-only minutes (up to 30 for a type change), not the tasks' durations.
+DEFAULT_WATCHDOG: Mapping[str, float] = {
+    "default": 30 * 60.0,
+    "masterStandbySwapJob": 5 * 60.0,
+    "EXTEND": 2 * HOUR,
+}
+#: A watchdog limit: 0 = never stuck; at most 7 days (a task in progress is followed that long).
+WatchdogLimit = Annotated[
+    float, BeforeValidator(parse_duration), Field(ge=0, le=7 * DAY, allow_inf_nan=False)
+]
+
+
+def _watchdog(given: dict[str, float]) -> dict[str, float]:
+    """``watchdog`` as the config gives it, over the defaults; one key per kind of task."""
+    # Imported here: the rules import this module (EXTEND and ChangeInstanceSpec have one home there).
+    from notifier.dcs.models import TASK_DISPLAY_NAMES
+    from notifier.pipeline.rules import canonical_task
+
+    known = ["default", *TASK_DISPLAY_NAMES]
+    kinds: dict[str, str] = {}
+    for name in given:
+        # Any name the API may report is taken; one this close to a known name is a typo (never matched).
+        close = [] if name in known else difflib.get_close_matches(name, known, n=1, cutoff=0.8)
+        if close:
+            raise AtKey(
+                (name,), f"unknown task name {name!r}; did you mean {close[0]!r}? (names are case-sensitive)"
+            )
+        kind = canonical_task(name)
+        if kind in kinds:
+            raise AtKey((name,), f"{kinds[kind]} and {name} are the same kind of task: give one of them")
+        kinds[kind] = name
+    merged = {k: v for k, v in DEFAULT_WATCHDOG.items() if canonical_task(k) not in kinds}
+    merged.update(given)
+    return merged
+
+
 class Config(_Model):
     """The whole file, in the fleet form (:mod:`notifier.config.load` rewrites the short form into it)."""
 
@@ -519,10 +719,17 @@ class Config(_Model):
     redis: RedisConfig = Field(default_factory=RedisConfig)
     channels: dict[str, ChannelConfig] = Field(min_length=1)
     rules: list[RuleConfig] = Field(default_factory=list)
+    #: Named time intervals rules mute or activate themselves with (Alertmanager's ``time_intervals``).
+    time_intervals: list[NamedTimeIntervalConfig] = Field(default_factory=list)
     delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)
+    digest: DigestConfig = Field(default_factory=DigestConfig)
     scaling: ScalingConfig = Field(default_factory=ScalingConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     http: HttpConfig = Field(default_factory=HttpConfig)
+    #: How long a task may stay in progress before ``task.stuck``, by task name or ``default`` (seconds).
+    watchdog: Annotated[dict[str, WatchdogLimit], AfterValidator(_watchdog)] = Field(
+        default_factory=lambda: dict(DEFAULT_WATCHDOG)
+    )
     _source: SourceMap = PrivateAttr(default_factory=SourceMap)
 
     @property
@@ -561,6 +768,7 @@ class Config(_Model):
             for ch in rule.channels:
                 if ch not in self.channels:
                     raise AtKey(("rules", i, "channels"), self._unknown_channel(ch))
+        self._check_time_intervals()
         poll = self.poll
         if "active_interval" in poll.model_fields_set and poll.active_interval > poll.interval:
             raise AtKey(
@@ -581,6 +789,28 @@ class Config(_Model):
             if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
                 raise AtKey(("channels", name), "a channel name may only hold letters, digits, '_', '.', '-'")
         return self
+
+    def _check_time_intervals(self) -> None:
+        """Interval names are unique, every name a rule gives is defined; each rule gets its intervals."""
+        names = [t.name for t in self.time_intervals]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise AtKey(("time_intervals",), f"duplicate time interval name {', '.join(dupes)}")
+        named = {t.name: tuple(i.compiled() for i in t.time_intervals) for t in self.time_intervals}
+        known = sorted(named)
+        for i, rule in enumerate(self.rules):
+            for key in ("mute_time_intervals", "active_time_intervals"):
+                for name in getattr(rule, key):
+                    if name not in named:
+                        hint = did_you_mean(name, known, quote=repr)
+                        listed = (
+                            f"known: {', '.join(known)}" if known else "none is defined under time_intervals"
+                        )
+                        raise AtKey(
+                            ("rules", i, key),
+                            f"rule {rule.name!r} names unknown time interval {name!r}{hint} ({listed})",
+                        )
+            rule.resolve_intervals(named)
 
     def _unknown_channel(self, name: str) -> str:
         known = sorted(self.channels)

@@ -194,19 +194,21 @@ class ApiEndpoint:
                     "GET", url, self._base_headers, b"", project_id=self.project_id, http=http
                 )
                 sent = time.perf_counter()
-                async with http.session.get(
-                    URL(url, encoded=True),  # sent exactly as signed
-                    headers=headers,
-                    ssl=ssl_arg,
-                    timeout=self._client_timeout,
-                    allow_redirects=False,  # a redirect would carry the signature (and ssl=) elsewhere
-                ) as resp:
-                    status = resp.status
-                    answer_headers = resp.headers
-                    raw = await _read_capped(resp, self._name)
-                metrics = self._gate.metrics
-                if metrics is not None:
-                    metrics.api_request(source, self._name, time.perf_counter() - sent)
+                try:
+                    async with http.session.get(
+                        URL(url, encoded=True),  # sent exactly as signed
+                        headers=headers,
+                        ssl=ssl_arg,
+                        timeout=self._client_timeout,
+                        allow_redirects=False,  # a redirect would carry the signature (and ssl=) elsewhere
+                    ) as resp:
+                        status = resp.status
+                        answer_headers = resp.headers
+                        raw = await _read_capped(resp, self._name)
+                finally:  # a call that timed out or failed took its time too
+                    metrics = self._gate.metrics
+                    if metrics is not None:
+                        metrics.api_request(source, self._name, time.perf_counter() - sent)
         except CredentialsError as exc:
             raise self.error(subject, exc.reason, str(exc)) from None
         except TimeoutError:  # aiohttp's own timeouts are TimeoutErrors too
@@ -227,6 +229,8 @@ class ApiEndpoint:
         error = self._http_error(subject, status, raw, request_id, answer_headers)
         if error.reason is Reason.RATE_LIMITED:
             limiter.on_throttled()
+            if self._gate.metrics is not None:
+                self._gate.metrics.api_throttled(self._name)
             if error.retry_after:
                 limiter.pause(min(error.retry_after, MAX_PAUSE_SECONDS))
         elif status == 401:

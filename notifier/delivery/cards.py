@@ -22,14 +22,18 @@ the end came first is never a race.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from notifier.pipeline.events import CloudEyeInfo, Event, EventType, Notification
+from notifier.pipeline.events import CloudEyeInfo, Event, EventType, Notification, SilenceNote
 
 #: Events whose thread reply is also posted to the channel (``reply_broadcast``): what needs a human.
-BROADCAST: Final = frozenset({EventType.FAILED, EventType.POLLER_UNHEALTHY, EventType.NODE_ABNORMAL})
+BROADCAST: Final = frozenset(
+    {EventType.FAILED, EventType.POLLER_UNHEALTHY, EventType.NODE_ABNORMAL, EventType.STUCK}
+)
 #: Events after which the card's story is over: a later event of the same key starts a new card when
 #: it is one of REOPENS (a new episode), else updates this one.
 CLOSES: Final = frozenset(
@@ -57,11 +61,20 @@ class Card:
     open: bool = True
     shown: float = 0.0
     notes: tuple[CloudEyeInfo, ...] = ()
+    #: The group card (:class:`Group`) this card's events are told on, if they came in a burst.
+    group: str = ""
+    #: A notification of this task a silence held back here (:func:`with_silence`); the task's later
+    #: messages say so ("Started while silenced ...").
+    silenced: SilenceNote | None = None
 
     def to_json(self) -> str:
         data: dict[str, object] = {"c": self.channel_id, "ts": self.ts, "open": self.open, "at": self.shown}
+        if self.group:
+            data["g"] = self.group
         if self.notes:
             data["notes"] = [note.model_dump(mode="json") for note in self.notes]
+        if self.silenced is not None:
+            data["sil"] = self.silenced.model_dump(mode="json")
         return json.dumps(data, separators=(",", ":"))
 
     def shows_later_than(self, event: Event) -> bool:
@@ -89,7 +102,14 @@ class Card:
                 notes.append(CloudEyeInfo.model_validate(note))
             except ValueError:
                 continue  # an unreadable note is not told; the rest are
-        return cls(channel_id, ts, is_open is not False, shown, tuple(notes))
+        group = data.get("g")
+        card = cls(channel_id, ts, is_open is not False, shown, tuple(notes))
+        card = dataclasses.replace(card, group=group) if isinstance(group, str) and group else card
+        try:  # written by a version with silences; an unreadable one is not told
+            silenced = SilenceNote.model_validate(data["sil"]) if "sil" in data else None
+        except ValueError:
+            silenced = None
+        return dataclasses.replace(card, silenced=silenced) if silenced is not None else card
 
 
 def stamp(event: Event) -> float:
@@ -145,12 +165,82 @@ def with_note(card: Card | None, event: Event) -> Card:
     info = event.cloud_eye
     if info is None or any(note.event_id == info.event_id for note in card.notes):
         return card
-    return Card(card.channel_id, card.ts, card.open, card.shown, (*card.notes, info))
+    return Card(card.channel_id, card.ts, card.open, card.shown, (*card.notes, info), silenced=card.silenced)
 
 
 def after(event: Event, card: Card) -> Card:
     """``card`` once ``event`` has been shown on it (unchanged if it already showed a later one); its
     notes were told with it."""
     if card.shows_later_than(event):
-        return Card(card.channel_id, card.ts, card.open, card.shown)
-    return Card(card.channel_id, card.ts, event.type not in CLOSES, stamp(event))
+        return Card(card.channel_id, card.ts, card.open, card.shown, silenced=card.silenced)
+    return Card(card.channel_id, card.ts, event.type not in CLOSES, stamp(event), silenced=card.silenced)
+
+
+def with_silence(card: Card | None, note: SilenceNote) -> Card:
+    """``card`` (or a new record, on any channel) keeping that a silence held back a notification of its
+    task: the first one held back is kept (it says whether the task started while silenced)."""
+    card = card or Card()
+    return card if card.silenced is not None else dataclasses.replace(card, silenced=note)
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """One member of a group card: its instance, and the latest event told of it."""
+
+    instance: str
+    state: EventType
+
+
+@dataclass(frozen=True, slots=True)
+class Group:
+    """A group card: one chat message for a burst of events of one kind (40 switchovers...), updated as
+    its members move on ("12 of 40 succeeded, 28 running"). Kept under the card key ``group/{id}``;
+    each member's own card record points to it (:attr:`Card.group`)."""
+
+    id: str
+    channel_id: str
+    ts: str
+    #: What the members are, in words ("Master/standby switchover").
+    what: str
+    #: Member card key → its state, in the order they joined.
+    members: dict[str, Member]
+
+    @property
+    def key(self) -> str:
+        return group_card_key(self.id)
+
+    def to_json(self) -> str:
+        members = {k: [m.instance, m.state.value] for k, m in self.members.items()}
+        data = {"id": self.id, "c": self.channel_id, "ts": self.ts, "what": self.what, "m": members}
+        return json.dumps(data, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> Group | None:
+        try:
+            data = json.loads(raw)
+            members = {str(k): Member(str(v[0]), EventType(v[1])) for k, v in dict(data["m"]).items()}
+            return cls(str(data["id"]), str(data["c"]), str(data["ts"]), str(data["what"]), members)
+        except (ValueError, KeyError, TypeError, IndexError):
+            return None  # unreadable: the members' next events are told as a new group
+
+    def moved(self, events: Sequence[Event]) -> Group:
+        """The group once ``events`` (of its members, or joining it) are told on it."""
+        members = dict(self.members)
+        for event in events:
+            members[card_key(event)] = Member(event.instance.name, event.type)
+        return dataclasses.replace(self, members=members)
+
+    def counts(self) -> dict[EventType, int]:
+        out: dict[EventType, int] = {}
+        for m in self.members.values():
+            out[m.state] = out.get(m.state, 0) + 1
+        return out
+
+
+def group_card_key(group_id: str) -> str:
+    return f"group/{group_id}"
+
+
+def member_card(group: Group, event: Event) -> Card:
+    """A member's own record once its event is told on ``group``'s card."""
+    return Card(group.channel_id, group.ts, event.type not in CLOSES, stamp(event), group=group.id)

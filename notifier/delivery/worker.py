@@ -27,22 +27,26 @@ import enum
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from notifier.config.models import DeliveryConfig
-from notifier.delivery.cards import Card, holds, with_note
+from notifier.config.models import DeliveryConfig, DigestConfig, RuleConfig
+from notifier.delivery.cards import Card, Group, card_key, holds, member_card, with_note
 from notifier.delivery.channels.base import Channel
+from notifier.delivery.grouping import GATHER_MAX, Unit, plan
 from notifier.errors import CorruptStateError, DeliveryError, Reason, StoreError
 from notifier.ops.metrics import Metrics
 from notifier.pipeline.events import Notification
 from notifier.store.outbox import Outbox, OutboxEntry, entry_age
+from notifier.store.silences import Silences
 
 log = logging.getLogger(__name__)
 
 MAX_RETRY_AFTER = 300.0
 #: How long an idle worker's read of new entries blocks in Redis (also the latency of a stop).
 IDLE_BLOCK_MS = 1000
+#: A pass of a channel that groups plans its entries anew once a unit took longer than this (seconds).
+REPLAN_AFTER = 1.0
 
 
 def backoff_delay(
@@ -76,6 +80,8 @@ class Attempt:
 
     error: DeliveryError | None = None
     card: Card | None = None
+    #: For a group sent to a channel with cards: the group card it left.
+    group: Group | None = None
 
 
 async def attempt(channel: Channel, notification: Notification, card: Card | None = None) -> Attempt:
@@ -118,6 +124,7 @@ class Verdict(enum.Enum):
     HELD = "held"  # kept for the next message of its task (a channel without cards), acknowledged
     DEAD = "dead"
     PENDING = "pending"  # left in the outbox for a later pass
+    SILENCED = "silenced"  # held back by a silence: acknowledged unsent, recorded in the silence log
 
 
 @dataclass
@@ -129,6 +136,9 @@ class PassResult:
     dead_lettered: int = 0
     failed: list[str] = field(default_factory=list)  # why entries were left pending
     waiting: bool = False  # another consumer still holds older entries: this pass delivered no further
+    silenced: int = 0  # held back by a silence (acknowledged, in the silence log)
+    #: A group waits for its members until then (epoch seconds): the pass delivered no further.
+    wake_at: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -147,82 +157,217 @@ class Deliverer:
         *,
         stop: asyncio.Event | None = None,
         metrics: Metrics | None = None,
+        rules: Sequence[RuleConfig] = (),
+        digest: DigestConfig | None = None,
+        silences: Silences | None = None,
     ) -> None:
         self.outbox = outbox
+        #: The silences applied before each send (None: none).
+        self.silences = silences
         self.metrics = metrics or Metrics()
         self.channels = dict(channels)
         self.config = config
         self.stop = stop or asyncio.Event()
-        self._unacked: dict[str, list[tuple[OutboxEntry, Card | None]]] = {name: [] for name in self.channels}
+        self._unacked: dict[
+            str, list[tuple[list[OutboxEntry], dict[str, Card | Group], str, tuple[str, str, float] | None]]
+        ] = {name: [] for name in self.channels}
+        #: The rules, by name (each notification names the one that sent it: its grouping).
+        self.rules = {rule.name: rule for rule in rules}
+        self.digest = digest or DigestConfig()
+        #: False for ``once``: a group is sent at once rather than after its ``group_wait``.
+        self.wait_for_groups = True
 
     @property
     def unacknowledged(self) -> int:
         """Notifications sent while Redis was down, whose acknowledgement waits in memory."""
-        return sum(len(v) for v in self._unacked.values())
+        return sum(len(acked[0]) for v in self._unacked.values() for acked in v)
 
     def request_stop(self) -> None:
         """Stop after the sends in flight; backoff waits end at once, blocked reads within a second."""
         self.stop.set()
 
     async def _ack(self, entry: OutboxEntry, card: Card | None = None) -> None:
+        records: dict[str, Card | Group] = {}
+        if card is not None:
+            records[card_key(entry.notification.event)] = card
+        await self._ack_all([entry], records)
+
+    async def _ack_all(
+        self,
+        entries: list[OutboxEntry],
+        records: dict[str, Card | Group],
+        how: str = "1",
+        burst: tuple[str, str, float] | None = None,
+    ) -> None:
         try:
-            await self.outbox.mark_delivered(entry, card)
+            await self.outbox.mark_all_delivered(entries, records, how, burst)
         except StoreError:
             # Sent, but Redis is gone: remember, and acknowledge before anything else when it returns.
-            self._unacked[entry.channel].append((entry, card))
+            self._unacked[entries[0].channel].append((entries, records, how, burst))
             raise
 
     async def _flush_unacked(self, name: str) -> None:
         pending = self._unacked[name]
         while pending:
-            await self.outbox.mark_delivered(*pending[0])
+            await self.outbox.mark_all_delivered(*pending[0])
             pending.pop(0)
 
     async def deliver(
         self, channel: Channel, entry: OutboxEntry, budget: int | None = None
     ) -> tuple[Verdict, str]:
         """Deliver one entry, retrying as the policy says; ``budget`` caps the attempts of this call."""
-        cfg = self.config
-        metrics = self.metrics
         if await self.outbox.was_delivered(entry):
             await self._ack(entry)
-            metrics.delivery(channel.name, "duplicate")
+            self.metrics.delivery(channel.name, "duplicate")
             return Verdict.DUPLICATE, ""
+        if self.silences is not None:
+            if await self._silenced(channel, entry):
+                return Verdict.SILENCED, ""
+            entry = await self.silences.told(entry)  # its task's news held back earlier: say so
         event = entry.notification.event
         card = await self.outbox.card(entry) if channel.keeps_record(event) else None
+        if card is not None and card.group and channel.living_cards:
+            # Its task was told on a group card: its news updates that card.
+            return await self._deliver_many(channel, "group", [entry], budget)
+        return await self._deliver_one(channel, entry, card, budget)
+
+    async def _deliver_one(
+        self, channel: Channel, entry: OutboxEntry, card: Card | None, budget: int | None
+    ) -> tuple[Verdict, str]:
+        event = entry.notification.event
         if channel.notes_in_next and holds(entry.notification, card):
             await self._ack(entry, with_note(card, event))
-            metrics.delivery(channel.name, "held")
+            self.metrics.delivery(channel.name, "held")
             return Verdict.HELD, ""
+
+        async def send() -> Attempt:
+            return await attempt(channel, entry.notification, card)
+
+        async def accepted(result: Attempt) -> None:
+            await self._ack(entry, result.card)
+
+        return await self._retrying(channel, [entry], send, accepted, budget)
+
+    async def _deliver_many(
+        self,
+        channel: Channel,
+        kind: str,
+        entries: list[OutboxEntry],
+        budget: int | None,
+        key: tuple[str, ...] = (),
+    ) -> tuple[Verdict, str]:
+        """Deliver entries as one message (``kind`` group or digest), acknowledged together; members
+        already delivered (a crash after a send, before its acknowledgement) are acknowledged alone. On
+        a channel with cards, a group of ``key`` joins the card its burst grew lately (``group_interval``)."""
+        done = await self.outbox.delivered_among(entries)
+        for entry in entries:
+            if entry.entry_id in done:
+                await self._ack(entry)
+                self.metrics.delivery(channel.name, "duplicate")
+        members = [e for e in entries if e.entry_id not in done]
+        if not members:
+            return Verdict.DUPLICATE, ""
+        if self.silences is not None:  # a silence in effect holds its members back, one by one
+            members = [e for e in members if not await self._silenced(channel, e)]
+            if not members:
+                return Verdict.SILENCED, ""
+            members = [await self.silences.told(e) for e in members]
+        group: Group | None = None
+        if kind == "group" and channel.living_cards:
+            records = await self.outbox.cards.get_many(
+                channel.name, [card_key(e.notification.event) for e in members]
+            )
+            verdict, why = Verdict.DELIVERED, ""
+            for entry, record in zip(members, records, strict=True):
+                if record is not None and not record.group:  # a card of its own: its news goes there
+                    verdict, why = await self._deliver_one(channel, entry, record, budget)
+                    if verdict is Verdict.PENDING:
+                        return verdict, why
+            members = [e for e, r in zip(members, records, strict=True) if r is None or r.group]
+            if not members:
+                return verdict, why
+            ids = {r.group for r in records if r is not None and r.group}
+            if len(ids) == 1:
+                group = await self.outbox.cards.get_group(channel.name, ids.pop())
+            elif not ids and key and self.config.group_interval:
+                group = await self.outbox.cards.burst(channel.name, "|".join(key))
+            if group is None and len(members) == 1:
+                return await self._deliver_one(channel, members[0], None, budget)
+        elif kind == "group" and len(members) == 1:
+            return await self._deliver_one(channel, members[0], None, budget)
+        notifications = [e.notification for e in members]
+
+        async def send() -> Attempt:
+            try:
+                return Attempt(group=await channel.send_many(kind, notifications, group))
+            except DeliveryError as exc:
+                return Attempt(exc)
+            except Exception as exc:
+                log.exception("channel %s failed unexpectedly on a %s", channel.name, kind)
+                return Attempt(
+                    DeliveryError(channel.name, False, Reason.INTERNAL, f"unexpected {type(exc).__name__}")
+                )
+
+        async def accepted(result: Attempt) -> None:
+            records: dict[str, Card | Group] = {}
+            told = result.group
+            burst: tuple[str, str, float] | None = None
+            if told is not None:
+                records[told.key] = told
+                for e in members:
+                    records[card_key(e.notification.event)] = member_card(told, e.notification.event)
+                if key and self.config.group_interval:
+                    burst = ("|".join(key), told.id, self.config.group_interval)
+            await self._ack_all(members, records, "digest" if kind == "digest" else "1", burst)
+
+        return await self._retrying(channel, members, send, accepted, budget)
+
+    async def _retrying(
+        self,
+        channel: Channel,
+        entries: list[OutboxEntry],
+        send: Callable[[], Awaitable[Attempt]],
+        accepted: Callable[[Attempt], Awaitable[None]],
+        budget: int | None,
+    ) -> tuple[Verdict, str]:
+        """The one retry loop: ``send`` until accepted, given up on (dead letters) or left pending. The
+        attempts of a message of several entries are counted on the first."""
+        cfg = self.config
+        metrics = self.metrics
+        lead = entries[0]
+        event = lead.notification.event
         tries = 0
         while True:
             await channel.pace()
-            result = await attempt(channel, entry.notification, card)
+            result = await send()
             error = result.error
             if error is None:
-                await self._ack(entry, result.card)
-                metrics.accepted(channel.name, event.detected_at.timestamp())
+                await accepted(result)
+                for e in entries:
+                    metrics.accepted(channel.name, e.notification.event.detected_at.timestamp())
                 return Verdict.DELIVERED, ""
             tries += 1
             if not error.retryable:
-                attempts = await self.outbox.attempts(entry) + 1
-                await self.outbox.dead_letter(entry, str(error), attempts)
-                metrics.delivery(channel.name, "dead_lettered", error.reason.value)
+                attempts = await self.outbox.attempts(lead) + 1
+                for e in entries:
+                    await self.outbox.dead_letter(e, str(error), attempts)
+                    metrics.delivery(channel.name, "dead_lettered", error.reason.value)
                 return Verdict.DEAD, str(error)
             metrics.delivery(channel.name, "failed", error.reason.value)
-            attempts = await self.outbox.record_attempt(entry)
-            age = entry_age(entry.entry_id, time.time())
+            attempts = await self.outbox.record_attempt(lead)
+            age = entry_age(lead.entry_id, time.time())
             if attempts >= cfg.max_attempts or age >= cfg.max_age:
                 reason = f"gave up after {attempts} attempt(s) over {age:.0f} s; last error: {error}"
-                await self.outbox.dead_letter(entry, reason, attempts)
-                metrics.delivery(channel.name, "dead_lettered", error.reason.value)
+                for e in entries:
+                    await self.outbox.dead_letter(e, reason, attempts)
+                    metrics.delivery(channel.name, "dead_lettered", error.reason.value)
                 return Verdict.DEAD, reason
             if budget is not None and tries >= budget:
                 return Verdict.PENDING, str(error)
             delay = retry_delay(attempts, error, cfg)
             log.warning(
                 "delivery of %s to %s failed (attempt %d of %d), retrying in %.1f s: %s",
-                entry.notification.event.id,
+                event.id if len(entries) == 1 else f"{len(entries)} notifications ({event.id}…)",
                 channel.name,
                 attempts,
                 cfg.max_attempts,
@@ -230,9 +375,10 @@ class Deliverer:
                 error.message,
                 extra={"channel": channel.name, "event_id": event.id, "reason": error.reason.value},
             )
-            if not await self._wait_holding(channel.name, entry, delay):
+            if not await self._wait_holding(channel.name, lead, delay):
                 return Verdict.PENDING, str(error)
-            if entry.entry_id not in await self.outbox.renew(channel.name, cfg.consumer):
+            held = await self.outbox.renew(channel.name, cfg.consumer)
+            if any(e.entry_id not in held for e in entries):
                 # Another consumer took it over meanwhile: it is theirs to send now.
                 return Verdict.PENDING, f"{error} (entry taken over by another consumer)"
 
@@ -251,6 +397,28 @@ class Deliverer:
                 return False
         return True
 
+    async def _silenced(self, channel: Channel, entry: OutboxEntry) -> bool:
+        """Whether a silence in effect holds ``entry`` back: then it is acknowledged without being sent,
+        recorded in the silence log (and its task's card record marked), counted and logged."""
+        if self.silences is None:
+            return False
+        silence = await self.silences.match(entry.notification)
+        if silence is None:
+            return False
+        await self.silences.hold(entry, silence)
+        self.metrics.delivery(channel.name, "silenced")
+        event = entry.notification.event
+        log.info(
+            "silenced %s: %s (%s) to %s, by silence %s",
+            event.type.value,
+            event.summary,
+            event.id,
+            channel.name,
+            silence.id,
+            extra={"channel": channel.name, "event_id": event.id, "instance": event.instance.id},
+        )
+        return True
+
     async def _process(
         self, name: str, entries: list[OutboxEntry], budget: int | None, result: PassResult
     ) -> bool:
@@ -260,40 +428,111 @@ class Deliverer:
             if self.stop.is_set():
                 return False
             verdict, why = await self.deliver(channel, entry, budget)
-            event = entry.notification.event
-            fields = {"channel": name, "event_id": event.id, "instance": event.instance.id}  # for JSON logs
-            if verdict is Verdict.DELIVERED:
-                result.delivered += 1
-                log.info(
-                    "delivered %s: %s (%s) to %s",
-                    event.type.value,
-                    event.summary,
-                    event.id,
-                    name,
-                    extra=fields,
-                )
-            elif verdict is Verdict.HELD:
-                result.delivered += 1
-                log.info(
-                    "%s (%s) is part of task %s: told with its next message to %s",
-                    event.summary,
-                    event.id,
-                    event.task.id if event.task else "?",
-                    name,
-                    extra=fields,
-                )
-            elif verdict is Verdict.DUPLICATE:
-                result.skipped_duplicates += 1
-            elif verdict is Verdict.DEAD:
-                result.dead_lettered += 1
-                log.error("moved %s for %s to dead letters: %s", event.id, name, why, extra=fields)
-            else:
-                result.failed.append(why)
-                log.error(
-                    "could not deliver %s to %s; it stays queued: %s", event.id, name, why, extra=fields
-                )
+            if not self._tally(name, [entry], verdict, why, result):
                 return False
         return True
+
+    def _tally(
+        self, name: str, entries: list[OutboxEntry], verdict: Verdict, why: str, result: PassResult
+    ) -> bool:
+        """Count and log what became of entries sent as one message; False when they stay pending."""
+        event = entries[0].notification.event
+        n = len(entries)
+        what = f"{event.id}" if n == 1 else f"{n} notifications ({event.id}…)"
+        fields = {"channel": name, "event_id": event.id, "instance": event.instance.id}  # for JSON logs
+        if verdict is Verdict.DELIVERED:
+            result.delivered += n
+            log.info(
+                "delivered %s: %s (%s) to %s",
+                event.type.value if n == 1 else f"{n} notifications",
+                event.summary if n == 1 else f"{event.summary}…",
+                event.id,
+                name,
+                extra=fields,
+            )
+        elif verdict is Verdict.HELD:
+            result.delivered += n
+            log.info(
+                "%s (%s) is part of task %s: told with its next message to %s",
+                event.summary,
+                event.id,
+                event.task.id if event.task else "?",
+                name,
+                extra=fields,
+            )
+        elif verdict is Verdict.DUPLICATE:
+            result.skipped_duplicates += n
+        elif verdict is Verdict.SILENCED:
+            result.silenced += n  # logged by _silenced
+        elif verdict is Verdict.DEAD:
+            result.dead_lettered += n
+            log.error("moved %s for %s to dead letters: %s", what, name, why, extra=fields)
+        else:
+            result.failed.append(why)
+            log.error("could not deliver %s to %s; it stays queued: %s", what, name, why, extra=fields)
+            return False
+        return True
+
+    def gathers(self, name: str) -> bool:
+        """Whether a channel's entries are planned together (grouped, or gathered in a digest): a chat
+        channel, or one a rule asks to group, or any with ``digest.webhooks``."""
+        channel = self.channels[name]
+        if channel.chat or (self.digest.webhooks and self.digest.after):
+            return True
+        return any(name in r.channels and r.group_wait for r in self.rules.values())
+
+    async def _gathered_pass(
+        self, name: str, budget: int | None, block_ms: int | None, result: PassResult
+    ) -> None:
+        """A pass over a channel that groups: its pending entries and the new ones (up to GATHER_MAX) are
+        planned into units (:func:`notifier.delivery.grouping.plan`) and delivered in order, stopping at
+        a group still gathering its members (``wake_at``) or an entry left pending."""
+        cfg = self.config
+        outbox = self.outbox
+        channel = self.channels[name]
+        entries = await outbox.read(name, cfg.consumer, count=GATHER_MAX, pending=True)
+        if len(entries) < GATHER_MAX:
+            block = None if entries else block_ms
+            new = await outbox.read(name, cfg.consumer, count=GATHER_MAX - len(entries), block_ms=block)
+            if new and await outbox.held_elsewhere(name, cfg.consumer):
+                result.waiting = True  # another consumer read older ones just before: they go first
+                return
+            entries += new
+        if not entries:
+            return
+        now = time.time()
+        units = plan(
+            entries,
+            rules=self.rules,
+            chat=channel.chat,
+            digest=self.digest,
+            now=now,
+            default_wait=cfg.group_wait,
+        )
+        loop = asyncio.get_running_loop()
+        renew_at = loop.time() + cfg.claim_idle / 3
+        for unit in units:
+            if self.stop.is_set():
+                return
+            if self.wait_for_groups and unit.ready_at > time.time():
+                result.wake_at = unit.ready_at
+                return
+            if loop.time() >= renew_at:  # a long pass: keep the rest of what it read ours
+                await outbox.renew(name, cfg.consumer)
+                renew_at = loop.time() + cfg.claim_idle / 3
+            if unit.kind == "single" and not (unit.key and channel.living_cards):
+                if not await self._process(name, unit.entries, budget, result):
+                    return
+            elif not await self._process_unit(name, unit, budget, result):
+                return
+            if time.time() - now > REPLAN_AFTER:
+                return  # a unit took long (a channel came back): plan what waits anew (a digest?)
+
+    async def _process_unit(self, name: str, unit: Unit, budget: int | None, result: PassResult) -> bool:
+        channel = self.channels[name]
+        kind = "digest" if unit.kind == "digest" else "group"  # (a lone one may join its burst's card)
+        verdict, why = await self._deliver_many(channel, kind, unit.entries, budget, unit.key)
+        return self._tally(name, unit.entries, verdict, why, result)
 
     async def drain(
         self,
@@ -328,6 +567,9 @@ class Deliverer:
                     break
         if await outbox.held_elsewhere(name, cfg.consumer):
             result.waiting = True
+            return result
+        if self.gathers(name):
+            await self._gathered_pass(name, budget, block_ms, result)
             return result
         if recover:
             while entries := await outbox.read(name, cfg.consumer, count=cfg.batch, pending=True):
@@ -398,3 +640,5 @@ class Deliverer:
                 await pause(retry_interval, self.stop)
             elif result.waiting:
                 await pause(IDLE_BLOCK_MS / 1000, self.stop)
+            elif result.wake_at is not None:  # a group gathers its members: read again when it is due
+                await pause(max(0.01, result.wake_at - time.time()), self.stop)

@@ -24,6 +24,7 @@ import redis.asyncio as aioredis
 from notifier.app import Daemon
 from notifier.config.load import parse_config
 from notifier.devtools.simulator import Scenario, Simulator, default_demo_scenario, install_instances
+from notifier.devtools.simulator.scenario import AZ_FLEET
 from notifier.devtools.standins import RecordedRequest
 from notifier.devtools.standins.slack import Change, Message, SlackStandIn
 from notifier.devtools.standins.webhook import WebhookReceiver
@@ -55,11 +56,16 @@ rules:
   - {name: failures, events: [task.failed], channels: [oncall], mention: ["<!subteam^S0DBAONCALL>"]}
   - {name: failovers, events: [instance.failover, node.abnormal, node.recovered], channels: [oncall],
      mention: ["<!subteam^S0DBAONCALL>"], mention_on: [instance.failover, node.abnormal]}
+  - {name: stuck, events: [task.stuck], channels: [oncall], mention: ["<!subteam^S0DBAONCALL>"]}
   - {name: everything, tasks: ["*"], channels: [audit]}
-delivery: {max_attempts: 3, backoff_initial: 0.2, backoff_max: 2}
+delivery: {max_attempts: 3, backoff_initial: 0.2, backoff_max: 2, group_wait: "${DEMO_GROUP_WAIT}"}
+# Short limits, for the demo's short scenario (the defaults are minutes: README, Stuck tasks).
+watchdog: {AddReplica: "${DEMO_STUCK_AFTER}"}
 """
 
-DEMO_LABELS = {"orders-cache": "prod", "sessions-cache": "prod", "catalog-cache": "staging"}
+DEMO_LABELS = {"orders-cache": "prod", "sessions-cache": "prod", "catalog-cache": "staging"} | {
+    name: "prod" for _, name in AZ_FLEET
+}
 
 
 def demo_config_text(scenario: Scenario) -> str:
@@ -233,6 +239,10 @@ async def run_demo(redis_url: str | None = None, duration: float = 30.0, speed: 
             "WEBHOOK_SECRET": webhook_secret,
             "DEMO_REDIS_URL": redis_url or "redis://embedded/0",
             "DEMO_PREFIX": "dcsn-demo-" + secrets.token_hex(4),
+            # Scenario seconds, played ``speed`` times faster: a group waits 2 of them for its members,
+            # and the replica addition is stuck after 6.
+            "DEMO_GROUP_WAIT": f"{2 / speed:.3g}",
+            "DEMO_STUCK_AFTER": f"{6 / speed:.3g}",
         }
         config = parse_config(demo_config_text(scenario), "<embedded demo config>", env)
         client = connect_redis(redis_url) if redis_url else _embedded_redis()

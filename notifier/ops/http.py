@@ -34,12 +34,18 @@ log = logging.getLogger(__name__)
 
 #: Seconds a readiness probe waits for Redis's PING.
 PING_TIMEOUT = 2.0
+#: Seconds a scrape waits for Redis's figures; beyond, the last ones are served (Prometheus gives up
+#: on a scrape after 10 s by default, and a hung Redis must not take the other figures with it).
+STORE_READ_TIMEOUT = 2.0
+#: Seconds between two looks for outbox streams of channels no longer in the config (a SCAN).
+ORPHANS_EVERY = 60.0
 
 
-async def read_store_figures(daemon: Daemon) -> StoreFigures:
-    """Outbox depth and age, dead letters per channel: a few pipelined calls whatever the backlog."""
+async def read_store_figures(daemon: Daemon, orphans: list[str]) -> StoreFigures:
+    """Outbox depth and age, dead letters per channel: a few pipelined calls whatever the backlog; the
+    config's channels and ``orphans`` (streams of channels no longer in it, still holding entries)."""
     store = daemon.store
-    channels = list(daemon.config.channels)
+    channels = list(daemon.config.channels) + [c for c in orphans if c not in daemon.config.channels]
     backlogs = await store.outbox.backlogs(channels)
     total, by_channel = await store.dead_letters.counts(channels=channels)
     if by_channel is None:  # too many to count per channel at a bounded cost: the total alone
@@ -61,6 +67,8 @@ class OpsListener:
         self._daemon = daemon
         self._runner: web.AppRunner | None = None
         self._refreshing = asyncio.Lock()
+        self._orphans: list[str] = []
+        self._orphans_at = -ORPHANS_EVERY
         #: The address bound (host, port), once started.
         self.bound: tuple[str, int] | None = None
 
@@ -91,27 +99,62 @@ class OpsListener:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        self.bound = None
+
+    async def move(self, address: tuple[str, int] | None) -> None:
+        """Listen on ``address`` instead (None: not at all). The new address is bound before the old one
+        is given up: when it cannot be, OSError, and the listener stays where it was."""
+        old, bound = self._runner, self.bound
+        if address is None:
+            await self.stop()
+            return
+        self._runner = None
+        try:
+            await self.start(*address)
+        except OSError:
+            self._runner, self.bound = old, bound
+            if old is None or bound is None or bound[1] != address[1]:
+                raise
+            # The same port on another address (127.0.0.1 → 0.0.0.0): only free once the old one is.
+            await self.stop()
+            try:
+                await self.start(*address)
+            except OSError:
+                await self.start(*bound)
+                raise
+            return
+        if old is not None:
+            await old.cleanup()
 
     async def metrics_page(self, request: web.Request) -> web.Response:
         daemon = self._daemon()
         if daemon is not None and self.metrics.store_stale():
             async with self._refreshing:  # concurrent scrapes share one reading
                 if self.metrics.store_stale():
-                    # Redis away (counted and logged by the store): the last figures stay.
-                    with contextlib.suppress(StoreError):
-                        self.metrics.store = await read_store_figures(daemon)
+                    # Redis away or hung (counted and logged by the store): the last figures stay.
+                    with contextlib.suppress(StoreError, TimeoutError):
+                        self.metrics.store = await asyncio.wait_for(
+                            self._read_figures(daemon), STORE_READ_TIMEOUT
+                        )
         body = generate_latest(self.metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _read_figures(self, daemon: Daemon) -> StoreFigures:
+        loop = asyncio.get_running_loop()
+        if loop.time() - self._orphans_at >= ORPHANS_EVERY:
+            self._orphans = sorted(await daemon.store.outbox.orphans(daemon.config.channels))
+            self._orphans_at = loop.time()
+        return await read_store_figures(daemon, self._orphans)
 
     async def healthz(self, request: web.Request) -> web.Response:
         daemon = self._daemon()
         if daemon is None:  # between two configs (a reload): alive
             return web.json_response({"alive": True, "why": "reloading the config"})
-        age, limit = daemon.progress_age(), daemon.stall_limit
-        body: dict[str, Any] = {"alive": age <= limit, "scheduler_idle_seconds": round(age, 1)}
-        if age > limit:
-            body["why"] = f"the scheduler has made no progress for {age:.0f} s (limit {limit:.0f} s)"
-        return web.json_response(body, status=200 if age <= limit else 503)
+        late = daemon.overdue()
+        body: dict[str, Any] = {"alive": late <= 0}
+        if late > 0:
+            body["why"] = f"the scheduler is {late:.0f} s late for a step it scheduled: hung"
+        return web.json_response(body, status=200 if late <= 0 else 503)
 
     async def readyz(self, request: web.Request) -> web.Response:
         daemon = self._daemon()
@@ -125,14 +168,16 @@ class OpsListener:
             reasons.append(f"Redis does not answer: {scrub(why, daemon.config.secret_values())}")
         if not daemon.polls_lately():
             owned = daemon.instances().owned
+            last = daemon.metrics.last_ok
+            since = (
+                "no poll has succeeded yet"
+                if last is None
+                else f"the last successful poll was {time.time() - last:.0f} s ago"
+            )
             if owned:
-                last = daemon.poller.last_success
-                since = (
-                    "no poll has succeeded yet"
-                    if last is None
-                    else (f"the last successful poll was {time.monotonic() - last:.0f} s ago")
-                )
                 reasons.append(f"{owned} instance(s) to poll and {since}")
+            for why in daemon.sources_failing():  # nothing polled, and the listings fail too
+                reasons.append(f"{why}; {since}")
         body: dict[str, Any] = {"ready": not reasons}
         if reasons:
             body["reasons"] = reasons

@@ -24,7 +24,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from notifier.errors import CorruptStateError, DcsApiError, Reason, StoreError
@@ -74,15 +74,11 @@ class Live(Protocol):
 
     def instances(self) -> Instances: ...
 
-    def rate_limits(self) -> dict[str, tuple[float, int]]:
-        """Per endpoint host: the limiter's current rate (calls/s) and the throttling signals so far."""
+    def rate_limits(self) -> dict[str, float]:
+        """Per endpoint host: the limiter's current rate (calls/s)."""
         ...
 
     def leases_held(self) -> int: ...
-
-    def last_successful_poll(self) -> float | None:
-        """When a poll last succeeded (epoch seconds), None before the first."""
-        ...
 
 
 @dataclass(slots=True)
@@ -116,11 +112,6 @@ class _Scraped(Collector):
             "The adaptive rate limiter's current rate per API endpoint (calls per second).",
             labels=["endpoint"],
         )
-        throttled = CounterMetricFamily(
-            f"{PREFIX}_api_throttled",
-            "Throttling signals (HTTP 429, throttling error codes) per API endpoint.",
-            labels=["endpoint"],
-        )
         leases = GaugeMetricFamily(f"{PREFIX}_leases_held", "Shard leases this replica holds.")
         last = GaugeMetricFamily(
             f"{PREFIX}_last_successful_poll_timestamp_seconds",
@@ -131,14 +122,12 @@ class _Scraped(Collector):
             instances.add_metric(["watched"], counts.watched)
             instances.add_metric(["owned"], counts.owned)
             instances.add_metric(["unhealthy"], counts.unhealthy)
-            for host, (calls_per_s, signals) in sorted(live.rate_limits().items()):
+            for host, calls_per_s in sorted(live.rate_limits().items()):
                 rate.add_metric([host], calls_per_s)
-                throttled.add_metric([host], signals)
             leases.add_metric([], live.leases_held())
-            polled = live.last_successful_poll()
-            if polled is not None:
-                last.add_metric([], polled)
-        yield from (instances, rate, throttled, leases, last)
+        if m.last_ok is not None:
+            last.add_metric([], m.last_ok)
+        yield from (instances, rate, leases, last)
         pending = GaugeMetricFamily(
             f"{PREFIX}_outbox_pending",
             "Notifications in a channel's outbox not yet delivered.",
@@ -196,11 +185,19 @@ class Metrics:
             buckets=DELIVERY_BUCKETS,
             registry=r,
         )
+        self.throttled = Counter(
+            f"{PREFIX}_api_throttled",
+            "Throttling signals (HTTP 429, throttling error codes) per API endpoint.",
+            ["endpoint"],
+            registry=r,
+        )
         self.redis_errors = Counter(
             f"{PREFIX}_redis_errors", "Failed Redis operations, by operation.", ["op"], registry=r
         )
         build = Gauge(f"{PREFIX}_build_info", "The running version (always 1).", ["version"], registry=r)
         build.labels(build_version()).set(1)
+        #: When a poll of tasks last succeeded (Unix time): kept here, it outlives a reload.
+        self.last_ok: float | None = None
         #: The running daemon's view (set by it; None: figures read at scrape time are left out).
         self.live: Live | None = None
         self.store = StoreFigures()
@@ -227,11 +224,16 @@ class Metrics:
         """A poll of ``source`` ended: ok (``reason`` None) or failed for ``reason``."""
         if reason is None:
             self._inc(self.polls, source, "ok", "")
+            if source == "tasks":
+                self.last_ok = time.time()
         else:
             self._inc(self.polls, source, "failed", reason)
 
     def api_request(self, source: str, endpoint: str, seconds: float) -> None:
         self._observe(self.api_duration, seconds, source, endpoint)
+
+    def api_throttled(self, endpoint: str) -> None:
+        self._inc(self.throttled, endpoint)
 
     def queued(self, types: Iterable[str]) -> None:
         """Events committed to the outbox (once each, whatever the channels)."""

@@ -86,10 +86,10 @@ class Service:
 
     async def run(self) -> None:
         """Serve until stopped. Raises :class:`~notifier.store.leases.DaemonConflict` like
-        :meth:`Daemon.run`, and OSError when the listener cannot bind."""
+        :meth:`Daemon.run`, and OSError when the listener cannot bind at start."""
         await self._listen(self.config)
         try:
-            while True:
+            while not self._stopping:
                 async with Daemon(self.config, metrics=self.metrics) as daemon:
                     self.daemon = daemon
                     if self._on_start is not None:
@@ -102,15 +102,19 @@ class Service:
                         watch.cancel()
                         with contextlib.suppress(asyncio.CancelledError):
                             await watch
-                if self._next is None or self._stopping:
+                new, self._next = self._next, None
+                if new is None or self._stopping:
                     return
-                old, self.config, self._next = self.config, self._next, None
+                if new.http.listen != self.config.http.listen:
+                    try:
+                        await self.listener.move(new.http.address)
+                    except OSError as exc:
+                        log.error("reload refused, the running config is kept: %s", exc)
+                        continue  # the daemon starts again on the config it ran
+                self.config = new
                 self.reloads += 1
                 if self._on_config is not None:
                     self._on_config(self.config)
-                if old.http.listen != self.config.http.listen:
-                    await self.listener.stop()
-                    await self._listen(self.config)
                 log.info("reload: running on the new config")
         finally:
             await self.listener.stop()

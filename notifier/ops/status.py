@@ -14,6 +14,7 @@ What is read, all of it bounded and pipelined (see :mod:`notifier.store.keys` fo
 * per channel: XLEN, the XPENDING summary, HLEN of the attempts and the id of the first outbox entry;
   XLEN of the dead letters (their contents only to count them per channel, up to 1,000 on one server);
 * with ``cloud_eye.enabled``, each project's ``{p}:ces:{project_id}:until``.
+* the silences (``{p}:silences``, one HGETALL): those in effect and to come.
 
 Nothing is written. Secrets never appear: the Redis URL is shown masked, and every text that came from
 outside (a poll problem's message) is masked with the config's secret values.
@@ -31,6 +32,7 @@ from pydantic import BaseModel
 
 from notifier.config.models import Config
 from notifier.dcs.models import Outcome, classify_status, display_name
+from notifier.delivery.silences import Silence
 from notifier.errors import CorruptStateError
 from notifier.pipeline.diff import Snapshot
 from notifier.pipeline.events import PollProblem
@@ -68,6 +70,9 @@ class RunningTask(BaseModel):
     status: str
     created_at: datetime | None = None
     updated_at: datetime | None = None
+    #: When it crossed its ``watchdog`` limit, once ``task.stuck`` was announced (None: not stuck, or not
+    #: announced yet).
+    stuck_since: datetime | None = None
 
 
 class InstanceStatus(BaseModel):
@@ -165,6 +170,18 @@ class RedisInfo(BaseModel):
     key_prefix: str
 
 
+class SilenceStatus(BaseModel):
+    """A silence in effect (``active``) or to come (``pending``): ``dcs-notifier silence list``."""
+
+    id: str
+    state: str
+    matchers: list[str]
+    starts_at: datetime
+    ends_at: datetime
+    author: str
+    comment: str
+
+
 class Status(BaseModel):
     """The whole screen. ``version`` changes when a field changes meaning or goes away."""
 
@@ -179,6 +196,8 @@ class Status(BaseModel):
     projects: list[ProjectStatus] = []
     channels: list[ChannelStatus] = []
     dead_letters: DeadLetterTotals
+    #: Silences in effect or to come (``{p}:silences``).
+    silences: list[SilenceStatus] = []
 
 
 # -- gathering -----------------------------------------------------------------------------------
@@ -201,6 +220,7 @@ class Reads:
     ces_until: dict[str, datetime | None] = field(default_factory=dict)
     #: When each instance was last polled, as its replica records it every minute (``{p}:polls``).
     polls: dict[str, datetime] = field(default_factory=dict)
+    silences: list[Silence] = field(default_factory=list)
 
 
 def _age(now: datetime, then: datetime | None) -> float | None:
@@ -265,7 +285,9 @@ async def _read(config: Config, store: Store) -> Reads:
         out.health = await store.health.load()
 
     async def backlogs() -> None:
-        out.backlogs = await store.outbox.backlogs(channels)
+        # Streams of channels no longer in the config still hold what they held: shown, not hidden.
+        gone = sorted(await store.outbox.orphans(channels))
+        out.backlogs = await store.outbox.backlogs(channels + gone)
 
     async def dead() -> None:
         out.dead_total, out.dead_by_channel = await store.dead_letters.counts(channels=channels)
@@ -283,8 +305,11 @@ async def _read(config: Config, store: Store) -> Reads:
     async def cloud_eye(project_id: str) -> None:
         out.ces_until[project_id] = await store.cloud_eye.until(project_id)
 
+    async def silences() -> None:
+        out.silences = await store.silences.load(prune=False)  # status writes nothing
+
     async with asyncio.TaskGroup() as tasks:  # one failure (Redis away) cancels the other reads
-        for read in (snapshots, polls, health, backlogs, dead, heartbeat, owners):
+        for read in (snapshots, polls, health, backlogs, dead, heartbeat, owners, silences):
             tasks.create_task(read())
         if config.cloud_eye.enabled:
             for spec in config.projects():
@@ -328,6 +353,7 @@ def _instance(
                 status=seen.status,
                 created_at=seen.created_at,
                 updated_at=seen.updated_at,
+                stuck_since=seen.stuck_at,
             )
             for tid, seen in snap.tasks.items()
             if classify_status(seen.status) is Outcome.IN_PROGRESS
@@ -372,7 +398,8 @@ def _scaling(config: Config, read: Reads) -> ScalingStatus:
 
 
 def _channels(config: Config, read: Reads, now: datetime) -> list[ChannelStatus]:
-    names = list(config.channels) + sorted(set(read.dead_by_channel or {}) - set(config.channels))
+    extra = (set(read.dead_by_channel or {}) | set(read.backlogs)) - set(config.channels)
+    names = list(config.channels) + sorted(extra)
     out: list[ChannelStatus] = []
     for name in names:
         backlog = read.backlogs.get(name)
@@ -448,6 +475,19 @@ def assemble(config: Config, read: Reads, now: datetime) -> Status:
         projects=list(projects.values()),
         channels=_channels(config, read, now),
         dead_letters=DeadLetterTotals(total=read.dead_total, per_channel=read.dead_by_channel is not None),
+        silences=[
+            SilenceStatus(
+                id=s.id,
+                state=s.state(now),
+                matchers=[str(m) for m in s.matchers],
+                starts_at=s.starts_at,
+                ends_at=s.ends_at,
+                author=mask(s.author, secrets),
+                comment=mask(s.comment, secrets),
+            )
+            for s in read.silences
+            if s.state(now) != "expired"
+        ],
     )
 
 
@@ -480,6 +520,15 @@ def _when(value: datetime | None, now: datetime) -> str:
     value = value.astimezone(UTC)
     shown = value.strftime("%H:%M:%S" if value.date() == now.astimezone(UTC).date() else "%Y-%m-%d %H:%M:%S")
     return f"{shown} ({ago(_age(now, value))} ago)"
+
+
+def _at(value: datetime, now: datetime) -> str:
+    """A time to come, or past: ``08:39:27 (in 1h59m)``."""
+    shown = value.astimezone(UTC).strftime(
+        "%H:%M:%S" if value.astimezone(UTC).date() == now.astimezone(UTC).date() else "%Y-%m-%d %H:%M:%S"
+    )
+    seconds = (value - now).total_seconds()
+    return f"{shown} (in {ago(seconds)})" if seconds >= 0 else f"{shown} ({ago(-seconds)} ago)"
 
 
 def ranges(values: Iterable[int]) -> str:
@@ -578,6 +627,7 @@ def render_text(status: Status) -> str:
             extra = [
                 f"{display_name(t.name) if t.name else 'task'} {t.id} {t.status} "
                 f"since {_when(t.created_at, now)}"
+                + (f", STUCK since {_when(t.stuck_since, now)}" if t.stuck_since else "")
                 for t in inst.running[:RUNNING_SHOWN]
             ]
             if len(inst.running) > RUNNING_SHOWN:
@@ -612,4 +662,10 @@ def render_text(status: Status) -> str:
     dead = status.dead_letters
     scope = "" if dead.per_channel else " (all channels; 'dcs-notifier dead-letters list' shows whose)"
     lines.append(f"dead letters: {dead.total}{scope}")
+    active = [s for s in status.silences if s.state == "active"]
+    if status.silences:
+        lines.append(f"silences: {len(active)} in effect, {len(status.silences) - len(active)} to come")
+        for s in status.silences:
+            until = f"until {_at(s.ends_at, now)}" if s.state == "active" else f"from {_at(s.starts_at, now)}"
+            lines.append(f"  {s.id}  {until}  {' '.join(s.matchers)}  ({s.author}: {s.comment})")
     return "\n".join(lines) + "\n"

@@ -35,6 +35,9 @@ class SeenTask:
     #: The task's name (``masterStandbySwapJob``...), for ``dcs-notifier status``; "" when not known
     #: (state written before it was kept).
     name: str = ""
+    #: Set once ``task.stuck`` was announced: when the task crossed its ``watchdog`` limit (committed with
+    #: that event's outbox entries, so it is announced once, across restarts and replicas).
+    stuck_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,10 +79,16 @@ class DiffResult:
         return bool(self.events or self.upserts or self.removals or self.baseline_at)
 
 
-def _seen(task: Task) -> SeenTask:
+def _seen(task: Task, stuck_at: datetime | None = None) -> SeenTask:
     # A handful of names for every task of the fleet: one string each (interned), not one per task.
     name = sys.intern(task.name)
-    return SeenTask(status=task.status, updated_at=task.updated_at, created_at=task.created_at, name=name)
+    return SeenTask(
+        status=task.status,
+        updated_at=task.updated_at,
+        created_at=task.created_at,
+        name=name,
+        stuck_at=stuck_at,
+    )
 
 
 def _finished_at(task: Task) -> datetime | None:
@@ -115,7 +124,9 @@ def diff(previous: Snapshot | None, tasks: list[Task], ctx: DiffContext) -> Diff
     events: list[Event] = []
     upserts: dict[str, SeenTask] = {}
 
-    def emit(type_: EventType, task: Task, previous_status: str | None) -> None:
+    def emit(
+        type_: EventType, task: Task, previous_status: str | None, stuck_since: datetime | None = None
+    ) -> None:
         events.append(
             Event(
                 id=event_id(ctx.instance.id, task.id, type_, task.status),
@@ -126,6 +137,7 @@ def diff(previous: Snapshot | None, tasks: list[Task], ctx: DiffContext) -> Diff
                 task=task,
                 previous_status=previous_status,
                 detected_at=ctx.now,
+                stuck_since=stuck_since,
             )
         )
 
@@ -148,11 +160,12 @@ def diff(previous: Snapshot | None, tasks: list[Task], ctx: DiffContext) -> Diff
             elif _recent(task, silent_before):
                 emit(_EVENT_OF[task.outcome], task, None)
             continue
+        # A task announced stuck stays so (once per task); its later events say how long it was.
         if seen.status != task.status:
-            upserts[task.id] = _seen(task)
-            emit(_change_type(seen.status, task), task, seen.status)
+            upserts[task.id] = _seen(task, seen.stuck_at)
+            emit(_change_type(seen.status, task), task, seen.status, seen.stuck_at)
         elif seen.updated_at != task.updated_at or seen.created_at != task.created_at:
-            upserts[task.id] = _seen(task)
+            upserts[task.id] = _seen(task, seen.stuck_at)
 
     present = {t.id for t in tasks}
     removals = [

@@ -5,10 +5,17 @@ labels). :class:`Discovery` applies one listing to the fleet (the scheduler list
 project every ``discovery.interval``): new instances are added (and baselined, so no flood), instances
 filtered out are dropped silently, and instances gone from the list are confirmed deleted (404
 ``DCS.3022``, or absent from two listings in a row) before ``instance.removed`` is announced.
+
+The same listing carries each instance's DCS maintenance window (``maintain_begin``/``maintain_end``),
+kept on its record (:class:`~notifier.pipeline.events.InstanceRef`). Projects that name their instances
+instead of discovering them are listed every ``discovery.interval`` too, for the windows only
+(:meth:`Discovery.refresh_windows`; ``discovery.maintenance_windows: false`` turns it off): one call per
+project per interval, never per poll.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -20,6 +27,7 @@ from notifier.errors import DcsApiError, Failure, StoreError
 from notifier.pipeline.events import InstanceRef
 from notifier.pipeline.health import Subject
 from notifier.pipeline.instance import InstancePoller
+from notifier.pipeline.time_intervals import MaintenanceWindow, maintenance_window
 from notifier.pipeline.watch import Fleet, Target, Watch
 
 log = logging.getLogger(__name__)
@@ -45,6 +53,11 @@ def tags_of(raw: Mapping[str, Any]) -> dict[str, str]:
                 value = tag.get("value")
                 out[tag["key"]] = "" if value is None else str(value)
     return out
+
+
+def window_of(raw: Mapping[str, Any]) -> MaintenanceWindow | None:
+    """The instance's maintenance window as the instance list reports it (None: absent or unreadable)."""
+    return maintenance_window(raw.get("maintain_begin"), raw.get("maintain_end"))
 
 
 def _any(patterns: Iterable[str], *values: str) -> bool:
@@ -79,14 +92,15 @@ def select(instances: Iterable[Mapping[str, Any]], spec: ProjectSpec) -> Listing
         name = str(raw.get("name") or iid)
         tags = tags_of(raw)
         known = configured.get(iid)
+        window = window_of(raw)
         if known is not None:
-            watched[iid] = InstanceRef.of(iid, known.name, {**spec.labels, **tags, **known.labels})
+            watched[iid] = InstanceRef.of(iid, known.name, {**spec.labels, **tags, **known.labels}, window)
         elif matches(iid, name, str(raw.get("status") or ""), tags, spec.filter):
-            watched[iid] = InstanceRef.of(iid, name, {**spec.labels, **tags})
+            watched[iid] = InstanceRef.of(iid, name, {**spec.labels, **tags}, window)
     return Listing(listed=frozenset(listed), watched=watched)
 
 
-def _subject(spec: ProjectSpec) -> Subject:
+def listing_subject(spec: ProjectSpec) -> Subject:
     """The health subject of a project's instance listing (``poller.*`` events name it as the instance)."""
     ref = InstanceRef(
         id=f"instances-of:{spec.project_id}", name=f"the instance list of project {spec.project_id}"
@@ -102,10 +116,18 @@ class Discovery:
         self.instances = instances
         self._reported: dict[str, tuple[object, ...]] = {}  # project id → last error logged
 
+    def lists(self, spec: ProjectSpec) -> bool:
+        """Whether ``spec``'s instance list is read every ``discovery.interval``: to discover, or for the
+        maintenance windows of the instances it names."""
+        return spec.discover or (bool(spec.instances) and self.fleet.config.discovery.maintenance_windows)
+
     async def discover(self, spec: ProjectSpec) -> bool:
-        """List ``spec``'s instances and update the fleet; False when the listing failed."""
+        """List ``spec``'s instances and update the fleet; False when the listing failed. A project that
+        does not discover has only its instances' maintenance windows updated."""
+        if not spec.discover:
+            return await self.refresh_windows(spec)
         fleet = self.fleet
-        subject = _subject(spec)
+        subject = listing_subject(spec)
         try:
             raw = await fleet.clients[spec.project_id].list_instances()
         except DcsApiError as exc:
@@ -160,6 +182,48 @@ class Discovery:
             else:
                 await self._gone_from_list(w)
         fleet.check_rate()
+
+    async def refresh_windows(self, spec: ProjectSpec) -> bool:
+        """List a project that names its instances, for their maintenance windows; False when the listing
+        failed. A failure is logged (when it starts or changes) and counted, and is no one's health: the
+        tasks are still polled, and messages say nothing of the window until it is known."""
+        fleet = self.fleet
+        try:
+            raw = await fleet.clients[spec.project_id].list_instances()
+        except DcsApiError as exc:
+            fleet.metrics.polled("discovery", exc.reason.value)
+            fingerprint = Failure.of(exc).fingerprint
+            if self._reported.get(spec.project_id) != fingerprint:
+                self._reported[spec.project_id] = fingerprint
+                log.warning(
+                    "the instance list of project %s (%s), read for maintenance windows, failed: %s "
+                    "(windows unknown until it works; discovery.maintenance_windows: false stops asking)",
+                    spec.project_id,
+                    spec.account,
+                    exc,
+                )
+            return False
+        fleet.metrics.polled("discovery")
+        if self._reported.pop(spec.project_id, None) is not None:
+            log.info("the instance list of project %s can be read again", spec.project_id)
+        self.apply_windows(spec, raw)
+        return True
+
+    def apply_windows(self, spec: ProjectSpec, raw: Iterable[Mapping[str, Any]]) -> None:
+        """Keep each watched instance's window from one listing of ``spec`` on its record (a record is
+        replaced only when its window changed; instances not listed keep theirs)."""
+        fleet = self.fleet
+        for item in raw:
+            iid = item.get("instance_id")
+            w = fleet.get(f"{spec.project_id}/{iid}") if isinstance(iid, str) and iid else None
+            if w is None:
+                continue
+            window, inst = window_of(item), w.target.instance
+            if window != inst.maintenance_window:
+                if inst.maintenance_window is not None:
+                    shown = window.label if window is not None else "unknown"
+                    log.info("maintenance window of %s (%s) is now %s", inst.name, inst.id, shown)
+                fleet.add(dataclasses.replace(w.target, instance=inst.with_window(window)))
 
     async def _gone_from_list(self, w: Watch) -> None:
         target = w.target

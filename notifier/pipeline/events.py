@@ -12,9 +12,10 @@ import hashlib
 from datetime import datetime
 from typing import Any, cast
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from notifier.dcs.models import Task
+from notifier.dcs.models import Outcome, Task
+from notifier.pipeline.time_intervals import Maintenance, MaintenanceWindow
 
 
 class EventType(enum.StrEnum):
@@ -22,6 +23,8 @@ class EventType(enum.StrEnum):
     SUCCEEDED = "task.succeeded"
     FAILED = "task.failed"
     UPDATED = "task.updated"
+    #: A task stayed in progress longer than its ``watchdog`` limit (announced once per task).
+    STUCK = "task.stuck"
     #: The instance was deleted (gone from the instance list, or its tasks answer 404 DCS.3022).
     INSTANCE_REMOVED = "instance.removed"
     #: Polling the instance has failed for longer than ``health.after``.
@@ -48,13 +51,24 @@ class InstanceRef(BaseModel):
     id: str
     name: str
     labels: dict[str, str] = Field(default_factory=dict)
+    #: Its DCS maintenance window, from the project's instance list (None: not known, or not read yet).
+    maintenance_window: MaintenanceWindow | None = None
 
     @classmethod
-    def of(cls, id: str, name: str, labels: dict[str, str]) -> InstanceRef:
+    def of(
+        cls, id: str, name: str, labels: dict[str, str], window: MaintenanceWindow | None = None
+    ) -> InstanceRef:
         """One watched instance's record, from values already checked (the config's, or discovery's
         strings): built without validation and sharing one set of field names, as one is held per
-        watched instance for as long as it is watched (half the memory of a validated one)."""
-        return cls.model_construct(cast("set[str]", _REF_FIELDS), id=id, name=name, labels=labels)
+        watched instance for as long as it is watched (half the memory of a validated one). Windows are
+        shared too (:func:`~notifier.pipeline.time_intervals.maintenance_window`)."""
+        return cls.model_construct(
+            cast("set[str]", _REF_FIELDS), id=id, name=name, labels=labels, maintenance_window=window
+        )
+
+    def with_window(self, window: MaintenanceWindow | None) -> InstanceRef:
+        """This record with another maintenance window (the instance list said so)."""
+        return InstanceRef.of(self.id, self.name, self.labels, window)
 
 
 _REF_FIELDS = frozenset(InstanceRef.model_fields)  # never added to: the model is frozen
@@ -76,6 +90,21 @@ class CloudEyeInfo(BaseModel):
     user: str | None = None
     #: ``detail.content``: its JSON where it is JSON, else the string.
     content: Any = None
+
+
+class SilenceNote(BaseModel):
+    """An earlier notification of a task that a silence held back on a channel (see
+    :mod:`notifier.delivery.silences`): kept in the task's card record, and told by the task's later
+    messages there ("Started while silenced (silence ab12cd34: planned scale)")."""
+
+    model_config = ConfigDict(frozen=True)
+
+    #: The silence's id.
+    id: str
+    #: Its comment, as it was when it held the notification back.
+    comment: str = ""
+    #: The type of the event held back (``task.started``: the task started while silenced).
+    type: str
 
 
 class PollProblem(BaseModel):
@@ -104,6 +133,21 @@ CLOUD_EYE_WORDS: dict[EventType, str] = {
 }
 
 
+def span(seconds: float) -> str:
+    """A time span as a summary says it, to the minute past one (``40 s``, ``25 min``, ``2 h 5 min``,
+    ``3 d 4 h``): how long a task has run or was stuck. (Slack's fields give the exact duration.)"""
+    if seconds < 60:
+        return f"{round(seconds, 1):g} s" if seconds < 10 else f"{int(seconds)} s"
+    minutes = int(seconds // 60)
+    if minutes < 60:
+        return f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+    days, hours = divmod(hours, 24)
+    return f"{days} d {hours} h" if hours else f"{days} d"
+
+
 def event_id(instance_id: str, task_id: str, type_: EventType, status: str) -> str:
     """Deterministic event id: ``evt_`` + 32 hex chars of sha256 over the identifying tuple."""
     key = "\x1f".join((instance_id, task_id, type_.value, status))
@@ -129,6 +173,31 @@ class Event(BaseModel):
     problem: PollProblem | None = None
     #: What Cloud Eye said, for the events it reports (``instance.failover``, ``node.*``...).
     cloud_eye: CloudEyeInfo | None = None
+    #: When the task crossed its ``watchdog`` limit (its ``created_at`` + the limit): set on ``task.stuck``
+    #: and on the later events of a task announced stuck (its end then says how long it was stuck).
+    stuck_since: datetime | None = None
+    #: Whether the change started inside the instance's DCS maintenance window (see :attr:`started_at`);
+    #: None when the window is not known, and for ``poller.*`` events (no change of the instance). Worked
+    #: out when the event is made, from the window its instance record carries then (the diff's context,
+    #: Cloud Eye's watched instance), so every maker of events gets it the same way.
+    maintenance: Maintenance | None = None
+
+    @model_validator(mode="after")
+    def _maintenance(self) -> Event:
+        window = self.instance.maintenance_window
+        if self.maintenance is None and window is not None and not self.type.value.startswith("poller."):
+            object.__setattr__(self, "maintenance", window.placement(self.started_at))
+        return self
+
+    @property
+    def started_at(self) -> datetime:
+        """When the change began: the task's ``created_at``; for an event without one, when Cloud Eye
+        says it happened (it may be read minutes later), else when it was detected."""
+        if self.task is not None and self.task.created_at is not None:
+            return self.task.created_at
+        if self.cloud_eye is not None:
+            return self.cloud_eye.time
+        return self.detected_at
 
     @property
     def summary(self) -> str:
@@ -147,10 +216,42 @@ class Event(BaseModel):
             case EventType.UPDATED:
                 before = self.previous_status or "unknown"
                 return f"{what} on {where} changed status {before} → {self.task.status}"
+            case EventType.STUCK if self.stuck_since is not None and self.task.created_at is not None:
+                running = span((self.detected_at - self.task.created_at).total_seconds())
+                limit = span((self.stuck_since - self.task.created_at).total_seconds())
+                return f"{what} on {where} is stuck: {self.task.status} for {running} (limit {limit})"
             case _ if self.cloud_eye is not None:  # Cloud Eye's event, part of this task
                 return f"{self._instance_summary(where)}, during {what}"
             case _:
                 return f"{self.type.value} on {where}"
+
+    @property
+    def stuck_limit_seconds(self) -> float | None:
+        """The ``watchdog`` limit the task was held to (for a task announced stuck)."""
+        task = self.task
+        if self.stuck_since is None or task is None or task.created_at is None:
+            return None
+        return (self.stuck_since - task.created_at).total_seconds()
+
+    @property
+    def stuck_seconds(self) -> float | None:
+        """How long the task has been past its limit: until it ended (the API's ``updated_at``), else
+        until this event was detected."""
+        task = self.task
+        if self.stuck_since is None or task is None:
+            return None
+        end = task.updated_at if task.outcome is not Outcome.IN_PROGRESS and task.updated_at else None
+        return max(0.0, ((end or self.detected_at) - self.stuck_since).total_seconds())
+
+    @property
+    def stuck_note(self) -> str | None:
+        """``was stuck for 12 min (limit 5 min)`` (``stuck for …`` while it runs); None when the task
+        was never announced stuck."""
+        limit, past = self.stuck_limit_seconds, self.stuck_seconds
+        if limit is None or past is None or self.task is None:
+            return None
+        verb = "stuck" if self.task.outcome is Outcome.IN_PROGRESS else "was stuck"
+        return f"{verb} for {span(past)} (limit {span(limit)})"
 
     def _instance_summary(self, where: str) -> str:
         problem = self.problem
@@ -182,6 +283,9 @@ class Notification(BaseModel):
     #: A Cloud Eye event that is part of a task still running whose end this channel gets too: a channel
     #: without living cards tells it as a line of the task's next message there, not as one of its own.
     folds: bool = False
+    #: Set by delivery, never stored in the outbox: an earlier notification of this task to this channel
+    #: was held back by a silence (read from the task's card record), which the message tells.
+    silenced: SilenceNote | None = Field(default=None, exclude=True)
 
     @property
     def key(self) -> str:

@@ -40,6 +40,7 @@ from notifier.ops.metrics import failure_reason
 from notifier.pipeline.diff import DiffContext, DiffResult, Snapshot, diff
 from notifier.pipeline.events import Event, EventType, InstanceRef, Notification, event_id
 from notifier.pipeline.watch import Fleet, Known, Target, Watch
+from notifier.pipeline.watchdog import Limits, deadline, joined, stuck
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +161,7 @@ class InstancePoller:
         self._window = timedelta(seconds=config.poll.window)
         self._grace = timedelta(seconds=config.poll.baseline_grace)
         self._skew_margin = timedelta(seconds=config.poll.skew)
+        self.limits = Limits.of(config.watchdog)
 
     async def poll(self, target: Target) -> PollOutcome:
         """Poll one instance once.
@@ -214,7 +216,9 @@ class InstancePoller:
                 now + max(skew, MIN_END_MARGIN),
                 unchanged=known.digest if known is not None else None,
             )
-            if answer.tasks is None:  # the very same answer as last time: nothing can have changed
+            due = known.deadline if known is not None else None
+            if answer.tasks is None and (due is None or now < due.at):
+                # The very same answer as last time, and no task due to be stuck: nothing can have changed.
                 await self._succeeded(w, now)
                 return outcome
             ctx = DiffContext(
@@ -226,9 +230,25 @@ class InstancePoller:
                 window_start=start,
                 next_window_start=now - skew,
             )
-            result = _with_uncommitted(w.uncommitted, diff(previous, answer.tasks, ctx))
+            if answer.tasks is None:
+                # The same answer, past a task's deadline: only the watched tasks can have become stuck.
+                assert known is not None and due is not None  # (an unchanged answer needs what it matched)
+                result = _with_uncommitted(w.uncommitted, stuck(known.snapshot, due.tasks, self.limits, ctx))
+                snapshot = advance(previous, result, now)
+                fresh = dataclasses.replace(
+                    known, snapshot=snapshot, deadline=deadline(snapshot, due.tasks, self.limits)
+                )
+            else:
+                result = _with_uncommitted(w.uncommitted, diff(previous, answer.tasks, ctx))
+                snapshot = advance(previous, result, now)
+                running = [t for t in answer.tasks if t.outcome is Outcome.IN_PROGRESS]
+                if running and not self.limits.off:
+                    found = stuck(snapshot, running, self.limits, ctx)
+                    if found.events:
+                        result = joined(result, found)
+                        snapshot = advance(previous, result, now)
+                fresh = Known.of(snapshot, answer.digest, running, self.limits)
             notifications = [n for ev in result.events for n in self.fleet.route(ev)]
-            snapshot = advance(previous, result, now)
             try:
                 committed = await store.snapshots.commit(
                     spec.project_id,
@@ -245,7 +265,7 @@ class InstancePoller:
                 raise
             w.uncommitted = ()
             w.remembered = None
-            w.known = Known.of(snapshot, answer.digest, answer.tasks)
+            w.known = fresh
         except Exception as exc:
             self.fleet.metrics.polled("tasks", failure_reason(exc))
             await self._poll_failed(w, previous, exc)

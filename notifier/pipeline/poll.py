@@ -104,7 +104,9 @@ class Poller:
 
     async def poll_all(self) -> list[PollOutcome]:
         """Discover, then poll every watched instance once (``dcs-notifier once``)."""
-        await asyncio.gather(*(self.discovery.discover(spec) for spec in self.projects if spec.discover))
+        # (Projects that name their instances are listed too, for their maintenance windows.)
+        discovery = self.discovery
+        await asyncio.gather(*(discovery.discover(spec) for spec in self.projects if discovery.lists(spec)))
         if self.cloud_eye is not None:
             cloud_eye = self.cloud_eye
             await asyncio.gather(*(cloud_eye.poll(spec) for spec in self.projects if cloud_eye.owns(spec)))

@@ -25,10 +25,11 @@ from notifier.config.models import Config, ProjectSpec
 from notifier.dcs.cloud import Cloud
 from notifier.errors import DcsApiError
 from notifier.pipeline.diff import DiffContext, Snapshot, diff
-from notifier.pipeline.discovery import select
+from notifier.pipeline.discovery import select, window_of
 from notifier.pipeline.events import Event, InstanceRef, Notification
-from notifier.pipeline.instance import MIN_END_MARGIN, query_start, utcnow
+from notifier.pipeline.instance import MIN_END_MARGIN, advance, query_start, utcnow
 from notifier.pipeline.rules import route
+from notifier.pipeline.watchdog import Limits, stuck
 from notifier.store.connect import Store
 
 #: How long the dry run waits for Redis to answer before it previews without stored state.
@@ -84,6 +85,16 @@ async def _targets(config: Config, cloud: Cloud, preview: Preview) -> list[tuple
                 preview.discovery_errors.append(f"discovery of project {spec.project_id}: {exc}")
             else:
                 instances.update(listing.watched)
+        elif instances and config.discovery.maintenance_windows:
+            try:  # the windows of the named instances, as the daemon reads them
+                raw = await cloud.clients[spec.project_id].list_instances()
+            except DcsApiError:
+                pass  # their windows stay unknown; the preview goes on (the daemon logs the failure)
+            else:
+                for item in raw:
+                    ref = instances.get(str(item.get("instance_id")))
+                    if ref is not None:
+                        instances[ref.id] = ref.with_window(window_of(item))
         targets.extend((spec, inst) for inst in instances.values())
     return targets
 
@@ -104,6 +115,7 @@ async def preview(config: Config, store: Store | None, *, clock: Callable[[], da
     grace = timedelta(seconds=config.poll.baseline_grace)
     skew = timedelta(seconds=config.poll.skew)
     channels = list(config.channels)
+    limits = Limits.of(config.watchdog)
     cloud = Cloud(config)
     try:
         targets = await _targets(config, cloud, result)
@@ -130,7 +142,9 @@ async def preview(config: Config, store: Store | None, *, clock: Callable[[], da
                     window_start=start,
                     next_window_start=now - skew,
                 )
-                out.events = diff(previous, answer.tasks, ctx).events
+                result = diff(previous, answer.tasks, ctx)
+                advanced = advance(previous, result, now)
+                out.events = [*result.events, *stuck(advanced, answer.tasks, limits, ctx).events]
                 out.notifications = [
                     n for ev in out.events for n in route(ev, config.rules, channels, config.health.channels)
                 ]

@@ -38,6 +38,9 @@ MAX_BACKOFF_SECONDS = 600.0
 #: Poll times are rounded up to a multiple of this (seconds; at most 1/20 of poll.interval), so that polls
 #: due together run together.
 SCHEDULE_TICK_SECONDS = 0.1
+#: An instance whose task becomes stuck before its next poll is polled this long after the deadline (the
+#: task's created_at is the API's time: a little margin for the clocks and a task about to finish).
+DEADLINE_MARGIN_SECONDS = 0.05
 
 
 def phase(key: str) -> float:
@@ -61,9 +64,18 @@ class Scheduler:
         self.discovery = discovery
         self.cloud_eye = cloud_eye
         self.config = fleet.config
-        #: ``time.monotonic()`` of the scheduler's last step (a poll ended, an instance was passed over
-        #: as another replica's, the leases were renewed): a liveness probe's "still working".
-        self.progress = time.monotonic()
+        #: ``time.monotonic()`` by which the scheduler must take its next step (a poll ends, an instance
+        #: is passed over as another replica's, the leases are renewed), as the last step scheduled it:
+        #: past it, the process is hung (a liveness probe's answer). A poll may wait for its endpoint's
+        #: rate limit and take a timeout or two: ``slack`` on top of the wait chosen.
+        self._slack = 2 * self.config.api.timeout + 30.0
+        self.expected_by = time.monotonic() + self.config.poll.interval + self._slack
+        #: The instance-list loops (discovery, maintenance windows): cancelled on stop like the polls.
+        self._listings: list[asyncio.Task[None]] = []
+
+    def _stepped(self, wait: float) -> None:
+        """A step taken; the next one is due within ``wait`` (its loop's next wake-up), plus slack."""
+        self.expected_by = time.monotonic() + wait + self._slack
 
     def jittered(self, seconds: float) -> float:
         j = self.config.poll.jitter
@@ -73,9 +85,10 @@ class Scheduler:
         """How long until the instance of ``outcome`` is polled again."""
         interval = self.config.poll.interval
         exc = outcome.error
-        if exc is None and self._active(outcome.target.key):
-            return self.jittered(self.config.poll.active_every)
-        if exc is None or isinstance(exc, StoreError):
+        if exc is None:
+            every = self.config.poll.active_every if self._active(outcome.target.key) else interval
+            return self._until_deadline(outcome.target.key, self.jittered(every))
+        if isinstance(exc, StoreError):
             return self.jittered(interval)
         if isinstance(exc, DcsApiError) and exc.reason in (
             Reason.AUTH,
@@ -92,6 +105,18 @@ class Scheduler:
         if isinstance(exc, DcsApiError) and exc.retry_after is not None:
             delay = max(delay, exc.retry_after)
         return delay
+
+    def _until_deadline(self, key: str, delay: float) -> float:
+        """``delay``, or less when one of the instance's tasks becomes stuck before then (``watchdog``): it
+        is polled then, to see whether the task still runs."""
+        w = self.fleet.get(key)
+        due = w.known.deadline if w is not None and w.known is not None else None
+        if due is None:
+            return delay
+        until = (due.at - self.instances.clock()).total_seconds()
+        if until <= 0:
+            return delay  # not after a poll that committed (the tasks past it were announced then)
+        return min(delay, until + DEADLINE_MARGIN_SECONDS)
 
     def _active(self, key: str) -> bool:
         """Whether the instance has a task in progress and its endpoint room for extra polls."""
@@ -118,8 +143,9 @@ class Scheduler:
                     start(w)
                 fleet.on_added = start  # instances discovered from now on
                 for spec in fleet.config.projects():
-                    if spec.discover:
-                        tg.create_task(self._discovery_loop(spec, stop), name=f"discover:{spec.project_id}")
+                    if self.discovery.lists(spec):  # discovering, or for maintenance windows
+                        listing = self._discovery_loop(spec, stop)
+                        self._listings.append(tg.create_task(listing, name=f"discover:{spec.project_id}"))
                     if self.cloud_eye is not None:
                         loop = self._cloud_eye_loop(self.cloud_eye, spec, stop)
                         tg.create_task(loop, name=f"cloud-eye:{spec.project_id}")
@@ -154,13 +180,13 @@ class Scheduler:
             if w is None:
                 return
             if not self.fleet.owns(key):
-                self.progress = time.monotonic()
                 # Another replica's instance (or ours once a lease is taken): look again next interval.
                 w.forget_known()
                 delay = self.jittered(self.config.poll.interval)
+                self._stepped(delay)
                 continue
             delay = self.next_delay(await self.instances.poll_watch(w))
-            self.progress = time.monotonic()
+            self._stepped(delay)
 
     async def _discovery_loop(self, spec: ProjectSpec, stop: asyncio.Event) -> None:
         interval = self.config.discovery.interval
@@ -205,7 +231,7 @@ class Scheduler:
                         exc,
                     )
                 change = leases.lapse()
-            self.progress = time.monotonic()
+            self._stepped(every)
             if change.gained or change.lost:
                 moved = change.gained | change.lost
                 for w in self.fleet:
@@ -230,3 +256,7 @@ class Scheduler:
         for w in self.fleet:
             if w.control is not None and w.control.task is not None:
                 w.control.task.cancel()
+        # A listing may wait out a paused endpoint too; what it applied is applied, the rest is read again.
+        for listing in self._listings:
+            listing.cancel()
+        self._listings.clear()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -24,6 +24,7 @@ from notifier.pipeline.diff import Snapshot
 from notifier.pipeline.events import Event, EventType, InstanceRef, Notification
 from notifier.pipeline.health import HealthTracker, Subject
 from notifier.pipeline.rules import route
+from notifier.pipeline.watchdog import Deadline, Limits, deadline
 from notifier.store.connect import Store
 from notifier.store.leases import ShardLeases
 
@@ -64,10 +65,18 @@ class Known:
     #: ``poll.active_interval``); worked out once per answer that changed, not per poll. The answer, not
     #: the snapshot: a task the API stops listing stays in the snapshot, in progress, for days.
     active: bool = False
+    #: When one of the tasks the answer listed in progress becomes stuck (``watchdog``), worked out once per
+    #: answer that changed: an unchanged answer costs one comparison with it (None: nothing to watch).
+    deadline: Deadline | None = None
 
     @classmethod
-    def of(cls, snapshot: Snapshot, digest: bytes | None, listed: Iterable[Task]) -> Known:
-        return cls(snapshot, digest, any(t.outcome is Outcome.IN_PROGRESS for t in listed))
+    def of(
+        cls, snapshot: Snapshot, digest: bytes | None, listed: Sequence[Task], limits: Limits | None = None
+    ) -> Known:
+        """What to keep of an answer that changed: ``listed`` are its tasks (those in progress suffice)."""
+        active = any(t.outcome is Outcome.IN_PROGRESS for t in listed)
+        due = deadline(snapshot, listed, limits) if active and limits is not None else None
+        return cls(snapshot, digest, active, due)
 
 
 def release(waiter: asyncio.Future[None]) -> None:

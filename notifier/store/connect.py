@@ -10,7 +10,9 @@ shared by every store, one per stage it serves:
 * ``cards`` — the living card of each task per channel (delivery, the dead-letter replay);
 * ``cloud_eye`` — each project's Cloud Eye window and the event ids it handled (the poller);
 * ``dead_letters`` — list, replay, resolve, purge (the ``dead-letters`` commands);
-* ``heartbeat`` — the daemon's sign of life (the daemon, ``dcs-notifier health``).
+* ``heartbeat`` — the daemon's sign of life (the daemon, ``dcs-notifier health``);
+* ``silences`` — silences and what they held back (``dcs-notifier silence``, ``status``; delivery
+  applies them through :class:`~notifier.store.silences.Silences`).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from notifier.store.heartbeat import Heartbeat
 from notifier.store.keys import Keys
 from notifier.store.link import Link, RedisClient
 from notifier.store.outbox import Outbox
+from notifier.store.silences import SilenceStore
 from notifier.store.snapshots import Snapshots
 
 
@@ -134,6 +137,7 @@ class Store:
         self.dead_letters = DeadLetters(self.link)
         self.heartbeat = Heartbeat(self.link)
         self.reloads = ReloadRequests(self.link)
+        self.silences = SilenceStore(self.link)
 
     @property
     def redis(self) -> RedisClient:

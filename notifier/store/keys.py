@@ -8,11 +8,14 @@ Who writes what (modules of :mod:`notifier.store`): ``snap`` and ``epoch`` — `
 ``health``; ``outbox``, ``delivered``, ``attempts`` — ``outbox`` (which also buries entries in ``dead``);
 ``card`` — ``cards`` (written with an acknowledgement by ``outbox``); ``ces`` — ``cloud_eye``;
 ``dead`` — ``dead_letters``;
-``heartbeat`` — ``heartbeat``; ``daemon``, ``replicas``, ``lease`` — ``leases``.
+``heartbeat`` — ``heartbeat``; ``daemon``, ``replicas``, ``lease`` — ``leases``; ``silences`` —
+``silences`` (whose held-back notifications ``outbox`` acknowledges into ``silence-log``).
 
 ``{p}:snap:{project_id}:{instance_id}`` — HASH, no TTL.
     What was last seen of each task of one instance: field = task id, value = compact JSON
-    ``{"s": status, "u": updated_at, "c": created_at}`` (ISO 8601, "" when unknown). Reserved fields:
+    ``{"s": status, "u": updated_at, "c": created_at}`` (ISO 8601, "" when unknown), ``"n": name``, and
+    ``"k": stuck_at`` once ``task.stuck`` was announced (when it crossed its watchdog limit; written in
+    the MULTI/EXEC of that event's outbox entries; absent in state written before). Reserved fields:
     ``~meta`` holds ``{"baseline_at": ISO 8601, "removed_at": ISO 8601 (once instance.removed was
     announced)}``; ``~polled`` the time of a successful poll (written with a commit, or pipelined
     with a read at most every minute), where a restarted daemon starts its next window. A hash
@@ -61,6 +64,22 @@ Who writes what (modules of :mod:`notifier.store`): ``snap`` and ``epoch`` — `
     Dead letters: notifications a channel refused permanently. Fields: ``n`` (the Notification JSON),
     ``k``, ``channel``, ``error``, ``attempts``, ``failed_at``.
 
+``{p}:silences`` — HASH, no TTL (entries pruned SILENCE_RETENTION_SECONDS after they end).
+    Silences (``dcs-notifier silence add``): field = the silence id (8 hex digits), value = JSON
+    ``{"id", "matchers": ["instance=orders-*", "task!=EXTEND", ...], "starts_at", "ends_at", "comment",
+    "author", "created_at", "expired_by": null | name}`` (times ISO 8601 UTC). In effect while
+    ``starts_at`` ≤ now < ``ends_at``; ``silence expire`` sets ``ends_at`` to now. Read whole by every
+    delivering process at most once a second (a cache: never one call per notification), which also
+    removes (HDEL) those ended more than the retention ago; kept that long after they end so that
+    ``silence list --all`` and ``silence log`` can still say what they were.
+
+``{p}:silence-log`` — STREAM, capped at ~10,000 entries (MAXLEN ~).
+    What silences held back: one entry per notification, written in the same MULTI/EXEC as its
+    acknowledgement (and its notification log, so a replay does not send it): ``silence`` (id),
+    ``event_id``, ``type``, ``summary``, ``instance`` (id), ``instance_name``, ``project``, ``task``
+    (id, "" for none), ``channel``, ``at`` (ISO 8601). A held-back task event also marks the task's
+    ``card`` record on that channel (``sil``), so the task's later messages say it was silenced.
+
 ``{p}:heartbeat`` — STRING (ISO 8601), TTL 3 × poll interval + 10 s. Written every few seconds while
     some poll succeeded within the last 3 intervals; ``dcs-notifier health`` checks that it exists.
 
@@ -105,6 +124,8 @@ in its own::
     {p}:card:{{channel}}:{card_key}          e.g. dcsn:card:{oncall}:a4d3.../5560.../task/7f1c...
     {p}:ces:{{project_id}}:until, …:seen    one slot per project: its Cloud Eye state
     {p}:dead:{{channel}}                     one dead-letter stream per channel (not one {p}:dead)
+    {p}:silence-log:{{channel}}              one silence log per channel (not one {p}:silence-log)
+    {p}:silences                            unchanged (single key)
     {p}:health, {p}:heartbeat, {p}:epoch    unchanged (single keys)
     {p}:daemon                              unchanged (single key)
     {p}:replicas, {p}:lease:{shard}         unchanged (single keys)
@@ -130,6 +151,9 @@ META_FIELD = "~meta"
 POLLED_FIELD = "~polled"
 DELIVERED_TTL_SECONDS = 7 * 24 * 3600
 DEAD_LETTER_MAXLEN = 10_000
+SILENCE_LOG_MAXLEN = 10_000
+#: How long a silence is kept after it ended (as long as the card records that may name it).
+SILENCE_RETENTION_SECONDS = DELIVERED_TTL_SECONDS
 
 
 class Keys:
@@ -202,6 +226,20 @@ class Keys:
     def dead_channel(self, key: str) -> str | None:
         """The channel of a per-channel dead-letter stream's key (cluster), or None."""
         return self._channel_of(key, f"{self.prefix}:dead:")
+
+    @property
+    def silences(self) -> str:
+        return f"{self.prefix}:silences"
+
+    def silence_log(self, channel: str) -> str:
+        """The silence log a channel's held-back notifications are recorded in (one per channel on a
+        cluster, in the channel's slot: written with the acknowledgement)."""
+        base = f"{self.prefix}:silence-log"
+        return f"{base}:{self._tag(channel)}" if self.cluster else base
+
+    def silence_log_channel(self, key: str) -> str | None:
+        """The channel of a per-channel silence log's key (cluster), or None."""
+        return self._channel_of(key, f"{self.prefix}:silence-log:")
 
     def _channel_of(self, key: str, head: str) -> str | None:
         if not key.startswith(head):

@@ -54,6 +54,17 @@ return 0
 """
 
 
+#: Take a shard's lease if it is free or already ours (this replica, reloaded, handing over to itself).
+_TAKE = """
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] or not holder then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+"""
+
+
 #: Renew the daemon lock if it is ours, take it if it is free; else answer who holds it.
 _HOLD = """
 local holder = redis.call('GET', KEYS[1])
@@ -164,7 +175,7 @@ class ShardLeases:
         for s in give:  # another live replica should have it: let it go after one poll interval
             pipe.eval(_RENEW, 1, self.keys.lease(s), self.replica, int(self.handover * 1000))
         for s in take:
-            pipe.set(self.keys.lease(s), self.replica, nx=True, px=ttl_ms)
+            pipe.eval(_TAKE, 1, self.keys.lease(s), self.replica, ttl_ms)
         answers = await pipe.execute() if keep or give or take else []
 
         renewed = {s for s, ok in zip(keep, answers[: len(keep)], strict=True) if ok}

@@ -10,7 +10,7 @@ count attempts, acknowledge with the notification log, bury in the dead letters,
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -18,10 +18,10 @@ from typing import Any
 import redis.exceptions
 from redis.typing import EncodableT, FieldT
 
-from notifier.delivery.cards import Card, card_key
+from notifier.delivery.cards import Card, Group, card_key
 from notifier.pipeline.events import Notification
 from notifier.store.cards import Cards
-from notifier.store.keys import DEAD_LETTER_MAXLEN, DELIVERED_TTL_SECONDS, Keys
+from notifier.store.keys import DEAD_LETTER_MAXLEN, DELIVERED_TTL_SECONDS, SILENCE_LOG_MAXLEN, Keys
 from notifier.store.link import Link
 
 log = logging.getLogger(__name__)
@@ -222,6 +222,19 @@ class Outbox:
                 )
             )
 
+    async def delivered_among(self, entries: Sequence[OutboxEntry]) -> set[str]:
+        """The entry ids among ``entries`` (of one channel) whose notification is in the notification log
+        already, in one round trip."""
+        if not entries:
+            return set()
+        keys = self.link.keys
+        async with self.link.op("read of the notification log"):
+            pipe = self.link.redis.pipeline(transaction=False)
+            for entry in entries:
+                pipe.exists(keys.delivered(entry.channel, entry.notification.event.id))
+            found = await pipe.execute()
+        return {e.entry_id for e, n in zip(entries, found, strict=True) if n}
+
     async def record_attempt(self, entry: OutboxEntry) -> int:
         """Count one more failed attempt at this entry; returns the total so far."""
         async with self.link.op("count of a failed attempt"):
@@ -242,15 +255,53 @@ class Outbox:
     async def mark_delivered(self, entry: OutboxEntry, card: Card | None = None) -> None:
         """Record the delivery (and the card it posted or updated) and drop the entry from the outbox,
         atomically."""
+        records = {} if card is None else {card_key(entry.notification.event): card}
+        await self.mark_all_delivered([entry], records)
+
+    async def mark_all_delivered(
+        self,
+        entries: Sequence[OutboxEntry],
+        records: Mapping[str, Card | Group],
+        how: str = "1",
+        burst: tuple[str, str, float] | None = None,
+    ) -> None:
+        """Record the delivery of entries of one channel sent as one message (a group, a digest) — with
+        the cards it posted or updated, by card key — and drop them from the outbox, atomically. ``how``
+        is what the notification log says of them (``digest``: told by a digest)."""
+        if not entries:
+            return
         keys = self.link.keys
+        channel = entries[0].channel
         async with self.link.op("acknowledgement of a delivery"):
             pipe = self.link.redis.pipeline(transaction=True)
+            for entry in entries:
+                pipe.set(keys.delivered(channel, entry.notification.event.id), how, ex=DELIVERED_TTL_SECONDS)
+            for key, record in records.items():
+                self.cards.queue_put(pipe, channel, key, record)
+            if burst is not None:  # (group key, group id, how long later members join it)
+                self.cards.queue_burst(pipe, channel, *burst)
+            for entry in entries:
+                _remove(pipe, keys, channel, entry.entry_id)
+            await pipe.execute()
+
+    async def mark_silenced(
+        self, entry: OutboxEntry, record: Mapping[str, str], card: Card | None = None
+    ) -> None:
+        """Acknowledge an entry a silence held back, atomically with its record in the silence log, its
+        notification log (``silenced``: a re-claimed or replayed copy is not sent either) and, for a
+        task's event, the task's card record saying so (see :mod:`notifier.delivery.silences`)."""
+        keys = self.link.keys
+        channel = entry.channel
+        async with self.link.op("acknowledgement of a silenced notification"):
+            pipe = self.link.redis.pipeline(transaction=True)
             pipe.set(
-                keys.delivered(entry.channel, entry.notification.event.id), "1", ex=DELIVERED_TTL_SECONDS
+                keys.delivered(channel, entry.notification.event.id), "silenced", ex=DELIVERED_TTL_SECONDS
             )
+            fields: dict[FieldT, EncodableT] = {k: v for k, v in record.items()}
+            pipe.xadd(keys.silence_log(channel), fields, maxlen=SILENCE_LOG_MAXLEN, approximate=True)
             if card is not None:
-                self.cards.queue_put(pipe, entry.channel, card_key(entry.notification.event), card)
-            _remove(pipe, keys, entry.channel, entry.entry_id)
+                self.cards.queue_put(pipe, channel, card_key(entry.notification.event), card)
+            _remove(pipe, keys, channel, entry.entry_id)
             await pipe.execute()
 
     async def _bury(

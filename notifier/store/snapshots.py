@@ -45,6 +45,8 @@ def _encode(seen: SeenTask) -> str:
     data = {"s": seen.status, "u": _iso(seen.updated_at), "c": _iso(seen.created_at)}
     if seen.name:
         data["n"] = seen.name
+    if seen.stuck_at is not None:  # absent in state written before the watchdog: never announced
+        data["k"] = _iso(seen.stuck_at)
     return json.dumps(data, separators=(",", ":"))
 
 
@@ -56,6 +58,7 @@ def _decode(raw: str) -> SeenTask:
         updated_at=_dt(data.get("u", "")),
         created_at=_dt(data.get("c", "")),
         name=sys.intern(name) if isinstance(name, str) else "",
+        stuck_at=_dt(data.get("k", "")),
     )
 
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator, Mapping
 
 from notifier.app import Daemon
 from notifier.config.models import Config
@@ -40,3 +43,31 @@ async def serving(service: Service) -> AsyncIterator[int]:
     finally:
         service.request_stop()
         await asyncio.wait_for(task, 20)
+
+
+@contextlib.asynccontextmanager
+async def cli_run(
+    env: Mapping[str, str], *args: str
+) -> AsyncIterator[tuple[asyncio.subprocess.Process, list[str]]]:
+    """``python -m notifier.cli --log-level INFO run`` (or ``args``) with ``env`` (PATH added), its stderr
+    collected line by line as it comes; SIGTERM and awaited on exit."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "notifier.cli", "--log-level", "INFO", *(args or ("run",)),
+        env={"PATH": os.environ.get("PATH", ""), **env},
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    log: list[str] = []
+
+    async def read() -> None:
+        assert proc.stderr is not None
+        async for line in proc.stderr:
+            log.append(line.decode())
+
+    reader = asyncio.create_task(read())
+    try:
+        yield proc, log
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(proc.wait(), 20)
+        await asyncio.wait_for(reader, 10)

@@ -16,9 +16,11 @@ from __future__ import annotations
 import abc
 import asyncio
 import time
+from collections.abc import Sequence
 from typing import ClassVar
 
-from notifier.delivery.cards import Card, tracks
+from notifier.delivery.cards import Card, Group, tracks
+from notifier.errors import DeliveryError, Reason
 from notifier.pipeline.events import Event, Notification
 
 
@@ -60,6 +62,19 @@ class Channel(abc.ABC):
         """Deliver one notification, or raise ``DeliveryError``. Must not retry. A channel with
         ``living_cards`` updates ``card`` (or posts a new one) and returns it; one with ``notes_in_next``
         tells ``card``'s notes and returns the record the message leaves; others return None."""
+
+    async def send_many(
+        self, kind: str, notifications: Sequence[Notification], group: Group | None = None
+    ) -> Group | None:
+        """Deliver several notifications as one message — ``kind`` ``group`` (a burst of one kind of
+        event; ``group``: its card, where the channel keeps one) or ``digest`` (a backlog that waited) — or
+        raise ``DeliveryError``. Returns the group card the message left (channels with cards)."""
+        raise DeliveryError(
+            self.name, False, Reason.INTERNAL, f"channel kind {self.kind} cannot send a {kind}"
+        )
+
+    #: Whether people read it (chat): its notifications are grouped by default (README, Grouping).
+    chat: bool = False
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook, most channels hold no resources
         """Release connections. Safe to call more than once."""

@@ -20,9 +20,10 @@ other status is judged by the status (and Slack's error code when the body has o
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Mapping, Sequence
 from typing import Any, ClassVar, Final, Literal
 from urllib.parse import urlsplit
 
@@ -31,7 +32,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
-from notifier.delivery.cards import BROADCAST, Card, after, edits_card, needs_new_card
+from notifier.delivery.cards import BROADCAST, Card, Group, after, edits_card, needs_new_card
 from notifier.delivery.channels.base import Channel
 from notifier.delivery.channels.http import (
     AnswerError,
@@ -45,6 +46,13 @@ from notifier.delivery.channels.http import (
     receiver_host,
     transport_error,
     watch_answers,
+)
+from notifier.delivery.formatters.groups import (
+    format_digest,
+    format_group,
+    format_group_card,
+    format_group_reply,
+    what_of,
 )
 from notifier.delivery.formatters.slack import SlackMessage, format_card, format_reply, format_slack
 from notifier.errors import DeliveryError, Reason
@@ -199,6 +207,7 @@ class SlackChannel(Channel):
         super().__init__(name, rate=config.rate)
         self._config = config
         self.living_cards = config.mode == "bot"
+        self.chat = True
         self.notes_in_next = config.mode == "webhook"
         self._secrets: list[str] = []
         if config.webhook_url is not None:
@@ -321,6 +330,72 @@ class SlackChannel(Channel):
             return await self._post_card(notification)
         return after(event, card) if edits_card(event) else card
 
+    async def send_many(
+        self, kind: str, notifications: Sequence[Notification], group: Group | None = None
+    ) -> Group | None:
+        if kind == "digest":
+            await self._post(format_digest(notifications), "chat.postMessage (digest)")
+            return None
+        if self._config.mode == "webhook":
+            await self._send_webhook(format_group(notifications))
+            return None
+        events = [n.event for n in notifications]
+        if group is None:
+            return await self._post_group(notifications)
+        moved = group.moved(events)
+        client = self._web_client()
+        try:
+            message = format_group_card(moved, notifications)
+            await self._call(
+                "chat.update (group)",
+                client.chat_update(
+                    channel=group.channel_id, ts=group.ts, text=message.text, blocks=message.blocks
+                ),
+                on_card=True,
+            )
+            await self.pace()  # the reply is a second call to Slack
+            reply = format_group_reply(notifications, max(e.detected_at for e in events))
+            await self._call(
+                "chat.postMessage (group thread reply)",
+                client.chat_postMessage(
+                    channel=group.channel_id,
+                    thread_ts=group.ts,
+                    reply_broadcast=any(e.type in BROADCAST for e in events),
+                    text=reply.text,
+                    blocks=reply.blocks,
+                    **self._extras(),
+                ),
+                on_card=True,
+            )
+        except _CardGone as gone:
+            log.info("channel %r: a group card is gone (%s); posting a new one", self.name, gone)
+            await self.pace()
+            return await self._post_group(notifications)
+        return moved
+
+    async def _post(self, message: SlackMessage, what: str) -> Mapping[str, Any] | None:
+        """One message to the channel: through the webhook, or ``chat.postMessage`` (its answer)."""
+        if self._config.mode == "webhook":
+            await self._send_webhook(message)
+            return None
+        assert self._config.channel is not None
+        return await self._call(
+            what,
+            self._web_client().chat_postMessage(
+                channel=self._config.channel, text=message.text, blocks=message.blocks, **self._extras()
+            ),
+        )
+
+    async def _post_group(self, notifications: Sequence[Notification]) -> Group | None:
+        """Post a new group card; the group it is (None if Slack's answer cannot be read)."""
+        first = notifications[0].event
+        draft = Group(first.id, "", "", what_of(first), {}).moved([n.event for n in notifications])
+        answer = await self._post(format_group_card(draft, notifications, mention=True), "chat.postMessage")
+        channel_id, ts = (answer or {}).get("channel"), (answer or {}).get("ts")
+        if not isinstance(channel_id, str) or not isinstance(ts, str) or not channel_id or not ts:
+            return None
+        return dataclasses.replace(draft, channel_id=channel_id, ts=ts)
+
     async def _post_card(self, notification: Notification) -> Card | None:
         """Post a new card; the card Slack made (None if its answer could not be read: the next event
         of the task then posts another)."""
@@ -342,7 +417,8 @@ class SlackChannel(Channel):
                     notification.event.id,
                 )
             return None
-        return after(notification.event, Card(channel_id, ts))
+        # A task whose earlier news a silence held back keeps saying so on its card (see cards.py).
+        return after(notification.event, Card(channel_id, ts, silenced=notification.silenced))
 
     async def _call(
         self, what: str, call: Awaitable[Any], *, on_card: bool = False

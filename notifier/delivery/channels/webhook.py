@@ -15,12 +15,12 @@ import binascii
 import hashlib
 import hmac
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar, Final, Literal
 
 from pydantic import ConfigDict, Field, SecretStr, field_validator
 
-from notifier.delivery.cards import Card
+from notifier.delivery.cards import Card, Group
 from notifier.delivery.channels.base import Channel
 from notifier.delivery.channels.http import (
     HttpChannelConfig,
@@ -30,7 +30,7 @@ from notifier.delivery.channels.http import (
     receiver_host,
     transport_error,
 )
-from notifier.delivery.formatters.webhook import webhook_body
+from notifier.delivery.formatters.webhook import batch_id, webhook_batch_body, webhook_body
 from notifier.net import USER_AGENT
 from notifier.net.session import Http
 from notifier.pipeline.events import Notification
@@ -151,10 +151,11 @@ class WebhookChannel(Channel):
             self._http = channel_http(self.name, self._config)
         return self._http
 
-    def build_headers(self, notification: Notification, body: bytes, timestamp: int) -> dict[str, str]:
-        """The request headers of one attempt (configured headers first, protocol headers win)."""
+    def build_headers(self, notification: Notification | str, body: bytes, timestamp: int) -> dict[str, str]:
+        """The request headers of one attempt (configured headers first, protocol headers win); the
+        message id is the notification's event id (or the id given, for a group or a digest)."""
         headers: dict[str, str] = {"User-Agent": USER_AGENT, **self._config.headers}
-        msg_id = notification.event.id
+        msg_id = notification if isinstance(notification, str) else notification.event.id
         headers["Content-Type"] = "application/json"
         headers["webhook-id"] = msg_id
         headers["webhook-timestamp"] = str(timestamp)
@@ -164,7 +165,18 @@ class WebhookChannel(Channel):
 
     async def send(self, notification: Notification, card: Card | None = None) -> None:
         body = webhook_body(notification)
-        headers = self.build_headers(notification, body, int(time.time()))
+        await self._post(body, self.build_headers(notification, body, int(time.time())))
+
+    async def send_many(
+        self, kind: str, notifications: Sequence[Notification], group: Group | None = None
+    ) -> Group | None:
+        """One POST for a group (a rule asked for it) or a digest (``digest.webhooks``)."""
+        body = webhook_batch_body(kind, notifications)
+        msg_id = batch_id(kind, notifications)
+        await self._post(body, self.build_headers(msg_id, body, int(time.time())))
+        return None
+
+    async def _post(self, body: bytes, headers: dict[str, str]) -> None:
         session = self._get_http().session
         try:
             # The answer's body is never read; redirects are refused by the session (and not asked for).

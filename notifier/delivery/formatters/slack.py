@@ -30,7 +30,7 @@ from slack_sdk.models.blocks import (
 )
 
 from notifier.dcs.models import Outcome, Task, TaskDetails
-from notifier.pipeline.events import CloudEyeInfo, Event, EventType, Notification
+from notifier.pipeline.events import CloudEyeInfo, Event, EventType, Notification, SilenceNote
 
 # Block Kit limits (https://docs.slack.dev/reference/block-kit/blocks).
 HEADER_MAX: Final = 150
@@ -50,6 +50,7 @@ EVENT_EMOJI: Final[dict[EventType, str]] = {
     EventType.SUCCEEDED: ":white_check_mark:",
     EventType.FAILED: ":x:",
     EventType.UPDATED: ":information_source:",
+    EventType.STUCK: ":alarm_clock:",
     EventType.INSTANCE_REMOVED: ":wastebasket:",
     EventType.POLLER_UNHEALTHY: ":rotating_light:",
     EventType.POLLER_RECOVERED: ":large_green_circle:",
@@ -244,8 +245,25 @@ def _instance_fields(event: Event) -> list[str]:
         elif ce.content:
             fields.append(f"*Details*\n{value(ce.content, 500)}")
         fields.append(f"*Console*\n<{console_url(event)}|open the instance>")
+    fields.extend(_maintenance_field(event))
     fields.append(f"*Region*\n{value(event.region, 100)}")
     return [clip(f, FIELD_TEXT_MAX) for f in fields[:FIELDS_MAX]]
+
+
+def maintenance_text(event: Event) -> str | None:
+    """``inside (18:00–19:00 UTC)``, or ``:warning: outside (…)`` — a change begun outside its instance's
+    DCS maintenance window is worth a second look; None when the window is not known."""
+    window = event.instance.maintenance_window
+    if event.maintenance is None or window is None:
+        return None
+    if event.maintenance == "inside":
+        return f"inside ({window.label})"
+    return f":warning: outside ({window.label})"
+
+
+def _maintenance_field(event: Event) -> list[str]:
+    text = maintenance_text(event)
+    return [] if text is None else [f"*Maintenance window*\n{text}"]
 
 
 def _fields(event: Event, task: Task) -> list[str]:
@@ -266,6 +284,9 @@ def _fields(event: Event, task: Task) -> list[str]:
         fields.append(f"*Duration*\n{format_duration(task.duration_seconds)}")
     elif task.outcome is not Outcome.IN_PROGRESS and task.updated_at is not None:
         fields.append(f"*Finished at*\n{slack_date(task.updated_at)}")
+    if event.stuck_since is not None:  # announced stuck (the watchdog): since when, and for how long
+        fields.append(f"*Stuck*\nsince {slack_date(event.stuck_since)}, {event.stuck_note}")
+    fields.extend(_maintenance_field(event))
     fields.append(f"*Region*\n{value(event.region, 100)}")
     return [clip(f, FIELD_TEXT_MAX) for f in fields[:FIELDS_MAX]]
 
@@ -307,6 +328,14 @@ def _note_line(note: CloudEyeInfo) -> str:
     return line
 
 
+def silenced_line(note: SilenceNote) -> str:
+    """What a task's message says of a silence that held back an earlier notification of the task."""
+    why = f"silence {code(note.id, 40)}" + (f": {value(note.comment, 500)}" if note.comment else "")
+    if note.type == EventType.STARTED.value:
+        return f":mute: Started while silenced ({why})"
+    return f":mute: Earlier news of this task was silenced ({code(note.type, 40)}, {why})"
+
+
 def format_slack(
     notification: Notification, *, mention: bool = True, notes: Sequence[CloudEyeInfo] = ()
 ) -> SlackMessage:
@@ -331,6 +360,9 @@ def format_slack(
             blocks.append(SectionBlock(text=MarkdownTextObject(text=text)))
     if event.problem is not None:
         text = clip(f"*Error:* {value(event.problem.message, 1000)}", SECTION_TEXT_MAX)
+        blocks.append(SectionBlock(text=MarkdownTextObject(text=text)))
+    if notification.silenced is not None:
+        text = clip(silenced_line(notification.silenced), SECTION_TEXT_MAX)
         blocks.append(SectionBlock(text=MarkdownTextObject(text=text)))
     if notes:
         lines = ["*Also during this task:*", *(_note_line(note) for note in notes)]
@@ -366,6 +398,8 @@ def format_reply(notification: Notification) -> SlackMessage:
         parts.append(f"took {format_duration(task.duration_seconds)}")
     if event.problem is not None:
         parts.append(value(event.problem.message, 500))
+    if event.stuck_note is not None and event.type is not EventType.STUCK:  # (task.stuck's summary says it)
+        parts.append(event.stuck_note)
     line = clip(" · ".join(parts), SECTION_TEXT_MAX)
     mentions = _mentions(notification)
     blocks = [SectionBlock(text=MarkdownTextObject(text=t)).to_dict() for t in (mentions, line) if t]

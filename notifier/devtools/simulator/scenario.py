@@ -151,11 +151,14 @@ async def run_scenario(
 ORDERS_CACHE = "3f6c1a52-8d0e-4b7a-9c1f-5e2d7a9b0c11"
 SESSIONS_CACHE = "7a2e9d40-1b3c-4f5e-8a6d-0c9b8e7f6a22"
 CATALOG_CACHE = "c41b8f93-6e2d-4a1c-b7f0-9d3e5a8c2b33"
+#: An availability zone's worth of small caches, switched over together (a burst: one grouped card).
+AZ_FLEET = [(f"5a0c{n:04d}-7e1f-4c2d-9b3a-0d1e2f3a4b{n:02d}", f"az1-cache-{n:02d}") for n in range(1, 9)]
 
 
 def default_demo_scenario() -> Scenario:
     """~25 s: a switchover, a scale-up, a whitelist change, public access on, an automatic failover (a
-    Cloud Eye event) and a failed port change."""
+    Cloud Eye event), a burst of 8 switchovers in one zone (one grouped card), a replica addition that
+    hangs past its watchdog limit (``task.stuck``) and a failed port change."""
     instances = [
         InstanceSpec(
             ORDERS_CACHE,
@@ -171,6 +174,10 @@ def default_demo_scenario() -> Scenario:
             CATALOG_CACHE,
             "catalog-cache",
             {"spec_code": "redis.single.xu1.tiny.512", "capacity_gb": 0.5, "ip": "192.168.0.13"},
+        ),
+        *(
+            InstanceSpec(iid, name, {"spec_code": "redis.ha.xu1.tiny.r2.128", "capacity_gb": 0.125})
+            for iid, name in AZ_FLEET
         ),
     ]
     extend = {
@@ -192,8 +199,10 @@ def default_demo_scenario() -> Scenario:
         "public_ip_address": "203.0.113.10",
         "enable_ssl": False,
     }
+    replicas = {"old_replica_num": 2, "new_replica_num": 3}
     steps = [
         Step(1, StartTask("swap", ORDERS_CACHE, "masterStandbySwapJob")),
+        Step(2, StartTask("replica", ORDERS_CACHE, "AddReplica", replicas)),
         Step(3, StartTask("extend", SESSIONS_CACHE, "EXTEND", extend, status="CREATED")),
         Step(
             4,
@@ -212,5 +221,9 @@ def default_demo_scenario() -> Scenario:
         Step(18, FinishTask("extend")),
         Step(19, StartTask("port", CATALOG_CACHE, "UpdatePort", {"old_port": 6379, "new_port": 6380})),
         Step(24, FinishTask("port", "FAILED")),
+        # The zone's burst: 8 switchovers at once, half done 2 s later, the rest 3 s later.
+        *(Step(9, StartTask(f"az-{n}", iid, "masterStandbySwapJob")) for n, (iid, _) in enumerate(AZ_FLEET)),
+        *(Step(11 if n < 4 else 12, FinishTask(f"az-{n}")) for n in range(len(AZ_FLEET))),
+        Step(20, FinishTask("replica")),
     ]
     return Scenario(instances, steps)
