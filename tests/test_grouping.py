@@ -93,32 +93,45 @@ rules:
         assert replies and all("succeeded on" in r.text for r in replies)
 
 
-async def test_a_revoked_ak_behind_many_instances_is_one_unhealthy_and_one_recovered(
-    sim: Simulator, fleet: list[str], redis_url: str
+def add_fleet(sim: Simulator, n: int) -> list[str]:
+    found = ids(n)
+    for i, iid in enumerate(found):
+        sim.add_instance(iid, f"cache-{i:02d}")
+    return found
+
+
+REVOKED = 500
+
+
+async def test_a_revoked_ak_behind_500_instances_is_one_unhealthy_and_one_recovered(
+    sim: Simulator, redis_url: str
 ) -> None:
+    fleet = add_fleet(sim, REVOKED)
     async with WebhookReceiver(secret=WEBHOOK_SECRET) as audit, SlackStandIn() as slack:
         extra = f"""channels:
   oncall: {{type: slack, webhook_url: "{slack.webhook_url}"}}
   audit: {{type: webhook, url: "{audit.url}", secret: "{WEBHOOK_SECRET}"}}
 rules:
-  - {{name: people, channels: [oncall], group_wait: 2s}}
+  - {{name: people, channels: [oncall], group_wait: 4s}}
   - {{name: machines, channels: [audit]}}
 """
-        config = parse_config(fleet_config(sim, redis_url, extra), "grp.yaml", {})
+        config = parse_config(fleet_config(sim, redis_url, extra, REVOKED), "grp.yaml", {})
         channel = slack.webhook_channel
         async with running(config):
             await baselined(sim, fleet)
             sim.revoke(AK)
+            await audit.wait_for(REVOKED, timeout=30)  # every instance announced unhealthy
             await slack.wait_until(lambda: len(slack.cards(channel)) >= 1, timeout=20)
             sim.set_credentials({AK: SK})
+            await audit.wait_for(2 * REVOKED, timeout=30)
             await slack.wait_until(lambda: len(slack.cards(channel)) >= 2, timeout=20)
-            await audit.wait_for(2 * BURST, timeout=20)
         unhealthy, recovered = texts(slack, channel)
-        assert f"Cannot poll {BURST} instances" in unhealthy and "auth" in unhealthy
-        assert f"Polling {BURST} instances works again" in recovered
+        assert f"Cannot poll {REVOKED} instances" in unhealthy and "auth" in unhealthy
+        assert "… and 470 more" in unhealthy  # a sample of 30 lines, the rest counted
+        assert f"Polling {REVOKED} instances works again" in recovered
         # Machines want events: the webhook got one POST per instance and event, not a group.
         got = [json.loads(r.body)["type"] for r in audit.requests if 200 <= r.status < 300]
-        assert sorted(got) == ["poller.recovered"] * BURST + ["poller.unhealthy"] * BURST
+        assert sorted(got) == ["poller.recovered"] * REVOKED + ["poller.unhealthy"] * REVOKED
 
 
 def entry(n: Notification, at: float, seq: int = 0) -> OutboxEntry:
@@ -181,9 +194,10 @@ def test_a_backlog_older_than_digest_age_beyond_digest_after_is_one_digest_first
     assert "digest" not in [u.kind for u in few]
 
 
-async def test_a_channel_back_from_an_outage_gets_one_digest_of_what_waited_and_nothing_is_lost(
-    sim: Simulator, fleet: list[str], redis_url: str, redis_client: Any
+async def test_a_channel_back_from_an_outage_gets_one_digest_of_100_changes_and_nothing_is_lost(
+    sim: Simulator, redis_url: str, redis_client: Any
 ) -> None:
+    fleet = add_fleet(sim, 50)
     async with SlackStandIn() as slack:
         extra = f"""channels:
   oncall: {{type: slack, webhook_url: "{slack.webhook_url}"}}
@@ -193,7 +207,7 @@ digest: {{after: 20, age: 2s}}
 delivery: {{backoff_initial: 0.05, backoff_max: 0.2, max_attempts: 10000}}
 """
         config = parse_config(
-            fleet_config(sim, redis_url, extra).replace(
+            fleet_config(sim, redis_url, extra, 50).replace(
                 "delivery: {backoff_initial: 0.05, backoff_max: 0.2}\n", ""
             ),
             "grp.yaml",
@@ -205,13 +219,10 @@ delivery: {{backoff_initial: 0.05, backoff_max: 0.2, max_attempts: 10000}}
             slack.policy = lambda number, path: SlackStandIn.webhook_error(503, "service_unavailable")
             stream = "grp:outbox:oncall"
             tasks = {iid: sim.start_task(iid, "EXTEND") for iid in fleet}
-            await until_async(lambda: _queued(redis_client, stream, 40), 20, "40 starts queued")
+            await until_async(lambda: _queued(redis_client, stream, 50), 20, "50 starts queued")
             for n, (iid, tid) in enumerate(tasks.items()):
-                if n < 30:
-                    sim.finish_task(iid, tid)
-                elif n < 35:
-                    sim.finish_task(iid, tid, "FAILED")
-            await until_async(lambda: _queued(redis_client, stream, 75), 20, "75 notifications queued")
+                sim.finish_task(iid, tid, "SUCCESS" if n < 40 else "FAILED")
+            await until_async(lambda: _queued(redis_client, stream, 100), 20, "100 notifications queued")
             oldest = float(str((await redis_client.xrange(stream, count=1))[0][0]).split("-")[0]) / 1000
             await until(lambda: time.time() - oldest > 2.5, 10, "the backlog older than digest.age")
             slack.policy = None  # the channel is back
@@ -221,8 +232,8 @@ delivery: {{backoff_initial: 0.05, backoff_max: 0.2, max_attempts: 10000}}
         [digest] = [t for t in shown if "held up" in t]
         singles = [t for t in shown if "held up" not in t]
         assert len(singles) == 1 and "Scale started" in singles[0]  # the one being retried when it came back
-        assert "74 notifications held up" in digest
-        for line in ("5 × task.failed (Scale)", "39 × task.started (Scale)", "30 × task.succeeded (Scale)"):
+        assert "99 notifications held up" in digest
+        for line in ("10 × task.failed (Scale)", "49 × task.started (Scale)", "40 × task.succeeded (Scale)"):
             assert line in digest, digest
         assert digest.index("task.failed") < digest.index("task.succeeded")  # what needs a human first
         assert await redis_client.xlen("grp:dead") == 0
@@ -231,3 +242,11 @@ delivery: {{backoff_initial: 0.05, backoff_max: 0.2, max_attempts: 10000}}
 async def _queued(redis_client: Any, stream: str, n: int, *, exactly: bool = False) -> bool:
     length = int(await redis_client.xlen(stream))
     return length == n if exactly else length >= n
+
+
+def test_a_webhook_group_or_digest_is_cut_into_posts_a_receiver_takes() -> None:
+    burst = [entry(note(EventType.STARTED, f"t{i}", f"i-{i}"), NOW - 40, i) for i in range(250)]
+    asked = {"r": RuleConfig(name="r", channels=["oncall"], group_wait=30)}
+    units = plan(burst, rules=asked, chat=False, digest=DigestConfig(after=0), now=NOW)
+    assert [len(u.entries) for u in units] == [100, 100, 50]  # one 413 must not dead-letter a burst
+    assert len(plan(burst, rules=asked, chat=True, digest=DigestConfig(after=0), now=NOW)) == 1

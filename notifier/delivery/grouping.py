@@ -33,6 +33,9 @@ DEFAULT_GROUP_BY: Final = ("project", "type", "task")
 HEALTH_GROUP_BY: Final = ("project", "type", "problem")
 #: At most this many entries are read for one pass of a channel that groups (and in one group).
 GATHER_MAX: Final = 2000
+#: At most this many events in one POST of a generic webhook (a group, a digest): a receiver refuses a
+#: body too large for it (HTTP 413) for good, which would dead-letter them all.
+WEBHOOK_BATCH_MAX: Final = 100
 
 
 def group_wait(rule: RuleConfig | None, chat: bool, default: float) -> float:
@@ -107,10 +110,11 @@ def plan(
     """The units ``entries`` (one channel's, in stream order) are sent as, in order."""
     units: list[Unit] = []
     rest = list(entries)
+    most = GATHER_MAX if chat else WEBHOOK_BATCH_MAX
     if digest.after and (chat or digest.webhooks):
         old = [e for e in rest if _age(e, now) > digest.age]
         if len(old) > digest.after:
-            units.append(Unit("digest", old))
+            units.extend(Unit("digest", old[i : i + most]) for i in range(0, len(old), most))
             rest = [e for e in rest if _age(e, now) <= digest.age]
     last_of_key: dict[tuple[str, ...], int] = {}
     where_card: dict[str, int] = {}  # card key → the last unit holding an event of that card
@@ -127,7 +131,7 @@ def plan(
                 unit = units[at]
                 first = entry_time(unit.entries[0].entry_id) or now
                 behind = where_card.get(card, -1)
-                if written < first + wait and behind <= at and len(unit.entries) < GATHER_MAX:
+                if written < first + wait and behind <= at and len(unit.entries) < most:
                     unit.entries.append(entry)
                     unit.cards.add(card)
                     where_card[card] = at

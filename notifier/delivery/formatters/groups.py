@@ -76,20 +76,33 @@ def _as_many(event: Event, n: int) -> str:
 
 
 def _member_line(n: Notification) -> str:
+    """One member: its instance, and its task's status (a poller problem is said once, for the group)."""
     event = n.event
     line = f"{_emoji(event.type.value)} {value(event.instance.name, 100)} ({code(event.instance.id, 100)})"
     if event.task is not None:
         line += f" · {code(event.task.status or 'unknown', 40)}"
-    if event.problem is not None:
-        line += f" · {value(event.problem.message, 200)}"
     return line
 
 
 def _lines(notifications: Sequence[Notification], limit: int) -> str:
-    shown = [_member_line(n) for n in notifications[:limit]]
-    if len(notifications) > limit:
-        shown.append(f"… and {len(notifications) - limit} more")
-    return clip("\n".join(shown), SECTION_TEXT_MAX)
+    """A line per member, up to ``limit`` and the section's size, then how many more there are."""
+    shown: list[str] = []
+    size = 0
+    for n in notifications[:limit]:
+        line = _member_line(n)
+        if size + len(line) + 1 > SECTION_TEXT_MAX - 40:  # room left for the count of the rest
+            break
+        shown.append(line)
+        size += len(line) + 1
+    if len(shown) < len(notifications):
+        shown.append(f"… and {len(notifications) - len(shown)} more")
+    return "\n".join(shown)
+
+
+def _problem(notifications: Sequence[Notification]) -> str:
+    """What a group of poller events fails with: one member's message (they share the cause)."""
+    problem = next((n.event.problem for n in notifications if n.event.problem is not None), None)
+    return "" if problem is None else clip(f"*Error (one of them):* {value(problem.message, 1000)}", 1500)
 
 
 def _mentions(notifications: Sequence[Notification]) -> str:
@@ -124,9 +137,10 @@ def format_group(notifications: Sequence[Notification], *, mention: bool = True)
     """One message for a burst of events of one kind: what happened on how many instances, and which."""
     first = notifications[0].event
     headline = f"{_emoji(first.type.value)} {_as_many(first, len(notifications))}"
+    body = "\n\n".join(t for t in (_problem(notifications), _lines(notifications, LINES)) if t)
     return _message(
         headline,
-        _lines(notifications, LINES),
+        clip(body, SECTION_TEXT_MAX),
         _context(notifications),
         _mentions(notifications) if mention else "",
     )
