@@ -90,11 +90,20 @@ class Unit:
         return [e.notification for e in self.entries]
 
 
+#: Events the API dates (a task's start, its end): older than their queueing after an absence. A task's
+#: other news (stuck, a status seen changing) happens when it is seen: a stuck task is always "old" by
+#: its ``created_at``, and must be announced, not folded into a digest.
+DATED_BY_THE_API: Final = frozenset({EventType.STARTED, EventType.SUCCEEDED, EventType.FAILED})
+
+
 def _age(entry: OutboxEntry, now: float) -> float:
     """How long ago what the entry tells happened: since it was queued, or since the change itself when
-    that is older (a daemon back from an hour away finds an hour of changes)."""
+    the API dates it and that is older (a daemon back from an hour away finds an hour of changes)."""
     written = entry_time(entry.entry_id)
-    happened = min(stamp(entry.notification.event), written if written is not None else now)
+    happened = written if written is not None else now
+    event = entry.notification.event
+    if event.type in DATED_BY_THE_API:
+        happened = min(stamp(event), happened)
     return max(0.0, now - happened)
 
 

@@ -228,7 +228,14 @@ class Deliverer:
         card = await self.outbox.card(entry) if channel.keeps_record(event) else None
         if card is not None and card.group and channel.living_cards:
             # Its task was told on a group card: its news updates that card.
-            return await self._deliver_many(channel, "group", [entry], budget)
+            outcome: list[tuple[Verdict, str]] = []
+
+            def keep(_: list[OutboxEntry], verdict: Verdict, why: str) -> bool:
+                outcome.append((verdict, why))
+                return verdict is not Verdict.PENDING
+
+            await self._deliver_many(channel, "group", [entry], budget, keep)
+            return outcome[-1] if outcome else (Verdict.DELIVERED, "")
         return await self._deliver_one(channel, entry, card, budget)
 
     async def _deliver_one(
@@ -254,47 +261,87 @@ class Deliverer:
         kind: str,
         entries: list[OutboxEntry],
         budget: int | None,
+        tally: Callable[[list[OutboxEntry], Verdict, str], bool],
         key: tuple[str, ...] = (),
-    ) -> tuple[Verdict, str]:
-        """Deliver entries as one message (``kind`` group or digest), acknowledged together; members
-        already delivered (a crash after a send, before its acknowledgement) are acknowledged alone. On
-        a channel with cards, a group of ``key`` joins the card its burst grew lately (``group_interval``)."""
+    ) -> bool:
+        """Deliver entries as one message each ``kind`` (group or digest) — as several where their
+        members belong to different group cards — and ``tally`` what became of each (False: stop, an
+        entry stays pending). Members already delivered (a crash after a send, before its
+        acknowledgement) and members a silence holds are acknowledged alone; on a channel with cards a
+        member with a card of its own is told there, and the others join their group card, or the one
+        their burst of ``key`` grew lately (``group_interval``), or a new one."""
         done = await self.outbox.delivered_among(entries)
-        for entry in entries:
-            if entry.entry_id in done:
-                await self._ack(entry)
-                self.metrics.delivery(channel.name, "duplicate")
+        dups = [e for e in entries if e.entry_id in done]
+        for entry in dups:
+            await self._ack(entry)
+            self.metrics.delivery(channel.name, "duplicate")
+        if dups and not tally(dups, Verdict.DUPLICATE, ""):
+            return False
         members = [e for e in entries if e.entry_id not in done]
+        if members and self.silences is not None:  # a silence in effect holds its members back
+            kept: list[OutboxEntry] = []
+            held: list[OutboxEntry] = []
+            for entry in members:
+                (held if await self._silenced(channel, entry) else kept).append(entry)
+            if held and not tally(held, Verdict.SILENCED, ""):
+                return False
+            members = [await self.silences.told(e) for e in kept]
         if not members:
-            return Verdict.DUPLICATE, ""
-        if self.silences is not None:  # a silence in effect holds its members back, one by one
-            members = [e for e in members if not await self._silenced(channel, e)]
-            if not members:
-                return Verdict.SILENCED, ""
-            members = [await self.silences.told(e) for e in members]
-        group: Group | None = None
+            return True
+        parts: list[tuple[list[OutboxEntry], Group | None]] = []
         if kind == "group" and channel.living_cards:
             records = await self.outbox.cards.get_many(
                 channel.name, [card_key(e.notification.event) for e in members]
             )
-            verdict, why = Verdict.DELIVERED, ""
+            by_group: dict[str, list[OutboxEntry]] = {}
+            loose: list[OutboxEntry] = []
             for entry, record in zip(members, records, strict=True):
-                if record is not None and not record.group:  # a card of its own: its news goes there
+                if record is None:
+                    loose.append(entry)
+                elif record.group:
+                    by_group.setdefault(record.group, []).append(entry)
+                else:  # a card of its own: its news goes there
                     verdict, why = await self._deliver_one(channel, entry, record, budget)
-                    if verdict is Verdict.PENDING:
-                        return verdict, why
-            members = [e for e, r in zip(members, records, strict=True) if r is None or r.group]
-            if not members:
-                return verdict, why
-            ids = {r.group for r in records if r is not None and r.group}
-            if len(ids) == 1:
-                group = await self.outbox.cards.get_group(channel.name, ids.pop())
-            elif not ids and key and self.config.group_interval:
-                group = await self.outbox.cards.burst(channel.name, "|".join(key))
-            if group is None and len(members) == 1:
-                return await self._deliver_one(channel, members[0], None, budget)
+                    if not tally([entry], verdict, why):
+                        return False
+            for group_id, grouped in by_group.items():
+                group = await self.outbox.cards.get_group(channel.name, group_id)
+                if group is None:
+                    loose.extend(grouped)  # its card record is gone: a new group
+                else:
+                    parts.append((grouped, group))
+            if loose:
+                burst = None
+                if key and self.config.group_interval:
+                    burst = await self.outbox.cards.burst(channel.name, "|".join(key))
+                if burst is None and len(loose) == 1:
+                    verdict, why = await self._deliver_one(channel, loose[0], None, budget)
+                    if not tally(loose, verdict, why):
+                        return False
+                else:
+                    parts.append((loose, burst))
         elif kind == "group" and len(members) == 1:
-            return await self._deliver_one(channel, members[0], None, budget)
+            verdict, why = await self._deliver_one(channel, members[0], None, budget)
+            return tally(members, verdict, why)
+        else:
+            parts.append((members, None))
+        for part, group in parts:
+            verdict, why = await self._send_many(channel, kind, part, group, budget, key)
+            if not tally(part, verdict, why):
+                return False
+        return True
+
+    async def _send_many(
+        self,
+        channel: Channel,
+        kind: str,
+        members: list[OutboxEntry],
+        group: Group | None,
+        budget: int | None,
+        key: tuple[str, ...],
+    ) -> tuple[Verdict, str]:
+        """One message for ``members`` (retried as one), acknowledged together with the group card it
+        left and each member's record pointing to it."""
         notifications = [e.notification for e in members]
 
         async def send() -> Attempt:
@@ -310,8 +357,8 @@ class Deliverer:
 
         async def accepted(result: Attempt) -> None:
             records: dict[str, Card | Group] = {}
-            told = result.group
             burst: tuple[str, str, float] | None = None
+            told = result.group
             if told is not None:
                 records[told.key] = told
                 for e in members:
@@ -320,7 +367,47 @@ class Deliverer:
                     burst = ("|".join(key), told.id, self.config.group_interval)
             await self._ack_all(members, records, "digest" if kind == "digest" else "1", burst)
 
-        return await self._retrying(channel, members, send, accepted, budget)
+        verdict, why = await self._retrying(channel, members, send, accepted, budget)
+        if verdict is Verdict.DELIVERED and kind == "digest" and channel.living_cards:
+            await self._refresh_cards(channel, members)
+        return verdict, why
+
+    async def _refresh_cards(self, channel: Channel, members: list[OutboxEntry]) -> None:
+        """After a digest, the living cards of its members show their latest state (an edit, no word in
+        the channel): a task told "started" on a card and "succeeded" in a digest must not stay running.
+        Best effort: the digest is delivered; a card that cannot be edited now stays as it was."""
+        latest: dict[str, Notification] = {}
+        for e in members:
+            latest[card_key(e.notification.event)] = e.notification
+        keys = list(latest)
+        records = await self.outbox.cards.get_many(channel.name, keys)
+        groups: dict[str, list[Notification]] = {}
+        for k, record in zip(keys, records, strict=True):
+            if record is None:
+                continue
+            if record.group:
+                groups.setdefault(record.group, []).append(latest[k])
+                continue
+            await channel.pace()
+            try:
+                card = await channel.refresh([latest[k]], record)
+            except DeliveryError as exc:
+                log.info("after a digest, the card of %s on %s stays as it was: %s", k, channel.name, exc)
+                continue
+            if card is not None:
+                await self.outbox.cards.put(channel.name, k, card)
+        for group_id, notes in groups.items():
+            group = await self.outbox.cards.get_group(channel.name, group_id)
+            if group is None:
+                continue
+            await channel.pace()
+            try:
+                moved = await channel.refresh(notes, group)
+            except DeliveryError as exc:
+                log.info("after a digest, a group card on %s stays as it was: %s", channel.name, exc)
+                continue
+            if moved is not None:
+                await self.outbox.cards.put(channel.name, group.key, moved)
 
     async def _retrying(
         self,
@@ -531,8 +618,11 @@ class Deliverer:
     async def _process_unit(self, name: str, unit: Unit, budget: int | None, result: PassResult) -> bool:
         channel = self.channels[name]
         kind = "digest" if unit.kind == "digest" else "group"  # (a lone one may join its burst's card)
-        verdict, why = await self._deliver_many(channel, kind, unit.entries, budget, unit.key)
-        return self._tally(name, unit.entries, verdict, why, result)
+
+        def tally(entries: list[OutboxEntry], verdict: Verdict, why: str) -> bool:
+            return self._tally(name, entries, verdict, why, result)
+
+        return await self._deliver_many(channel, kind, unit.entries, budget, tally, unit.key)
 
     async def drain(
         self,

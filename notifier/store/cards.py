@@ -57,7 +57,7 @@ class Cards:
         """Queue the write of a card in ``pipe`` (kept as long as the notification log)."""
         pipe.set(self.link.keys.card(channel, card_key), card.to_json(), ex=DELIVERED_TTL_SECONDS)
 
-    async def put(self, channel: str, card_key: str, card: Card) -> None:
+    async def put(self, channel: str, card_key: str, card: Card | Group) -> None:
         async with self.link.op("write of a card"):
             await self.link.redis.set(
                 self.link.keys.card(channel, card_key), card.to_json(), ex=DELIVERED_TTL_SECONDS

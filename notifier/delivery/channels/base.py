@@ -76,6 +76,12 @@ class Channel(abc.ABC):
     #: Whether people read it (chat): its notifications are grouped by default (README, Grouping).
     chat: bool = False
 
+    async def refresh(self, notifications: Sequence[Notification], card: Card | Group) -> Card | Group | None:
+        """Rewrite ``card`` to show the latest of ``notifications`` (a group card: all of them) without a
+        word in the channel (their news was told in a digest); the card as it then is, None when
+        nothing was changed."""
+        return None
+
     async def aclose(self) -> None:  # noqa: B027 - optional hook, most channels hold no resources
         """Release connections. Safe to call more than once."""
 

@@ -368,10 +368,36 @@ class SlackChannel(Channel):
                 on_card=True,
             )
         except _CardGone as gone:
-            log.info("channel %r: a group card is gone (%s); posting a new one", self.name, gone)
+            # Posted again with every member (and the same id: their records still point to it).
+            log.info("channel %r: a group card is gone (%s); posting it again", self.name, gone)
             await self.pace()
-            return await self._post_group(notifications)
+            return await self._post_group(notifications, moved)
         return moved
+
+    async def refresh(self, notifications: Sequence[Notification], card: Card | Group) -> Card | Group | None:
+        if self._config.mode != "bot" or not card.ts or not notifications:
+            return None
+        event = notifications[-1].event
+        if isinstance(card, Group):
+            told: Card | Group = card.moved([n.event for n in notifications])
+            assert isinstance(told, Group)
+            message = format_group_card(told, notifications)
+        elif card.shows_later_than(event):
+            return None
+        else:
+            told = after(event, card)
+            message = format_card(notifications[-1])
+        try:
+            await self._call(
+                "chat.update (after a digest)",
+                self._web_client().chat_update(
+                    channel=card.channel_id, ts=card.ts, text=message.text, blocks=message.blocks
+                ),
+                on_card=True,
+            )
+        except _CardGone:
+            return None  # deleted meanwhile: the digest told it
+        return told
 
     async def _post(self, message: SlackMessage, what: str) -> Mapping[str, Any] | None:
         """One message to the channel: through the webhook, or ``chat.postMessage`` (its answer)."""
@@ -386,10 +412,13 @@ class SlackChannel(Channel):
             ),
         )
 
-    async def _post_group(self, notifications: Sequence[Notification]) -> Group | None:
-        """Post a new group card; the group it is (None if Slack's answer cannot be read)."""
+    async def _post_group(
+        self, notifications: Sequence[Notification], again: Group | None = None
+    ) -> Group | None:
+        """Post a new group card (or ``again``, whose card is gone, with all its members); the group it
+        is (None if Slack's answer cannot be read)."""
         first = notifications[0].event
-        draft = Group(first.id, "", "", what_of(first), {}).moved([n.event for n in notifications])
+        draft = again or Group(first.id, "", "", what_of(first), {}).moved([n.event for n in notifications])
         answer = await self._post(format_group_card(draft, notifications, mention=True), "chat.postMessage")
         channel_id, ts = (answer or {}).get("channel"), (answer or {}).get("ts")
         if not isinstance(channel_id, str) or not isinstance(ts, str) or not channel_id or not ts:

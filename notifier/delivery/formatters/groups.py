@@ -22,7 +22,7 @@ from slack_sdk.models.blocks import (
     SectionBlock,
 )
 
-from notifier.delivery.cards import Group
+from notifier.delivery.cards import Group, card_key
 from notifier.delivery.formatters.slack import (
     EVENT_EMOJI,
     FALLBACK_TEXT_MAX,
@@ -71,8 +71,17 @@ def what_of(event: Event) -> str:
 
 def _as_many(event: Event, n: int) -> str:
     """The event's summary with ``n instances`` where its instance's name is."""
-    many = InstanceRef.of(event.instance.id, f"{n} instances", {})
+    many = InstanceRef.of(event.instance.id, f"{n} instance{'' if n == 1 else 's'}", {})
     return event.model_copy(update={"instance": many}).summary
+
+
+def latest(notifications: Sequence[Notification]) -> list[Notification]:
+    """One notification per card (task, instance's health): its latest, in the order cards first came
+    (a group by ``project`` alone may hold a task's start and its end: one member, not two)."""
+    found: dict[str, Notification] = {}
+    for n in notifications:
+        found[card_key(n.event)] = n
+    return list(found.values())
 
 
 def _member_line(n: Notification) -> str:
@@ -135,9 +144,10 @@ def _context(notifications: Sequence[Notification]) -> str:
 
 def format_group(notifications: Sequence[Notification], *, mention: bool = True) -> SlackMessage:
     """One message for a burst of events of one kind: what happened on how many instances, and which."""
-    first = notifications[0].event
-    headline = f"{_emoji(first.type.value)} {_as_many(first, len(notifications))}"
-    body = "\n\n".join(t for t in (_problem(notifications), _lines(notifications, LINES)) if t)
+    members = latest(notifications)
+    first = members[0].event
+    headline = f"{_emoji(first.type.value)} {_as_many(first, len(members))}"
+    body = "\n\n".join(t for t in (_problem(members), _lines(members, LINES)) if t)
     return _message(
         headline,
         clip(body, SECTION_TEXT_MAX),
@@ -183,11 +193,17 @@ def format_group_card(
 
 def format_group_reply(notifications: Sequence[Notification], when: datetime) -> SlackMessage:
     """The thread reply under a group card: what these members did, in one line (mentions first)."""
-    first = notifications[0].event
-    names = ", ".join(value(n.event.instance.name, 60) for n in notifications[:10])
-    more = f" and {len(notifications) - 10} more" if len(notifications) > 10 else ""
+    members = latest(notifications)
+    first = members[0].event
+
+    def name(n: Notification) -> str:
+        note = n.event.stuck_note  # a task announced stuck: its end says for how long
+        return value(n.event.instance.name, 60) + (f" ({note})" if note else "")
+
+    names = ", ".join(name(n) for n in members[:10])
+    more = f" and {len(members) - 10} more" if len(members) > 10 else ""
     line = clip(
-        f"{_emoji(first.type.value)} {value(_as_many(first, len(notifications)), 300)}: {names}{more} · "
+        f"{_emoji(first.type.value)} {value(_as_many(first, len(members)), 300)}: {names}{more} · "
         f"{slack_date(when)}",
         SECTION_TEXT_MAX,
     )

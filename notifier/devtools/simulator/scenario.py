@@ -221,9 +221,9 @@ def default_demo_scenario() -> Scenario:
         Step(18, FinishTask("extend")),
         Step(19, StartTask("port", CATALOG_CACHE, "UpdatePort", {"old_port": 6379, "new_port": 6380})),
         Step(24, FinishTask("port", "FAILED")),
-        # The zone's burst: 8 switchovers at once, half done 2 s later, the rest 3 s later.
+        # The zone's burst: 8 switchovers at once, half done 4 s later, the rest 5 s later.
         *(Step(9, StartTask(f"az-{n}", iid, "masterStandbySwapJob")) for n, (iid, _) in enumerate(AZ_FLEET)),
-        *(Step(11 if n < 4 else 12, FinishTask(f"az-{n}")) for n in range(len(AZ_FLEET))),
+        *(Step(13 if n < 4 else 14, FinishTask(f"az-{n}")) for n in range(len(AZ_FLEET))),
         Step(20, FinishTask("replica")),
     ]
     return Scenario(instances, steps)
