@@ -3,6 +3,7 @@ and unit by unit (:func:`notifier.delivery.grouping.plan`)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from datetime import UTC, datetime
@@ -250,3 +251,48 @@ def test_a_webhook_group_or_digest_is_cut_into_posts_a_receiver_takes() -> None:
     units = plan(burst, rules=asked, chat=False, digest=DigestConfig(after=0), now=NOW)
     assert [len(u.entries) for u in units] == [100, 100, 50]  # one 413 must not dead-letter a burst
     assert len(plan(burst, rules=asked, chat=True, digest=DigestConfig(after=0), now=NOW)) == 1
+
+
+async def test_two_consumers_send_a_burst_once_even_when_it_waits_longer_than_claim_idle(
+    redis_client: Any, audit: WebhookReceiver
+) -> None:
+    """Two consumers of one channel; ``group_wait`` (2 s) is longer than ``claim_idle`` (0.6 s): whoever
+    holds the burst when it is due sends it, once — one POST of 3, not one per consumer."""
+    from notifier.config.models import DeliveryConfig
+    from notifier.delivery.channels.webhook import WebhookChannel, WebhookChannelConfig
+    from notifier.delivery.worker import Deliverer
+    from notifier.store.connect import Store
+    from notifier.store.keys import Keys
+    from notifier.store.outbox import entry_fields
+
+    store = Store(redis_client, Keys("claim"))
+    rules = [RuleConfig(name="r", channels=["hook"], group_wait=2)]
+    cfg = {"type": "webhook", "url": audit.url, "secret": WEBHOOK_SECRET}
+    pair = [
+        Deliverer(
+            store.outbox,
+            {"hook": WebhookChannel("hook", WebhookChannelConfig.model_validate(cfg))},
+            DeliveryConfig(consumer=f"c{i}", claim_idle=0.6, group_wait=0),
+            rules=rules,
+            digest=DigestConfig(after=0),
+        )
+        for i in range(2)
+    ]
+    now = datetime.now(UTC).timestamp()
+    for i in range(3):
+        n = note(EventType.STARTED, f"t{i}", f"i-{i}").model_copy(update={"channel": "hook"})
+        n = n.model_copy(
+            update={"event": n.event.model_copy(update={"detected_at": datetime.fromtimestamp(now, UTC)})}
+        )
+        await redis_client.xadd(store.keys.outbox("hook"), entry_fields(n))
+    runs = [asyncio.create_task(d.run_channel("hook", 0.1)) for d in pair]
+    try:
+        await until_async(lambda: _queued(redis_client, "claim:outbox:hook", 0, exactly=True), 15, "all sent")
+    finally:
+        for d in pair:
+            d.request_stop()
+        await asyncio.gather(*runs)
+        for d in pair:
+            await d.channels["hook"].aclose()
+    posts = [json.loads(r.body) for r in audit.requests]
+    assert [(p["type"], p["data"]["count"]) for p in posts] == [("group", 3)]

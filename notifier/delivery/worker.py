@@ -23,6 +23,7 @@ An entry is never skipped while it is being retried, so a task's "finished" neve
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import random
@@ -469,6 +470,17 @@ class Deliverer:
                 # Another consumer took it over meanwhile: it is theirs to send now.
                 return Verdict.PENDING, f"{error} (entry taken over by another consumer)"
 
+    async def _hold_until(self, name: str, wake_at: float) -> None:
+        """Wait until ``wake_at`` (epoch seconds) while a group gathers, keeping what this consumer read
+        its own: a ``group_wait`` longer than ``claim_idle`` must not let another consumer take it."""
+        step = self.config.claim_idle / 3
+        while (left := wake_at - time.time()) > 0:
+            if await pause(min(left, step), self.stop):
+                return
+            if wake_at - time.time() > 0:
+                with contextlib.suppress(StoreError):  # Redis away: logged by the store
+                    await self.outbox.renew(name, self.config.consumer)
+
     async def _wait_holding(self, name: str, entry: OutboxEntry, delay: float) -> bool:
         """Wait ``delay`` before a retry, renewing our claim on every entry we hold (this one and the
         rest of its batch) often enough that none goes idle for ``claim_idle``. False: stop, or lost."""
@@ -731,4 +743,4 @@ class Deliverer:
             elif result.waiting:
                 await pause(IDLE_BLOCK_MS / 1000, self.stop)
             elif result.wake_at is not None:  # a group gathers its members: read again when it is due
-                await pause(max(0.01, result.wake_at - time.time()), self.stop)
+                await self._hold_until(name, result.wake_at)
