@@ -12,7 +12,6 @@ import contextlib
 import itertools
 import json
 import logging
-import os
 import signal
 import sys
 from collections import Counter
@@ -31,7 +30,8 @@ from notifier.devtools.simulator import Simulator
 from notifier.devtools.standins import CannedResponse, RecordedRequest
 from notifier.devtools.standins.slack import SlackStandIn
 from notifier.devtools.standins.webhook import WebhookReceiver
-from tests.conftest import AK, ORDERS, PROJECT_ID, SESSIONS, SK
+from tests.conftest import ORDERS, PROJECT_ID, SESSIONS
+from tests.support.daemons import cli_env
 from tests.support.redis_server import RedisServer
 from tests.support.wait import until, until_async
 
@@ -103,14 +103,9 @@ class Rig:
     oncall: str = ""
 
     def env(self) -> dict[str, str]:
-        return {
-            "PATH": os.environ.get("PATH", ""),
-            "SIM_URL": str(self.sim.base_url),
-            "CLOUD_SDK_AK": AK,
-            "CLOUD_SDK_SK": SK,
-            "REDIS_URL": self.redis_url,
-            "AUDIT_URL": f"http://127.0.0.1:{self.audit_port}/hooks/dcs",
-        }
+        return cli_env(
+            self.sim.base_url, self.redis_url, AUDIT_URL=f"http://127.0.0.1:{self.audit_port}/hooks/dcs"
+        )
 
     def config_text(self) -> str:
         oncall = self.oncall or f'{{type: slack, webhook_url: "{self.slack.webhook_url}", rate: 20}}'

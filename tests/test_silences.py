@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import re
 import signal
 import sys
@@ -49,7 +48,7 @@ from notifier.store.silences import Silences, SilenceStore
 from tests.conftest import AK, ORDERS, PROJECT_ID, SESSIONS, SK, WEBHOOK_SECRET
 from tests.factories import T0, event, poller_event, problem, task
 from tests.support.clock import TestClock
-from tests.support.daemons import running
+from tests.support.daemons import cli_env, running
 from tests.support.redis_cluster import RedisClusterServers
 from tests.support.wait import until, until_async
 
@@ -358,17 +357,14 @@ class Rig:
     tmp: Path
 
     def env(self) -> dict[str, str]:
-        return {
-            "PATH": os.environ.get("PATH", ""),
-            "SIM_URL": str(self.sim.base_url),
-            "CLOUD_SDK_AK": AK,
-            "CLOUD_SDK_SK": SK,
-            "REDIS_URL": self.redis_url,
-            "SLACK_TOKEN": TOKEN,
-            "SLACK_API": self.slack.api_base_url,
-            "AUDIT_URL": self.audit.url,
-            "AUDIT_SECRET": WEBHOOK_SECRET,
-        }
+        return cli_env(
+            self.sim.base_url,
+            self.redis_url,
+            SLACK_TOKEN=TOKEN,
+            SLACK_API=self.slack.api_base_url,
+            AUDIT_URL=self.audit.url,
+            AUDIT_SECRET=WEBHOOK_SECRET,
+        )
 
     def text(self, extra: str = "") -> str:
         out = CONFIG.replace("__PROJECT__", PROJECT_ID).replace("__EXTRA__", extra)

@@ -7,7 +7,6 @@ card says after its last edit, which thread replies were broadcast and who they 
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import sys
 from collections.abc import AsyncIterator
@@ -22,8 +21,8 @@ from notifier.config.load import parse_config
 from notifier.config.models import Config
 from notifier.devtools.simulator import Fault, Simulator
 from notifier.devtools.standins.slack import Message, SlackStandIn
-from tests.conftest import AK, ORDERS, PROJECT_ID, SESSIONS, SK
-from tests.support.daemons import running
+from tests.conftest import ORDERS, PROJECT_ID, SESSIONS
+from tests.support.daemons import cli_env, running
 from tests.support.wait import until_async
 
 TOKEN = "xoxb-0000-living-cards"
@@ -56,15 +55,9 @@ class Rig:
     tmp: Path
 
     def env(self) -> dict[str, str]:
-        return {
-            "PATH": os.environ.get("PATH", ""),
-            "SIM_URL": str(self.sim.base_url),
-            "CLOUD_SDK_AK": AK,
-            "CLOUD_SDK_SK": SK,
-            "REDIS_URL": self.redis_url,
-            "SLACK_TOKEN": TOKEN,
-            "SLACK_API": self.slack.api_base_url,
-        }
+        return cli_env(
+            self.sim.base_url, self.redis_url, SLACK_TOKEN=TOKEN, SLACK_API=self.slack.api_base_url
+        )
 
     def text(self, *, interval: float = 0.3, active: float = 0.3, rate: float = 50, extra: str = "") -> str:
         replaced = {

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
 import sys
 from dataclasses import dataclass, replace
@@ -44,7 +43,7 @@ from notifier.store.keys import Keys
 from notifier.store.snapshots import _decode, _encode
 from tests.conftest import AK, ORDERS, PROJECT_ID, SESSIONS, SK, WEBHOOK_SECRET
 from tests.factories import INSTANCE, T0, task
-from tests.support.daemons import running
+from tests.support.daemons import cli_env, running
 from tests.support.wait import until
 
 MIN = 60.0
@@ -299,14 +298,7 @@ class Rig:
     tmp: Path
 
     def env(self) -> dict[str, str]:
-        return {
-            "PATH": os.environ.get("PATH", ""),
-            "SIM_URL": str(self.sim.base_url),
-            "CLOUD_SDK_AK": AK,
-            "CLOUD_SDK_SK": SK,
-            "REDIS_URL": self.redis_url,
-            "AUDIT_URL": self.audit.url,
-        }
+        return cli_env(self.sim.base_url, self.redis_url, AUDIT_URL=self.audit.url)
 
     def text(self, limit: str = "1.5s", extra: str = "") -> str:
         text = CONFIG

@@ -230,12 +230,6 @@ class Group:
             members[card_key(event)] = Member(event.instance.name, event.type)
         return dataclasses.replace(self, members=members)
 
-    def counts(self) -> dict[EventType, int]:
-        out: dict[EventType, int] = {}
-        for m in self.members.values():
-            out[m.state] = out.get(m.state, 0) + 1
-        return out
-
 
 def group_card_key(group_id: str) -> str:
     return f"group/{group_id}"

@@ -19,7 +19,7 @@ same task, the same instance's health): a task's "succeeded" never overtakes its
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Final
 
 from notifier.config.models import DigestConfig, RuleConfig
@@ -83,11 +83,6 @@ class Unit:
     key: tuple[str, ...] = ()
     #: When the unit may be sent (epoch seconds): a group waits for its members.
     ready_at: float = 0.0
-    cards: set[str] = field(default_factory=set)
-
-    @property
-    def notifications(self) -> list[Notification]:
-        return [e.notification for e in self.entries]
 
 
 #: Events the API dates (a task's start, its end): older than their queueing after an absence. A task's
@@ -142,13 +137,12 @@ def plan(
                 behind = where_card.get(card, -1)
                 if written < first + wait and behind <= at and len(unit.entries) < most:
                     unit.entries.append(entry)
-                    unit.cards.add(card)
                     where_card[card] = at
                     continue
-            units.append(Unit("group", [entry], key, written + wait, {card}))
+            units.append(Unit("group", [entry], key, written + wait))
             last_of_key[key] = len(units) - 1
         else:
-            units.append(Unit("single", [entry], (), 0.0, {card}))
+            units.append(Unit("single", [entry]))
         where_card[card] = len(units) - 1
     for unit in units:  # a group of one is a lone notification (its key kept: it may join its burst)
         if unit.kind == "group" and len(unit.entries) == 1:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from notifier.dcs.models import format_api_time
 from notifier.delivery.cards import with_silence
 from notifier.delivery.silences import Silence, first_match, marks_task, new_id
 from notifier.errors import CorruptStateError
@@ -34,10 +35,6 @@ REFRESH_SECONDS = 1.0
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-def _iso(when: datetime) -> str:
-    return when.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +85,7 @@ def log_record(notification: Notification, silence: Silence, now: datetime) -> d
         "task": event.task.id if event.task is not None else "",
         "channel": notification.channel,
         "rule": notification.rule or "",
-        "at": _iso(now),
+        "at": format_api_time(now),
     }
 
 

@@ -71,3 +71,18 @@ async def cli_run(
             proc.send_signal(signal.SIGTERM)
         await asyncio.wait_for(proc.wait(), 20)
         await asyncio.wait_for(reader, 10)
+
+
+def cli_env(sim_url: object, redis_url: str, **more: str) -> dict[str, str]:
+    """The environment of a ``dcs-notifier`` subprocess against the simulator (the conftest's AK/SK in
+    ``CLOUD_SDK_AK``/``CLOUD_SDK_SK``) and a test's Redis, plus ``more``."""
+    from tests.conftest import AK, SK
+
+    return {
+        "PATH": os.environ.get("PATH", ""),
+        "SIM_URL": str(sim_url),
+        "CLOUD_SDK_AK": AK,
+        "CLOUD_SDK_SK": SK,
+        "REDIS_URL": redis_url,
+        **more,
+    }

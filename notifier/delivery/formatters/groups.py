@@ -32,6 +32,7 @@ from notifier.delivery.formatters.slack import (
     clip,
     code,
     escape,
+    mentions_text,
     slack_date,
     value,
 )
@@ -115,10 +116,11 @@ def _problem(notifications: Sequence[Notification]) -> str:
 
 
 def _mentions(notifications: Sequence[Notification]) -> str:
+    """The members' mentions, each once, fitted as a lone notification's are."""
     seen: dict[str, None] = {}
     for n in notifications:
         seen.update(dict.fromkeys(n.mentions))
-    return " ".join(seen)[:1000]
+    return mentions_text(seen)
 
 
 def _message(headline: str, body: str, context: str, mentions: str) -> SlackMessage:

@@ -13,7 +13,7 @@ rules only (checked there) and are the only unescaped mrkdwn in a message.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -304,12 +304,16 @@ def _context(notification: Notification) -> str:
 
 
 def _mentions(notification: Notification) -> str:
+    return mentions_text(notification.mentions)
+
+
+def mentions_text(mentions: Iterable[str]) -> str:
     """The rules' mentions, as written in the config (validated there: Slack's own syntax only, at most
     MENTIONS_MAX characters per rule); several rules' together are cut between two mentions, never inside
     one, to fit their own section block."""
     out: list[str] = []
     size = 0
-    for m in notification.mentions:
+    for m in mentions:
         size += len(m) + (1 if out else 0)
         if size > SECTION_TEXT_MAX:
             break
