@@ -138,8 +138,10 @@ class Daemon:
         self.conflict: DaemonConflict | None = None
         #: The token of {p}:epoch this daemon saw (None: not yet): from then on, another means loss.
         self._epoch: str | None = None
-        #: ``time.monotonic()`` of the last record of the last polls (None: not yet).
+        #: ``time.monotonic()`` of the last record of the last polls (None: not yet), and of this daemon's
+        #: making.
         self._polls_recorded: float | None = None
+        self._created = time.monotonic()
         self.lock: DaemonLock | None = None
         if self.replica is None:
             self.lock = DaemonLock(self.store.redis, self.store.keys, ttl=max(3 * self._period, MIN_LOCK_TTL))
@@ -229,9 +231,8 @@ class Daemon:
         succeed), the daemon's lock, and whether Redis still holds the daemon's data."""
         interval = self.config.poll.interval
         while not self.stop.is_set():
-            last = self.poller.last_success
             with contextlib.suppress(StoreError):
-                if last is not None and time.monotonic() - last <= 3 * interval:
+                if self.polls_lately():
                     await self.store.heartbeat.beat(int(interval * 3) + 10)
             with contextlib.suppress(StoreError):
                 await self._record_polls()
@@ -241,17 +242,18 @@ class Daemon:
                 await asyncio.wait_for(self.stop.wait(), timeout=self._period)
 
     async def _record_polls(self) -> None:
-        """Once a minute (and after the first successful poll): when each instance this replica polls
-        was last polled, for ``dcs-notifier status`` — one pipelined write, never one per poll."""
+        """When each instance this replica polls was last polled, for ``dcs-notifier status``: once its
+        first round of polls is over (or a minute passed), then once a minute — one pipelined write,
+        never one per poll."""
         now = time.monotonic()
-        if self._polls_recorded is not None and now - self._polls_recorded < RECORD_POLLS_EVERY:
+        last = self._polls_recorded
+        if last is not None and now - last < RECORD_POLLS_EVERY:
             return
         fleet = self.poller.fleet
-        polled = {
-            w.target.key: w.last_polled
-            for w in fleet
-            if w.last_polled is not None and fleet.owns(w.target.key)
-        }
+        owned = [w for w in fleet if fleet.owns(w.target.key)]
+        polled = {w.target.key: w.last_polled for w in owned if w.last_polled is not None}
+        if last is None and len(polled) < len(owned) and now - self._created < RECORD_POLLS_EVERY:
+            return  # the first round is not over: wait for it rather than record half of it for a minute
         if polled:
             await self.store.heartbeat.record_polls(polled)
             self._polls_recorded = now
