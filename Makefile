@@ -52,7 +52,7 @@ typecheck: $(VENV)/.dev-deps
 
 # Two workers (pytest-xdist): each has its own redis-server and fixtures; the tests wait on real servers.
 unit: $(VENV)/.dev-deps redis-server
-	$(BIN)/pytest -n 3
+	$(BIN)/pytest -n 2
 
 test: lint typecheck unit
 
